@@ -1,0 +1,1 @@
+"""Metrics, statistics, tables, figures and the Markdown report."""

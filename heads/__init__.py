@@ -1,0 +1,1 @@
+"""Stage two: the fast quantum simulator, CDL/DQC heads, multi-seed training, sweeps and benchmarks."""
