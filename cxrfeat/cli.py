@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+from cxrfeat.cliutil import friendly
 
 app = typer.Typer(
     help="Stage one: chest X-ray datasets and ResNet50 feature extraction into Zarr stores.\n\n"
@@ -11,3 +15,60 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+
+
+@app.command()
+@friendly
+def extract(
+    split: str = typer.Option(..., "--split", help="Which split to extract: train, val or test."),
+    dataset: str = typer.Option("nih-cxr-lt", "--dataset", help="nih-cxr-lt, mimic-cxr-lt (external test) or csv."),
+    data_dir: Path = typer.Option(None, "--data-dir", help="Dataset folder (default data/<dataset>)."),
+    csv: Path = typer.Option(None, "--csv", help="For --dataset csv: the label CSV (default <data-dir>/<split>.csv)."),
+    out: Path = typer.Option(Path("features"), "--out", help="Features folder; the store is <out>/<dataset>/<split>.zarr."),
+    views: int = typer.Option(None, "--views", help="Views per image: view 0 plain, the rest augmented (default 8 for train, 1 otherwise)."),
+    weights: str = typer.Option("microsoft/resnet-50", "--weights", help="Hugging Face hub name, a local checkpoint folder, or 'random' (offline smoke runs; recorded in the store)."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Backbone forward passes per call (images x views)."),
+    workers: int = typer.Option(None, "--workers", help="Decode/preprocess threads (default 2 x CPU cores, at most 16)."),
+    limit: int = typer.Option(None, "--limit", help="Only the first N rows (quick looks)."),
+    dtype: str = typer.Option("float16", "--dtype", help="Embedding dtype in the store: float16 or float32."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip missing/corrupt images (recorded in the store) instead of stopping."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store made with different settings."),
+    seed: int = typer.Option(0, "--seed", help="Augmentation seed: view v of row r is drawn from (seed, r, v)."),
+):
+    """Embed a dataset split with the ResNet50 backbone into a resumable Zarr store.
+
+    Kill it at any time and run the same command again: it continues where it stopped.
+    """
+    from cxrfeat.extract import extract as run_extract
+
+    path, timing = run_extract(
+        dataset=dataset, split=split, data_dir=data_dir, out=out, csv=csv, views=views, weights=weights,
+        batch_size=batch_size, workers=workers, limit=limit, dtype=dtype, skip_bad=skip_bad,
+        overwrite=overwrite, seed=seed, announce=_announce,
+    )
+    if timing.images:
+        t = timing.as_dict()
+        typer.echo(
+            f"wrote {path}: {t['images']} images ({t['forward_passes']} views) in {t['wall_s']} s = "
+            f"{t['images_per_s']} images/s; backbone {t['backbone_s']} s, decode+preprocess "
+            f"{t['decode_preprocess_s_summed_over_threads']} s over threads, waited for decode {t['waited_for_decode_s']} s"
+        )
+
+
+@app.command()
+@friendly
+def export(
+    store: Path = typer.Argument(..., help="A complete feature store (.zarr)."),
+    out: Path = typer.Argument(..., help="The HDF5 file to write."),
+):
+    """Write a feature store's arrays and attributes to HDF5 (h5py) for other tools."""
+    from cxrfeat.extract import export_h5
+
+    typer.echo(f"wrote {export_h5(store, out)}")
+
+
+def _announce(message: str) -> None:
+    from rich.console import Console
+    from rich.panel import Panel
+
+    Console(stderr=True).print(Panel(message, style="bold red", title="notice"))

@@ -1,0 +1,342 @@
+"""Extraction: images -> ResNet embeddings of several views -> `<out>/<dataset>/<split>.zarr`.
+
+The pipeline keeps the backbone busy: a thread pool decodes and preprocesses the images of the
+next steps while the jitted backbone runs on the current one; the augmented views are made on the
+device from the one decoded image. Work is done a store chunk at a time and every chunk is marked
+done only after its embeddings are written, so a killed run (kill -9 included) resumes at the first
+unfinished chunk. Every backbone call starts at a chunk boundary with a fixed shape, so a resumed
+store equals an uninterrupted one bit for bit.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cxrfeat.errors import UserError
+from cxrfeat.store import DEFAULT_CHUNK_ROWS, FeatureStore, ids_digest
+
+DEFAULT_SEED = 0
+
+
+@dataclass
+class ExtractTiming:
+    """Where the time went: decode+preprocess (summed over worker threads) vs the backbone."""
+
+    images: int = 0
+    forwards: int = 0
+    wall_s: float = 0.0
+    decode_s: float = 0.0  # summed over threads
+    decode_wait_s: float = 0.0  # time the main loop waited for decoded images
+    backbone_s: float = 0.0
+    skipped: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        ips = self.images / self.wall_s if self.wall_s else 0.0
+        return {
+            "images": self.images,
+            "forward_passes": self.forwards,
+            "wall_s": round(self.wall_s, 3),
+            "images_per_s": round(ips, 2),
+            "decode_preprocess_s_summed_over_threads": round(self.decode_s, 3),
+            "waited_for_decode_s": round(self.decode_wait_s, 3),
+            "backbone_s": round(self.backbone_s, 3),
+        }
+
+
+def default_views(split: str) -> int:
+    return 8 if split == "train" else 1
+
+
+def _is_synthetic(data_dir: Path) -> bool:
+    readme = data_dir / "README.txt"
+    return readme.exists() and "synthetic" in readme.read_text(errors="ignore").lower()
+
+
+def _embed_views_fn(backbone, views: int, seed: int):
+    """Jitted (params, stats, images (b,H,W,C), rows (b,)) -> (b, views, D) embeddings."""
+    from cxrfeat.augment import make_views
+
+    def fn(params, stats, images, rows):
+        x = make_views(images, seed, rows, views) if views > 1 else images[:, None]
+        b = x.shape[0]
+        emb = backbone.module.apply({"params": params, "batch_stats": stats}, x.reshape((b * views,) + x.shape[2:]))
+        return emb.reshape(b, views, -1)
+
+    return jax.jit(fn)
+
+
+def extract(
+    *,
+    dataset: str,
+    split: str,
+    data_dir: str | Path | None = None,
+    out: str | Path = "features",
+    csv: str | Path | None = None,
+    views: int | None = None,
+    weights: str = "microsoft/resnet-50",
+    batch_size: int = 64,
+    workers: int | None = None,
+    limit: int | None = None,
+    dtype: str = "float16",
+    skip_bad: bool = False,
+    overwrite: bool = False,
+    seed: int = DEFAULT_SEED,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    backbone=None,
+    progress: bool = True,
+    announce: Callable[[str], None] | None = None,
+) -> tuple[Path, ExtractTiming]:
+    """Extract one split into `<out>/<dataset>/<split>.zarr`; resumes an unfinished store with the same settings.
+
+    `batch_size` is the number of backbone forward passes per call (images x views); `backbone`
+    may be given to reuse a loaded one (tests); `announce` receives loud notices (random weights).
+    """
+    from cxrfeat.augment import AUGMENTATION
+    from cxrfeat.datasets import load_split
+    from cxrfeat.preprocess import PREPROCESSING, ImageError, load_and_preprocess
+
+    say = announce or (lambda msg: print(msg, file=sys.stderr))
+    views = default_views(split) if views is None else views
+    if views < 1:
+        raise UserError(f"--views must be >= 1, got {views}")
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit must be >= 1, got {limit}")
+    if dtype not in ("float16", "float32"):
+        raise UserError(f"--dtype must be float16 or float32, not {dtype!r}")
+    workers = workers or min(16, (os.cpu_count() or 2) * 2)
+    if workers < 1:
+        raise UserError(f"--workers must be >= 1, got {workers}")
+    data_dir = Path(data_dir) if data_dir is not None else Path("data") / dataset
+    ds = load_split(dataset, data_dir, split, csv=csv)
+    n = len(ds.ids) if limit is None else min(limit, len(ds.ids))
+    if n == 0:
+        raise UserError(f"{ds.source}: no rows to extract")
+    ids, paths, rows_in_csv = ds.ids[:n], ds.paths[:n], ds.rows[:n]
+
+    if backbone is None:
+        from cxrfeat.backbone import RANDOM_WEIGHTS_WARNING, load_backbone
+
+        backbone = load_backbone(weights, seed=seed)
+        if backbone.description.get("random"):
+            say(RANDOM_WEIGHTS_WARNING)
+    settings = {
+        "dataset": dataset,
+        "split": split,
+        "rows": n,
+        "ids_digest": ids_digest(ids),
+        "views": views,
+        "dim": backbone.dim,
+        "dtype": dtype,
+        "seed": seed,
+        "backbone": backbone.description,
+        "preprocessing": PREPROCESSING,
+        "augmentation": AUGMENTATION,
+        "chunk_rows": chunk_rows,
+    }
+    path = Path(out) / dataset / f"{split}.zarr"
+    store = _open_or_create(
+        path, settings, overwrite, ids=ids, labels=ds.labels[:n], label_names=ds.label_names, views=views,
+        dim=backbone.dim, dtype=dtype, chunk_rows=chunk_rows,
+        attrs={
+            "dataset": dataset,
+            "split": split,
+            "source": str(ds.source),
+            "synthetic": _is_synthetic(data_dir),
+            "backbone": backbone.description,
+            "preprocessing": PREPROCESSING,
+            "augmentation": AUGMENTATION if views > 1 else {"views": "view 0 only (no augmentation)"},
+            "seed": seed,
+        },
+    )
+    timing = ExtractTiming()
+    if store.complete:
+        say(f"{path}: already complete, nothing to do")
+        return path, timing
+
+    done = store.done_chunks()
+    todo = [i for i in range(store.n_chunks) if not done[i]]
+    per_call = max(1, batch_size // views)
+    embed = _embed_views_fn(backbone, views, seed)
+    skipped: list[str] = list(store.attrs.get("skipped_ids", []))
+    # A resumed run re-finds earlier skipped rows from the store's `valid` mask.
+    valid_all = store.valid
+    skipped = [str(i) for i, ok in zip(store.ids, valid_all, strict=True) if not ok]
+
+    def decode(row: int):
+        t0 = time.perf_counter()
+        try:
+            arr = load_and_preprocess(paths[row])
+            err = None
+        except ImageError as e:
+            arr, err = None, e
+        return arr, err, time.perf_counter() - t0
+
+    start_wall = time.perf_counter()
+    bar = _progress(progress, total=sum(store.chunk_bounds(i)[1] - store.chunk_bounds(i)[0] for i in todo), path=path)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool, bar as prog:
+        task = prog.add_task("extract", total=prog.total) if prog else None
+        pending: dict[int, list[Future]] = {}
+
+        def submit(k: int) -> None:
+            if k < len(todo) and todo[k] not in pending:
+                a, b = store.chunk_bounds(todo[k])
+                pending[todo[k]] = [pool.submit(decode, r) for r in range(a, b)]
+
+        # Keep two chunks of decoding in flight ahead of the backbone.
+        for k in range(min(3, len(todo))):
+            submit(k)
+        for k, chunk in enumerate(todo):
+            submit(k + 3)
+            a, b = store.chunk_bounds(chunk)
+            t0 = time.perf_counter()
+            results = [f.result() for f in pending.pop(chunk)]
+            timing.decode_wait_s += time.perf_counter() - t0
+            images = np.zeros((b - a, 224, 224, 3), np.float32)
+            valid = np.ones(b - a, bool)
+            for j, (arr, err, secs) in enumerate(results):
+                timing.decode_s += secs
+                if err is None:
+                    images[j] = arr
+                    continue
+                row = a + j
+                if not skip_bad:
+                    raise UserError(
+                        f"{paths[row]}: {err} (id {ids[row]}, {ds.source} line {rows_in_csv[row]}). "
+                        f"Fix or remove the image, or pass --skip-bad to record it as skipped. "
+                        f"Chunks already written are kept; rerun the same command to resume."
+                    )
+                valid[j] = False
+                skipped.append(str(ids[row]))
+                say(f"skipped {ids[row]} ({paths[row]}, line {rows_in_csv[row]}): {err}")
+            t1 = time.perf_counter()
+            out_chunk = np.zeros((b - a, views, backbone.dim), np.float32)
+            for s in range(0, b - a, per_call):
+                e = min(b - a, s + per_call)
+                batch = np.zeros((per_call, 224, 224, 3), np.float32)
+                batch[: e - s] = images[s:e]
+                rows = np.arange(a + s, a + s + per_call, dtype=np.int32)
+                emb = embed(backbone.params, backbone.batch_stats, jnp.asarray(batch), jnp.asarray(rows))
+                out_chunk[s:e] = np.asarray(emb)[: e - s]
+            timing.backbone_s += time.perf_counter() - t1
+            out_chunk[~valid] = 0.0
+            store.write_chunk(chunk, out_chunk, valid)
+            timing.images += b - a
+            timing.forwards += (b - a) * views
+            if prog:
+                prog.update(task, advance=b - a)
+    timing.wall_s = time.perf_counter() - start_wall
+    timing.skipped = skipped
+    store.group.attrs["timing"] = timing.as_dict()
+    store.finalize(skipped)
+    if skipped:
+        say(f"{len(skipped)} image(s) skipped and recorded in {path} (attribute skipped_ids): {', '.join(skipped)}")
+    return path, timing
+
+
+def _open_or_create(path: Path, settings: dict, overwrite: bool, **create_kwargs) -> FeatureStore:
+    leftover = path.with_name(path.name + ".creating")
+    if leftover.exists():
+        shutil.rmtree(leftover)
+    if path.exists():
+        if overwrite:
+            shutil.rmtree(path)
+        else:
+            store = FeatureStore.open(path, mode="r+", require_complete=False)
+            old = store.attrs.get("settings")
+            if old != _jsonable(settings):
+                diff = sorted(k for k in set(old or {}) | set(settings) if (old or {}).get(k) != _jsonable(settings).get(k))
+                raise UserError(
+                    f"{path} exists with different settings ({', '.join(diff)}); refusing to mix them. "
+                    f"Use another --out, or pass --overwrite to replace it."
+                )
+            return store
+    return FeatureStore.create(path, settings=_jsonable(settings), **create_kwargs)
+
+
+def _jsonable(obj):
+    import json
+
+    return json.loads(json.dumps(obj))
+
+
+class _NoProgress:
+    total = 0
+
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _progress(enabled: bool, total: int, path: Path):
+    if not enabled:
+        return _NoProgress()
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    class _Rate(TextColumn):
+        def __init__(self):
+            super().__init__("")
+
+        def render(self, task):
+            from rich.text import Text
+
+            speed = task.finished_speed or task.speed
+            return Text(f"{speed:.1f} img/s" if speed else "… img/s")
+
+    prog = Progress(
+        TextColumn(f"[bold]{path}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        _Rate(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        transient=False,
+    )
+    prog.total = total
+    return prog
+
+
+def export_h5(store_path: str | Path, out: str | Path) -> Path:
+    """Write a complete store's arrays and attributes to HDF5 (atomically: temp file then rename)."""
+    import json
+
+    import h5py
+
+    store = FeatureStore.open(store_path)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    g = store.group
+    with h5py.File(tmp, "w") as f:
+        f.create_dataset("embeddings", data=np.asarray(g["embeddings"][:]), chunks=True, compression="gzip")
+        f.create_dataset("labels", data=store.labels)
+        f.create_dataset("ids", data=store.ids.astype(object), dtype=h5py.string_dtype())
+        f.create_dataset("valid", data=store.valid)
+        for key, value in store.attrs.items():
+            f.attrs[key] = value if isinstance(value, (int, float, str, bool)) else json.dumps(value)
+    os.replace(tmp, out)
+    return out
