@@ -163,7 +163,7 @@ class FeatureStore:
 
     @property
     def ids(self) -> np.ndarray:
-        return np.asarray(self.group["ids"][:]).astype(str)
+        return np.array([str(i) for i in self.group["ids"][:]])
 
     @property
     def labels(self) -> np.ndarray:
