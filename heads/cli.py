@@ -10,3 +10,210 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+
+
+# ---------------------------------------------------------------- train, sweep, params
+from pathlib import Path  # noqa: E402
+from typing import Annotated  # noqa: E402
+
+from cxrfeat.cliutil import friendly  # noqa: E402
+
+_Features = Annotated[Path, typer.Option("--features", help="Features folder: <features>/<dataset>/<split>.zarr.")]
+_Runs = Annotated[Path, typer.Option("--runs", help="Runs folder: runs go to <runs>/<name>/cxr-<task>/<model>/seed-<s>/.")]
+_Name = Annotated[str, typer.Option("--name", help="Sweep folder name under --runs (shared by `heads train` and `heads sweep`).")]
+_Seeds = Annotated[int, typer.Option("--seeds", help="Number of seeds, numbered 1..N, trained together.")]
+_Layers = Annotated[int, typer.Option("--layers", help="DQC circuit layers (RY + CNOT ring).")]
+_Backend = Annotated[str, typer.Option("--backend", help="Quantum simulator: fast (ours) or pennylane (reference).")]
+_Lr = Annotated[float, typer.Option("--lr", help="Adam learning rate.")]
+_Batch = Annotated[int, typer.Option("--batch-size", help="Training batch size (the last batch is padded, not dropped).")]
+_MaxEpochs = Annotated[int, typer.Option("--max-epochs", help="At most this many epochs.")]
+_Patience = Annotated[int, typer.Option("--patience", help="Stop a seed after this many epochs without a lower validation loss.")]
+_CircuitInit = Annotated[str, typer.Option("--circuit-init", help="RY angles: uniform in [0, 2pi) (paper text) or normal (std 2pi, its public code).")]
+_Dataset = Annotated[str, typer.Option("--dataset", help="Training dataset: its train, val and test stores are used.")]
+_External = Annotated[str, typer.Option("--external", help="External test set, used when <features>/<external>/test.zarr exists ('none': never).")]
+
+
+def _spec(*, tasks, models, seeds, features, runs, name, layers, backend, lr, batch_size, max_epochs, patience,
+          circuit_init, dataset, external, shard=None):
+    from heads.sweep import HeadConfig, SweepSpec, parse_shard
+    from heads.train import TrainConfig
+
+    return SweepSpec(
+        tasks=tasks, models=models, seeds=seeds, features=features, runs=runs, name=name, dataset=dataset,
+        external=None if external.lower() in ("", "none") else external,
+        train=TrainConfig(lr=lr, batch_size=batch_size, max_epochs=max_epochs, patience=patience),
+        head=HeadConfig(layers=layers, backend=backend, circuit_init=circuit_init), shard=parse_shard(shard),
+    )
+
+
+def _run(spec) -> None:
+    from rich.console import Console
+
+    from heads.sweep import grid, run_sweep, summarize
+    from heads.sweepview import LiveReporter, summary_table
+
+    spec.check()
+    with LiveReporter() as reporter:
+        run_sweep(spec, reporter=reporter)
+    rows = summarize(spec.runs / spec.name, grid(spec), spec.seeds)
+    Console().print(summary_table(rows, f"{spec.runs / spec.name}: mean AUROC over seeds"))
+
+
+@app.command()
+@friendly
+def train(
+    task: Annotated[int, typer.Option("--task", help="Task: 8, 14 or 19 labels (CXR-8/14/19).")] = 8,
+    model: Annotated[str, typer.Option("--model", help="Head: cdl or dqc.")] = "dqc",
+    seeds: _Seeds = 5,
+    features: _Features = Path("features"),
+    runs: _Runs = Path("runs"),
+    name: _Name = "sweep",
+    layers: _Layers = 3,
+    backend: _Backend = "fast",
+    lr: _Lr = 1e-4,
+    batch_size: _Batch = 32,
+    max_epochs: _MaxEpochs = 50,
+    patience: _Patience = 5,
+    circuit_init: _CircuitInit = "uniform",
+    dataset: _Dataset = "nih-cxr-lt",
+    external: _External = "mimic-cxr-lt",
+):
+    """Train one head (task, model) for every seed at once; finished seeds are skipped."""
+    from cxrfeat.errors import UserError
+    from cxrfeat.labels import parse_tasks
+    from heads.sweep import parse_models
+
+    try:
+        tasks = parse_tasks(str(task))
+    except ValueError as e:
+        raise UserError(f"--task: {e}") from None
+    _run(_spec(tasks=tasks, models=parse_models(model), seeds=seeds, features=features, runs=runs, name=name,
+               layers=layers, backend=backend, lr=lr, batch_size=batch_size, max_epochs=max_epochs,
+               patience=patience, circuit_init=circuit_init, dataset=dataset, external=external))
+
+
+@app.command()
+@friendly
+def sweep(
+    tasks: Annotated[str, typer.Option("--tasks", help="Tasks, comma-separated: 8,14,19.")] = "8,14,19",
+    seeds: _Seeds = 5,
+    models: Annotated[str, typer.Option("--models", help="Heads, comma-separated: cdl,dqc.")] = "cdl,dqc",
+    shard: Annotated[str, typer.Option("--shard", help="i/N: run only the i-th of N slices of the (task, model) grid (1-based).")] = None,
+    features: _Features = Path("features"),
+    runs: _Runs = Path("runs"),
+    name: _Name = "sweep",
+    layers: _Layers = 3,
+    backend: _Backend = "fast",
+    lr: _Lr = 1e-4,
+    batch_size: _Batch = 32,
+    max_epochs: _MaxEpochs = 50,
+    patience: _Patience = 5,
+    circuit_init: _CircuitInit = "uniform",
+    dataset: _Dataset = "nih-cxr-lt",
+    external: _External = "mimic-cxr-lt",
+):
+    """Train the grid tasks x models x seeds; re-running skips finished runs and redoes unfinished ones."""
+    from cxrfeat.errors import UserError
+    from cxrfeat.labels import parse_tasks
+    from heads.sweep import parse_models
+
+    try:
+        task_list = parse_tasks(tasks)
+    except ValueError as e:
+        raise UserError(f"--tasks: {e}") from None
+    _run(_spec(tasks=task_list, models=parse_models(models), seeds=seeds, features=features, runs=runs, name=name,
+               layers=layers, backend=backend, lr=lr, batch_size=batch_size, max_epochs=max_epochs,
+               patience=patience, circuit_init=circuit_init, dataset=dataset, external=external, shard=shard))
+
+
+@app.command()
+@friendly
+def params(
+    tasks: Annotated[str, typer.Option("--tasks", help="Tasks, comma-separated: 8,14,19.")] = "8,14,19",
+    layers: _Layers = 3,
+    dim: Annotated[int, typer.Option("--dim", help="Embedding size (2048 for ResNet50).")] = 2048,
+):
+    """Parameter counts by component (the paper's Table II) for CDL and DQC heads."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from cxrfeat.errors import UserError
+    from cxrfeat.labels import parse_tasks
+    from heads.models import COMPONENTS, MODELS, param_counts
+
+    try:
+        task_list = parse_tasks(tasks)
+    except ValueError as e:
+        raise UserError(f"--tasks: {e}") from None
+    if layers < 1 or dim < 1:
+        raise UserError("--layers and --dim must be at least 1")
+    table = Table(title=f"Parameters by component ({layers} circuit layers, {dim}-d embeddings)")
+    for col in ("Task", "Model", *("Backbone", "Classical pre", "Quantum", "Classical post"), "Head total"):
+        table.add_column(col, justify="left" if col in ("Task", "Model") else "right")
+    for t in task_list:
+        for m in MODELS:
+            c = param_counts(t, m, layers, dim)
+            table.add_row(f"CXR-{t}", m.upper(), *(f"{c[k]:,}" for k in (*COMPONENTS, "head")))
+    Console().print(table)
+
+
+# ---------------------------------------------------------------- finetune (end to end on images)
+@app.command()
+@friendly
+def finetune(
+    task: Annotated[int, typer.Option("--task", help="Task: 8, 14 or 19 labels (CXR-8/14/19).")] = 8,
+    model: Annotated[str, typer.Option("--model", help="Head: cdl or dqc (the run is named <model>-finetune).")] = "dqc",
+    seed: Annotated[int, typer.Option("--seed", help="Seed (>= 1): head initialisation, batch order and augmentation.")] = 1,
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="NIH-CXR-LT folder (label CSVs and images).")] = Path("data/nih-cxr-lt"),
+    external_dir: Annotated[Path, typer.Option("--external-dir", help="MIMIC-CXR-LT folder for the external test (default: mimic-cxr-lt beside --data-dir, used when it exists).")] = None,
+    weights: Annotated[str, typer.Option("--weights", help="Backbone: Hugging Face hub name, a local checkpoint folder, or 'random' (smoke runs; recorded).")] = "microsoft/resnet-50",
+    freeze_backbone: Annotated[bool, typer.Option("--freeze-backbone", help="Train only the head, on images (the backbone is not differentiated).")] = False,
+    init_head_from: Annotated[Path, typer.Option("--init-head-from", help="Start the head from a finished `heads train` run folder (runs/<name>/cxr-<task>/<model>/seed-<s>).")] = None,
+    runs: _Runs = Path("runs"),
+    name: _Name = "sweep",
+    cache: Annotated[Path, typer.Option("--cache", help="Image cache folder: <cache>/<dataset>/<split>.zarr (preprocessed once, float16).")] = Path("features/images"),
+    layers: _Layers = 3,
+    backend: _Backend = "fast",
+    circuit_init: _CircuitInit = "uniform",
+    lr: _Lr = 1e-4,
+    batch_size: _Batch = 32,
+    max_epochs: _MaxEpochs = 50,
+    patience: _Patience = 5,
+    limit: Annotated[int, typer.Option("--limit", help="Only the first N rows of every split (smoke runs).")] = None,
+):
+    """Train the ResNet backbone and a CDL or DQC head jointly on images (the paper's end-to-end recipe).
+
+    Images are preprocessed once into --cache; augmentation (flip, ±15° rotation) runs on the device,
+    drawn from (seed, epoch, position) so CDL and DQC with one seed see identical batches. Interrupt
+    it at any time: the same command resumes after the last completed epoch.
+    """
+    from rich.console import Console
+
+    from cxrfeat.errors import UserError
+    from heads.finetune import FinetuneOptions
+    from heads.finetune import finetune as run_finetune
+    from heads.train import TrainConfig
+
+    try:
+        opts = FinetuneOptions(
+            task=task, model=model, seed=seed, data_dir=data_dir, external_dir=external_dir, weights=weights,
+            freeze_backbone=freeze_backbone, init_head_from=init_head_from, runs=runs, name=name, cache=cache,
+            layers=layers, backend=backend, circuit_init=circuit_init, limit=limit,
+            train=TrainConfig(lr=lr, batch_size=batch_size, max_epochs=max_epochs, patience=patience),
+        )
+        opts.check()
+    except ValueError as e:
+        raise UserError(f"--task: {e}") from None
+    console = Console(stderr=True)
+
+    def on_epoch(row: dict) -> None:
+        mark = " *" if row["improved"] else ""
+        console.print(f"epoch {row['epoch']:3d}  train {row['train_loss']:.4f}  val {row['val_loss']:.4f}{mark}  "
+                      f"{row['seconds']:.1f} s  batches {row['order_digest']}")
+
+    result = run_finetune(opts, say=lambda m: console.print(m), on_epoch=on_epoch)
+    for test_set, report in result.metrics.get("test_sets", {}).items():
+        mean = report.get("mean_auroc")
+        typer.echo(f"{test_set}: mean AUROC {'undefined' if mean is None else f'{mean:.4f}'} "
+                   f"({report.get('labels_used')} labels, {report.get('n')} images)")
+    typer.echo(f"{result.path}: best epoch {result.best_epoch}, val loss {result.best_val_loss:.4f}")

@@ -1,0 +1,108 @@
+"""The two heads of the paper (section III-C): the classical CDL and the dressed quantum circuit DQC.
+
+Both map an embedding (B, D) to logits (B, n), one per disease label; the sigmoid lives in the
+loss and at prediction time. Dense layers use Flax's defaults: Lecun-normal weights, zero bias.
+
+Parameter names (and so the keys of `best.safetensors`):
+- CDL: `linear/kernel`, `linear/bias`.
+- DQC: `pre/kernel`, `pre/bias`, `circuit` (layers, n), `post/kernel`, `post/bias`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from cxrfeat.errors import UserError
+from cxrfeat.labels import task_labels
+from heads.quantum import expvals
+
+MODELS = ("cdl", "dqc")
+BACKENDS = ("fast", "pennylane")
+CIRCUIT_INITS = ("uniform", "normal")
+
+# ResNet50 without its ImageNet classifier, as in the paper's Table II (the frozen backbone is not
+# part of a head; the count is shown beside the heads for comparison).
+BACKBONE_PARAMS = 23_508_032
+EMBEDDING_DIM = 2048
+
+
+def circuit_init(kind: str):
+    """Initialiser of the RY angles: uniform in [0, 2π) (the paper's text) or normal with std 2π
+    (what the paper's public code did)."""
+    if kind == "uniform":
+        return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, 0.0, 2 * math.pi)
+    if kind == "normal":
+        return lambda key, shape, dtype=jnp.float32: 2 * math.pi * jax.random.normal(key, shape, dtype)
+    raise UserError(f"--circuit-init must be one of {', '.join(CIRCUIT_INITS)}, not {kind!r}")
+
+
+class CDL(nn.Module):
+    """Classical head: one Dense(n) on the embedding."""
+
+    n: int
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(self.n, name="linear")(x)
+
+
+class DQC(nn.Module):
+    """Dressed quantum circuit: Dense(n) → tanh → ×π/2 → n-qubit circuit ⟨Z_i⟩ → Dense(n)."""
+
+    n: int
+    layers: int = 3
+    backend: str = "fast"
+    circuit_init: str = "uniform"
+
+    @nn.compact
+    def __call__(self, x):
+        angles = jnp.tanh(nn.Dense(self.n, name="pre")(x)) * (math.pi / 2)
+        theta = self.param("circuit", circuit_init(self.circuit_init), (self.layers, self.n))
+        z = expvals(angles, theta, backend=self.backend)
+        return nn.Dense(self.n, name="post")(z)
+
+
+def make_model(model: str, n: int, *, layers: int = 3, backend: str = "fast", circuit_init: str = "uniform") -> nn.Module:
+    """The head called `model` ('cdl' or 'dqc') with n outputs; checks the options."""
+    if model not in MODELS:
+        raise UserError(f"unknown model {model!r}: choose from {', '.join(MODELS)}")
+    if model == "cdl":
+        return CDL(n)
+    if backend not in BACKENDS:
+        raise UserError(f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    if circuit_init not in CIRCUIT_INITS:
+        raise UserError(f"--circuit-init must be one of {', '.join(CIRCUIT_INITS)}, not {circuit_init!r}")
+    if layers < 1:
+        raise UserError(f"--layers must be at least 1, not {layers}")
+    return DQC(n, layers=layers, backend=backend, circuit_init=circuit_init)
+
+
+# Which component of Table II each top-level parameter belongs to.
+_COMPONENT = {"linear": "classical_preprocess", "pre": "classical_preprocess", "circuit": "quantum",
+              "post": "classical_postprocess"}
+COMPONENTS = ("backbone", "classical_preprocess", "quantum", "classical_postprocess")
+
+
+def count_params(params) -> dict[str, int]:
+    """Parameters of a head's tree (`{'linear': ...}` or `{'pre', 'circuit', 'post'}`) by component."""
+    out = {c: 0 for c in COMPONENTS[1:]}
+    for name, sub in params.items():
+        out[_COMPONENT[name]] += sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(sub))
+    return out
+
+
+def param_counts(task: int, model: str, layers: int = 3, dim: int = EMBEDDING_DIM) -> dict[str, int]:
+    """Parameter counts by component (the paper's Table II), counted from the real module.
+
+    Keys: backbone (the ResNet50 constant), classical_preprocess, quantum, classical_postprocess,
+    head (the trainable total). The CDL's single linear layer is Table II's "classical preprocess".
+    """
+    n = len(task_labels(task))
+    module = make_model(model, n, layers=layers)
+    shapes = jax.eval_shape(module.init, jax.random.key(0), jax.ShapeDtypeStruct((1, dim), jnp.float32))
+    counts = count_params(shapes["params"])
+    return {"backbone": BACKBONE_PARAMS, **counts, "head": sum(counts.values())}

@@ -1,0 +1,137 @@
+"""Run folders: `runs/<sweep>/cxr-<task>/<model>/seed-<s>/` (DESIGN "Runs"), plain files only.
+
+- `config.json` — every setting, package versions, feature-store provenance, parameter counts.
+- `history.jsonl` — one JSON line per epoch: epoch, train_loss, val_loss, best_so_far, improved,
+  seconds, order_digest (see `heads.train.order_digest`).
+- `best.safetensors` — the best-validation-loss parameters, keys '/'-joined (`pre/kernel`, ...).
+- `predictions/<test-set>.npz` — `ids`, `y_true` (int8, -1 unknown), `y_prob`, `label_names`.
+- `metrics.json` — per test set, mean and per-label AUROC (`heads.metrics.auroc_report`).
+- `DONE` — written last: a run folder without it is unfinished and is redone by a sweep.
+
+`runs/<sweep>/sweep.json` records the grid and the settings. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
+
+from cxrfeat import atomic
+from cxrfeat.labels import task_name
+
+DONE = "DONE"
+
+
+def seed_dir(runs: str | Path, name: str, task: int, model: str, seed: int) -> Path:
+    return Path(runs) / name / task_name(task) / model / f"seed-{seed}"
+
+
+def is_done(path: str | Path) -> bool:
+    return (Path(path) / DONE).exists()
+
+
+def start(path: str | Path, config: dict) -> None:
+    """Begin (or begin again) a run: clear what an unfinished earlier attempt left, write config.json."""
+    path = Path(path)
+    if path.exists():
+        shutil.rmtree(path)
+    atomic.write_json(path / "config.json", config)
+
+
+def write_history(path: str | Path, rows: list[dict]) -> None:
+    atomic.write_text(Path(path) / "history.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def read_history(path: str | Path) -> list[dict]:
+    text = (Path(path) / "history.jsonl").read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
+    """A nested dict of arrays as one level with '/'-joined keys."""
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "/"))
+        else:
+            out[name] = np.ascontiguousarray(np.asarray(value))
+    return out
+
+
+def unflatten(flat: dict[str, np.ndarray]) -> dict:
+    tree: dict = {}
+    for name, value in flat.items():
+        *parents, leaf = name.split("/")
+        node = tree
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return tree
+
+
+def save_params(path: str | Path, params: dict, metadata: dict[str, str] | None = None) -> None:
+    atomic.write_bytes(Path(path) / "best.safetensors", st_save(flatten(params), metadata=metadata))
+
+
+def load_params(path: str | Path) -> dict:
+    """The best parameters of a run as a nested dict (ready for `model.apply({'params': ...})`)."""
+    return unflatten(st_load((Path(path) / "best.safetensors").read_bytes()))
+
+
+def save_predictions(path: str | Path, test_set: str, *, ids, y_true, y_prob, label_names) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, ids=np.asarray(ids, dtype=str), y_true=np.asarray(y_true, np.int8),
+             y_prob=np.asarray(y_prob, np.float32), label_names=np.asarray(label_names, dtype=str))
+    atomic.write_bytes(Path(path) / "predictions" / f"{test_set}.npz", buf.getvalue())
+
+
+def load_predictions(path: str | Path, test_set: str) -> dict[str, np.ndarray]:
+    with np.load(Path(path) / "predictions" / f"{test_set}.npz") as z:
+        return {k: z[k] for k in z.files}
+
+
+def write_metrics(path: str | Path, metrics: dict) -> None:
+    atomic.write_json(Path(path) / "metrics.json", metrics)
+
+
+def read_metrics(path: str | Path) -> dict:
+    return json.loads((Path(path) / "metrics.json").read_text())
+
+
+def finish(path: str | Path) -> None:
+    """Mark a run finished: the last file written."""
+    atomic.write_text(Path(path) / DONE, time.strftime("%Y-%m-%dT%H:%M:%SZ\n", time.gmtime()))
+
+
+@dataclass(frozen=True)
+class Run:
+    task: int
+    model: str
+    seed: int
+    path: Path
+
+    @property
+    def done(self) -> bool:
+        return is_done(self.path)
+
+
+def iter_runs(sweep: str | Path) -> Iterator[Run]:
+    """Every run folder under `runs/<sweep>/`, finished or not, sorted by task, model, seed."""
+    found = []
+    for p in Path(sweep).glob("cxr-*/*/seed-*"):
+        try:
+            task, seed = int(p.parent.parent.name.removeprefix("cxr-")), int(p.name.removeprefix("seed-"))
+        except ValueError:
+            continue
+        found.append(Run(task, p.parent.name, seed, p))
+    yield from sorted(found, key=lambda r: (r.task, r.model, r.seed))

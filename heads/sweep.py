@@ -1,0 +1,329 @@
+"""Sweeps: every (task, model) of a grid, all seeds of each trained together, into run folders.
+
+`run_sweep` is what `heads sweep` and `heads train` call. It
+1. checks every option and every feature store (present, complete, finite, compatible, holding
+   the tasks' labels) before it writes anything;
+2. records the grid and the settings in `runs/<name>/sweep.json` (a sweep folder holds runs of
+   one set of settings: resuming with other settings is refused);
+3. per (task, model): skips the seeds whose run folder has `DONE`, trains the others together,
+   then writes parameters, predictions on the test store(s), metrics and finally `DONE`.
+
+`--shard i/N` (1 <= i <= N) keeps the (task, model) pairs whose position in the grid (tasks
+outer, models inner) is i-1 modulo N, so N cluster jobs share one sweep folder without overlap.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from cxrfeat import __version__, atomic
+from cxrfeat.errors import UserError
+from cxrfeat.labels import task_labels, task_name
+from cxrfeat.store import Features, FeatureStore, check_compatible
+from heads import runs
+from heads.metrics import auroc_report
+from heads.models import MODELS, make_model, param_counts
+from heads.train import TrainConfig, TrainData, predict, seed_mesh, train_seeds
+
+DEFAULT_NAME = "sweep"
+DEFAULT_DATASET = "nih-cxr-lt"
+DEFAULT_EXTERNAL = "mimic-cxr-lt"
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """Settings of the DQC head (unused by CDL)."""
+
+    layers: int = 3
+    backend: str = "fast"
+    circuit_init: str = "uniform"
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    tasks: Sequence[int]
+    models: Sequence[str]
+    seeds: int
+    features: Path = Path("features")
+    runs: Path = Path("runs")
+    name: str = DEFAULT_NAME
+    dataset: str = DEFAULT_DATASET
+    external: str | None = DEFAULT_EXTERNAL  # used when its test store exists; None: never
+    train: TrainConfig = TrainConfig()
+    head: HeadConfig = HeadConfig()
+    shard: tuple[int, int] = (1, 1)
+
+    def check(self) -> None:
+        if self.seeds < 1:
+            raise UserError(f"--seeds must be at least 1, not {self.seeds}")
+        if not self.tasks:
+            raise UserError("no tasks given")
+        if not self.models:
+            raise UserError("no models given")
+        for task in self.tasks:
+            try:
+                task_labels(task)
+            except ValueError as e:
+                raise UserError(str(e)) from None
+        for model in self.models:
+            make_model(model, 2, layers=self.head.layers, backend=self.head.backend,
+                       circuit_init=self.head.circuit_init)
+        self.train.check()
+        i, n = self.shard
+        if not (n >= 1 and 1 <= i <= n):
+            raise UserError(f"--shard {i}/{n}: give i/N with 1 <= i <= N")
+        if not self.name or "/" in self.name or self.name in (".", ".."):
+            raise UserError(f"--name {self.name!r} is not a usable folder name")
+
+    def settings(self) -> dict:
+        """What must be the same for every run in one sweep folder."""
+        return {"dataset": self.dataset, "external": self.external, "training": asdict(self.train),
+                "head": asdict(self.head)}
+
+
+def parse_shard(spec: str | None) -> tuple[int, int]:
+    """'i/N' -> (i, N); None -> (1, 1)."""
+    if spec is None:
+        return (1, 1)
+    try:
+        i, n = (int(p) for p in spec.split("/"))
+    except ValueError:
+        raise UserError(f"--shard {spec!r}: give i/N, e.g. 1/4 (the first of 4 slices)") from None
+    if not (n >= 1 and 1 <= i <= n):
+        raise UserError(f"--shard {spec}: need 1 <= i <= N")
+    return i, n
+
+
+def parse_models(spec: str) -> list[str]:
+    models = [m.strip().lower() for m in spec.split(",") if m.strip()]
+    bad = [m for m in models if m not in MODELS]
+    if bad or not models:
+        raise UserError(f"--models {spec!r}: choose from {', '.join(MODELS)} (comma-separated)")
+    return list(dict.fromkeys(models))
+
+
+def grid(spec: SweepSpec) -> list[tuple[int, str]]:
+    """This shard's (task, model) pairs."""
+    i, n = spec.shard
+    pairs = [(t, m) for t in dict.fromkeys(spec.tasks) for m in spec.models]
+    return [p for k, p in enumerate(pairs) if k % n == i - 1]
+
+
+# ---------------------------------------------------------------- feature stores
+def store_path(features: Path, dataset: str, split: str) -> Path:
+    return Path(features) / dataset / f"{split}.zarr"
+
+
+def _extract_hint(features: Path, dataset: str, split: str) -> str:
+    ds = "" if dataset == DEFAULT_DATASET else f" --dataset {dataset}"
+    return f"cxrfeat extract --split {split}{ds} --data-dir <{dataset} folder> --out {features}"
+
+
+class Stores:
+    """The train/val/test stores (and the external test store when it exists), loaded once."""
+
+    def __init__(self, spec: SweepSpec):
+        self.features = Path(spec.features)
+        wanted = {"train": (spec.dataset, "train"), "val": (spec.dataset, "val"), spec.dataset: (spec.dataset, "test")}
+        ext = store_path(spec.features, spec.external, "test") if spec.external else None
+        self.external_missing = None
+        if spec.external and spec.external != spec.dataset:
+            if (ext / "zarr.json").exists():
+                wanted[spec.external] = (spec.external, "test")
+            else:
+                self.external_missing = ext
+        for dataset, split in wanted.values():
+            path = store_path(spec.features, dataset, split)
+            if not (path / "zarr.json").exists():
+                raise UserError(f"{path}: no feature store; make it with `{_extract_hint(spec.features, dataset, split)}`")
+        self.all: dict[str, Features] = {
+            key: FeatureStore.open(store_path(spec.features, *where)).load() for key, where in wanted.items()
+        }
+        check_compatible(list(self.all.values()))
+        self.test_sets = [k for k in self.all if k not in ("train", "val")]
+
+    def labels_for(self, key: str, task: int) -> np.ndarray:
+        f = self.all[key]
+        names = task_labels(task)
+        missing = [n for n in names if n not in f.label_names]
+        if missing:
+            raise UserError(
+                f"{f.path}: the store has no label(s) {', '.join(missing)} needed by {task_name(task).upper()} "
+                f"(it has: {', '.join(f.label_names)})"
+            )
+        return f.labels[:, [f.label_names.index(n) for n in names]]
+
+    def check_task(self, task: int) -> None:
+        for key in self.all:
+            self.labels_for(key, task)
+
+    def provenance(self) -> dict:
+        return {key: f.provenance for key, f in self.all.items()}
+
+
+# ---------------------------------------------------------------- sweep.json
+def record_sweep(spec: SweepSpec, stores: Stores) -> dict:
+    """Write or extend `runs/<name>/sweep.json`; refuse a folder made with other settings."""
+    path = Path(spec.runs) / spec.name / "sweep.json"
+    train = stores.all["train"]
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    fixed = {**spec.settings(), "backbone": train.attrs.get("backbone"), "preprocessing": train.attrs.get("preprocessing")}
+    record = {"name": spec.name, "tasks": list(spec.tasks), "models": list(spec.models), "seeds": spec.seeds,
+              "settings": fixed, "features": str(spec.features), "provenance": stores.provenance(),
+              "package_version": __version__, "created": now, "updated": now}
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old.get("settings") != fixed:
+            diff = [k for k in fixed if old.get("settings", {}).get(k) != fixed[k]]
+            raise UserError(
+                f"{path.parent} holds runs made with other settings ({', '.join(diff)} differ): "
+                f"use another --name, or the same settings to resume it"
+            )
+        record["tasks"] = sorted(set(old["tasks"]) | set(spec.tasks))
+        record["models"] = [m for m in MODELS if m in set(old["models"]) | set(spec.models)]
+        record["seeds"] = max(old["seeds"], spec.seeds)
+        record["created"] = old.get("created", now)
+    atomic.write_json(path, record)
+    return record
+
+
+# ---------------------------------------------------------------- one (task, model)
+@dataclass
+class GroupOutcome:
+    task: int
+    model: str
+    trained: list[int] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _versions() -> dict:
+    import flax
+    import optax
+
+    return {"cxr-qtl": __version__, "jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__,
+            "python": platform.python_version()}
+
+
+def run_group(spec: SweepSpec, stores: Stores, task: int, model_name: str, *, reporter=None,
+              device_cache: dict | None = None) -> GroupOutcome:
+    """Train the unfinished seeds of one (task, model) and write their run folders."""
+    out = GroupOutcome(task, model_name)
+    dirs = {s: runs.seed_dir(spec.runs, spec.name, task, model_name, s) for s in range(1, spec.seeds + 1)}
+    out.skipped = [s for s, d in dirs.items() if runs.is_done(d)]
+    todo = [s for s in dirs if s not in out.skipped]
+    if not todo:
+        if reporter:
+            reporter.skipped(task, model_name, out.skipped)
+        return out
+
+    names = list(task_labels(task))
+    train, val = stores.all["train"], stores.all["val"]
+    n, views, dim = train.embeddings.shape
+    head = spec.head
+    model = make_model(model_name, len(names), layers=head.layers, backend=head.backend, circuit_init=head.circuit_init)
+    mesh = seed_mesh()
+    cache = device_cache if device_cache is not None else {}
+    if "train_x" not in cache:  # the embeddings go to the device once per sweep
+        cache["train_x"] = jax.device_put(train.embeddings, NamedSharding(mesh, PartitionSpec()))
+    data = TrainData(cache["train_x"], stores.labels_for("train", task), val.embeddings[:, 0], stores.labels_for("val", task))
+
+    base = {
+        "sweep": spec.name, "task": task, "task_name": task_name(task), "labels": names, "model": model_name,
+        "seeds_trained_together": todo,
+        "head": {"model": model_name, **(asdict(head) if model_name == "dqc" else {})},
+        "training": asdict(spec.train),
+        "features": {"dir": str(spec.features), "dataset": spec.dataset, "external": spec.external,
+                     "test_sets": stores.test_sets, "train_rows": n, "views": views, "dim": dim,
+                     "val_rows": int(val.embeddings.shape[0])},
+        "provenance": stores.provenance(),
+        "param_counts": param_counts(task, model_name, head.layers, dim),
+        "versions": _versions(),
+        "devices": [str(d) for d in mesh.devices.flat],
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    for s in todo:
+        runs.start(dirs[s], {**base, "seed": s})
+
+    histories: dict[int, list[dict]] = {s: [] for s in todo}
+
+    def on_epoch(info: dict) -> None:
+        for row in info["seeds"]:
+            seed = row["seed"]
+            histories[seed].append({k: v for k, v in row.items() if k != "seed"})
+            runs.write_history(dirs[seed], histories[seed])
+        if reporter:
+            reporter.epoch(info)
+
+    if reporter:
+        reporter.group_start(task, model_name, todo, spec.train.max_epochs)
+    t0 = time.perf_counter()
+    result = train_seeds(model, data, todo, spec.train, on_epoch=on_epoch)
+    probs = {key: predict(model, result, stores.all[key].embeddings[:, 0]) for key in stores.test_sets}
+    for j, r in enumerate(result.results):
+        d = dirs[r.seed]
+        runs.write_history(d, r.history)
+        runs.save_params(d, r.best_params, metadata={"task": str(task), "model": model_name, "seed": str(r.seed)})
+        test_metrics = {}
+        for key in stores.test_sets:
+            f = stores.all[key]
+            y_true = stores.labels_for(key, task)
+            runs.save_predictions(d, key, ids=f.ids, y_true=y_true, y_prob=probs[key][j], label_names=names)
+            test_metrics[key] = auroc_report(y_true, probs[key][j], names)
+        runs.write_metrics(d, {
+            "complete": True, "task": task, "model": model_name, "seed": r.seed,
+            "best_epoch": r.best_epoch, "best_val_loss": r.best_val_loss, "epochs": r.epochs,
+            "stopped_early": r.epochs < spec.train.max_epochs,
+            "compile_seconds": round(result.compile_seconds, 3), "train_seconds": round(result.train_seconds, 3),
+            "test_sets": test_metrics,
+        })
+        runs.finish(d)
+    out.trained = todo
+    out.seconds = time.perf_counter() - t0
+    if reporter:
+        reporter.group_end(task, model_name, out)
+    return out
+
+
+# ---------------------------------------------------------------- the sweep
+def run_sweep(spec: SweepSpec, *, reporter=None) -> list[GroupOutcome]:
+    """Check everything, then train every unfinished run of this shard's grid (see module docstring)."""
+    spec.check()
+    pairs = grid(spec)
+    stores = Stores(spec)
+    for task in dict.fromkeys(t for t, _ in pairs):
+        stores.check_task(task)
+    record_sweep(spec, stores)
+    if reporter:
+        reporter.sweep_start(pairs, spec, stores)
+    cache: dict = {}
+    return [run_group(spec, stores, t, m, reporter=reporter, device_cache=cache) for t, m in pairs]
+
+
+def summarize(sweep_dir: str | Path, pairs: Sequence[tuple[int, str]], seeds: int) -> list[dict]:
+    """Mean ± sd AUROC over the finished seeds 1..seeds, per (task, model, test set)."""
+    rows = []
+    for task, model in pairs:
+        per_set: dict[str, list[float]] = {}
+        for s in range(1, seeds + 1):
+            d = Path(sweep_dir) / task_name(task) / model / f"seed-{s}"
+            if not runs.is_done(d):
+                continue
+            for key, m in runs.read_metrics(d)["test_sets"].items():
+                if m["mean_auroc"] is not None:
+                    per_set.setdefault(key, []).append(m["mean_auroc"])
+        for key, values in per_set.items():
+            rows.append({"task": task, "model": model, "test_set": key, "n": len(values),
+                         "mean": statistics.fmean(values),
+                         "sd": statistics.stdev(values) if len(values) > 1 else None})
+    return rows

@@ -1,0 +1,89 @@
+"""What a sweep shows while it runs (rich progress bars) and its summary table at the end."""
+
+from __future__ import annotations
+
+import statistics
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from cxrfeat.labels import task_name
+
+
+def _seeds(seeds) -> str:
+    seeds = list(seeds)
+    return f"{seeds[0]}-{seeds[-1]}" if len(seeds) > 1 and seeds == list(range(seeds[0], seeds[-1] + 1)) else ",".join(map(str, seeds))
+
+
+class LiveReporter:
+    """Live display of a sweep: the grid, the current (task, model), its epoch, losses and ETA.
+
+    The ETA of a (task, model) assumes it runs all `--max-epochs`; early stopping ends it sooner.
+    """
+
+    def __init__(self, console: Console | None = None):
+        self.console = console or Console(stderr=True)
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            console=self.console,
+        )
+        self.overall = self.group = None
+
+    def __enter__(self):
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+
+    def sweep_start(self, pairs, spec, stores) -> None:
+        sets = ", ".join(stores.test_sets)
+        self.console.print(f"sweep [bold]{spec.runs}/{spec.name}[/]: {len(pairs)} (task, model) pair(s) x "
+                           f"{spec.seeds} seed(s); test sets: {sets}")
+        if stores.external_missing is not None:
+            self.console.print(f"(no external test store at {stores.external_missing}: skipping it)")
+        self.overall = self.progress.add_task("grid", total=len(pairs), status="")
+
+    def skipped(self, task, model, seeds) -> None:
+        self.console.print(f"{task_name(task)} {model}: seed(s) {_seeds(seeds)} finished already, skipped")
+        self.progress.advance(self.overall)
+
+    def group_start(self, task, model, seeds, max_epochs) -> None:
+        self.n_seeds, self.max_epochs = len(seeds), max_epochs
+        self.group = self.progress.add_task(f"{task_name(task)} {model} seed(s) {_seeds(seeds)}", total=max_epochs,
+                                            status="compiling")
+
+    def epoch(self, info) -> None:
+        rows = info["seeds"]
+        train = statistics.fmean(r["train_loss"] for r in rows)
+        val = statistics.fmean(r["val_loss"] for r in rows)
+        active = self.n_seeds - sum(info["stopped"])
+        self.progress.update(self.group, completed=info["epoch"],
+                             status=f"train {train:.4f} val {val:.4f} | {active}/{self.n_seeds} training")
+
+    def group_end(self, task, model, outcome) -> None:
+        self.progress.update(self.group, completed=self.max_epochs, status="done")
+        self.progress.remove_task(self.group)
+        self.progress.advance(self.overall)
+        self.console.print(f"{task_name(task)} {model}: trained seed(s) {_seeds(outcome.trained)} in "
+                           f"{outcome.seconds:.1f} s" + (f" (skipped {_seeds(outcome.skipped)})" if outcome.skipped else ""))
+
+
+def summary_table(rows: list[dict], title: str) -> Table:
+    """Mean AUROC ± sd over seeds per task × model × test set (rows from `heads.sweep.summarize`)."""
+    table = Table(title=title)
+    for col in ("Task", "Model", "Test set", "Mean AUROC ± sd", "Seeds"):
+        table.add_column(col, justify="right" if col in ("Mean AUROC ± sd", "Seeds") else "left")
+    for r in rows:
+        sd = f" ± {r['sd']:.4f}" if r["sd"] is not None else ""
+        table.add_row(task_name(r["task"]).upper(), r["model"].upper(), r["test_set"], f"{r['mean']:.4f}{sd}", str(r["n"]))
+    return table

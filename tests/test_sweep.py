@@ -1,0 +1,187 @@
+"""`heads sweep` / `heads train` end to end on tiny stores: layout, resume, metrics, refusals."""
+
+import json
+import shutil
+
+import jax
+import numpy as np
+import pytest
+from headsdata import make_stores, synthetic_split, write_store
+from sklearn.metrics import roc_auc_score
+from typer.testing import CliRunner
+
+from cxrfeat.labels import LABELS, task_labels
+from cxrfeat.store import load_features
+from heads import runs
+from heads.cli import app
+from heads.metrics import auroc_report
+from heads.models import make_model
+from heads.sweep import SweepSpec, grid, parse_shard
+
+FAST = ["--max-epochs", "3", "--lr", "0.01", "--patience", "2"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    features = make_stores(root / "features")
+    args = ["sweep", "--tasks", "8", "--seeds", "2", "--models", "cdl,dqc", "--features", features,
+            "--runs", root / "runs", "--name", "t", *FAST]
+    first = invoke(*args)
+    assert first.exit_code == 0, first.output
+    return root, args, first
+
+
+def test_sweep_writes_the_run_layout(swept):
+    root, _, first = swept
+    sweep = root / "runs" / "t"
+    record = json.loads((sweep / "sweep.json").read_text())
+    assert record["tasks"] == [8] and record["models"] == ["cdl", "dqc"] and record["seeds"] == 2
+    assert record["settings"]["training"]["max_epochs"] == 3
+    for model in ("cdl", "dqc"):
+        for seed in (1, 2):
+            d = sweep / "cxr-8" / model / f"seed-{seed}"
+            assert runs.is_done(d)
+            config = json.loads((d / "config.json").read_text())
+            assert config["seed"] == seed and config["model"] == model and config["labels"] == list(task_labels(8))
+            assert config["provenance"]["train"]["backbone"] == {"name": "random", "seed": 0}
+            assert config["param_counts"]["classical_preprocess"] == 32 * 8 + 8
+            metrics = runs.read_metrics(d)
+            history = runs.read_history(d)
+            assert len(history) == metrics["epochs"] and {"train_loss", "val_loss", "seconds", "order_digest"} <= set(history[0])
+            assert set(metrics["test_sets"]) == {"nih-cxr-lt", "mimic-cxr-lt"}
+    # Same seed, same batches, whatever the head.
+    digests = [[h["order_digest"] for h in runs.read_history(sweep / "cxr-8" / m / "seed-1")] for m in ("cdl", "dqc")]
+    assert digests[0] == digests[1]
+    assert "CXR-8" in first.output and "mimic-cxr-lt" in first.output  # the summary table
+
+
+def test_metrics_match_sklearn_and_predictions_match_saved_parameters(swept):
+    root, _, _ = swept
+    names = list(task_labels(8))
+    for model in ("cdl", "dqc"):
+        d = root / "runs" / "t" / "cxr-8" / model / "seed-2"
+        metrics = runs.read_metrics(d)
+        for test_set in ("nih-cxr-lt", "mimic-cxr-lt"):
+            p = runs.load_predictions(d, test_set)
+            assert list(p["label_names"]) == names and p["y_prob"].shape == (120, 8)
+            m = metrics["test_sets"][test_set]
+            for j, name in enumerate(names):
+                known = p["y_true"][:, j] >= 0
+                want = roc_auc_score(p["y_true"][known, j], p["y_prob"][known, j])
+                assert m["per_label"][name] == pytest.approx(want)
+            assert m["mean_auroc"] == pytest.approx(np.mean(list(m["per_label"].values())))
+        assert metrics["test_sets"]["nih-cxr-lt"]["mean_auroc"] > 0.6  # the heads learn the signal
+        # The saved best parameters reproduce the saved predictions.
+        saved = runs.load_predictions(d, "nih-cxr-lt")
+        x = load_features(root / "features" / "nih-cxr-lt" / "test.zarr").embeddings[:, 0]
+        probs = jax.nn.sigmoid(make_model(model, 8).apply({"params": runs.load_params(d)}, x))
+        np.testing.assert_allclose(probs, saved["y_prob"], rtol=1e-5, atol=1e-6)
+
+
+def test_second_sweep_skips_finished_runs_and_redoes_unfinished_ones(swept):
+    root, args, _ = swept
+    sweep = root / "runs" / "t" / "cxr-8"
+    stamp = {p: p.stat().st_mtime_ns for p in sweep.rglob("*") if p.is_file()}
+    again = invoke(*args)
+    assert again.exit_code == 0, again.output
+    assert again.output.count("skipped") >= 2
+    assert stamp == {p: p.stat().st_mtime_ns for p in sweep.rglob("*") if p.is_file()}
+
+    # An interrupted run: no DONE, a stale file. Only it is trained again, alone, to the same result.
+    victim = sweep / "cdl" / "seed-2"
+    before = runs.read_metrics(victim)
+    (victim / runs.DONE).unlink()
+    (victim / "metrics.json").write_text("{half")
+    third = invoke(*args)
+    assert third.exit_code == 0, third.output
+    assert runs.is_done(victim)
+    after = runs.read_metrics(victim)
+    assert after["epochs"] == before["epochs"]
+    assert after["test_sets"]["nih-cxr-lt"]["mean_auroc"] == pytest.approx(before["test_sets"]["nih-cxr-lt"]["mean_auroc"], abs=1e-5)
+    untouched = [p for p in stamp if victim not in p.parents]
+    assert all(p.stat().st_mtime_ns == stamp[p] for p in untouched)
+
+
+def test_train_command_and_changed_settings(swept):
+    root, _, _ = swept
+    common = ["--features", root / "features", "--runs", root / "runs"]
+    # `heads train` is one (task, model) of the same folder: all finished, so nothing to do.
+    ok = invoke("train", "--task", "8", "--model", "cdl", "--seeds", "2", "--name", "t", *common, *FAST)
+    assert ok.exit_code == 0 and "skipped" in ok.output, ok.output
+    other = invoke("train", "--task", "8", "--model", "cdl", "--seeds", "2", "--name", "t", *common,
+                   "--max-epochs", "4", "--lr", "0.01", "--patience", "2")
+    assert other.exit_code == 2 and "other settings" in other.output
+
+
+def test_auroc_report_leaves_out_unknown_and_single_class_labels():
+    y = np.array([[1, 0, -1], [0, 0, 1], [1, -1, 0], [0, 0, 1]], np.int8)
+    p = np.array([[0.9, 0.1, 0.5], [0.2, 0.3, 0.8], [0.6, 0.9, 0.1], [0.4, 0.2, 0.7]], np.float32)
+    r = auroc_report(y, p, ["a", "b", "c"])
+    assert r["per_label"]["b"] is None and r["undefined"] == ["b"] and r["labels_used"] == 2
+    assert r["per_label"]["c"] == pytest.approx(roc_auc_score([1, 0, 1], [0.8, 0.1, 0.7]))
+    assert r["mean_auroc"] == pytest.approx((1.0 + r["per_label"]["c"]) / 2)
+    assert r["known"]["c"] == 3 and r["positives"]["a"] == 2
+
+
+def test_shards_partition_the_grid():
+    spec = SweepSpec(tasks=[8, 14, 19], models=["cdl", "dqc"], seeds=1)
+    full = grid(spec)
+    parts = [grid(SweepSpec(tasks=[8, 14, 19], models=["cdl", "dqc"], seeds=1, shard=(i, 4))) for i in range(1, 5)]
+    assert sorted(p for part in parts for p in part) == sorted(full) and sum(map(len, parts)) == len(full) == 6
+    assert parse_shard("2/4") == (2, 4)
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    return make_stores(tmp_path / "features", n_train=40, n_val=16, n_test=16, external=False), tmp_path / "runs"
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [(["--seeds", "0"], "--seeds"), (["--batch-size", "0"], "--batch-size"), (["--shard", "3/2"], "--shard"),
+     (["--shard", "x"], "--shard"), (["--models", "cdl,svm"], "--models"), (["--backend", "gpu"], "--backend"),
+     (["--tasks", "8,9"], "--tasks"), (["--circuit-init", "zero"], "--circuit-init")],
+)
+def test_impossible_options_fail_cleanly(tiny, extra, words):
+    features, runs_dir = tiny
+    result = invoke("sweep", "--features", features, "--runs", runs_dir, "--max-epochs", "1", *extra)
+    assert result.exit_code == 2 and words in result.output, result.output
+    assert not runs_dir.exists()
+
+
+def test_missing_store_names_the_extract_command(tiny):
+    features, runs_dir = tiny
+    shutil.rmtree(features / "nih-cxr-lt" / "val.zarr")
+    result = invoke("sweep", "--features", features, "--runs", runs_dir, "--tasks", "8")
+    assert result.exit_code == 2 and "val.zarr" in result.output and "cxrfeat extract --split val" in result.output
+    assert not runs_dir.exists()
+
+
+def test_task_labels_missing_from_a_store(tiny):
+    features, runs_dir = tiny
+    rng = np.random.default_rng(1)
+    x, y = synthetic_split(rng, 16, 1, 32, rng.normal(size=(len(LABELS), 32)))
+    shutil.rmtree(features / "nih-cxr-lt" / "test.zarr")
+    eight = list(task_labels(8))
+    write_store(features / "nih-cxr-lt" / "test.zarr", x, y[:, [LABELS.index(n) for n in eight]],
+                dataset="nih-cxr-lt", split="test", label_names=eight)
+    result = invoke("sweep", "--features", features, "--runs", runs_dir, "--tasks", "8,14", "--max-epochs", "1")
+    assert result.exit_code == 2 and "test.zarr" in result.output and "Hernia" in result.output, result.output
+    assert not runs_dir.exists()
+
+
+def test_stores_from_different_backbones_are_refused(tiny):
+    features, runs_dir = tiny
+    rng = np.random.default_rng(2)
+    x, y = synthetic_split(rng, 16, 1, 32, rng.normal(size=(len(LABELS), 32)))
+    shutil.rmtree(features / "nih-cxr-lt" / "val.zarr")
+    write_store(features / "nih-cxr-lt" / "val.zarr", x, y, dataset="nih-cxr-lt", split="val",
+                backbone={"name": "microsoft/resnet-50", "revision": "abc"})
+    result = invoke("sweep", "--features", features, "--runs", runs_dir, "--tasks", "8", "--max-epochs", "1")
+    assert result.exit_code == 2 and "backbone" in result.output
+    assert not runs_dir.exists()

@@ -1,0 +1,213 @@
+"""Multi-seed training: seeds together equal seeds alone, one compilation, fair and complete epochs."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax._src.dispatch import BACKEND_COMPILE_EVENT
+
+from cxrfeat.errors import UserError
+from heads.models import make_model
+from heads.train import INIT_STREAM, TrainConfig, TrainData, epoch_order, order_digest, predict, train_seeds
+
+
+def tiny_data(n=200, views=2, dim=16, labels=8, n_val=40, seed=0, scale=0.5):
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(labels, dim)) * scale
+
+    def split(rows, v):
+        y = (rng.random((rows, labels)) < 0.3).astype(np.int8)
+        x = (rng.normal(size=(rows, dim)) + y @ w)[:, None, :] + 0.3 * rng.normal(size=(rows, v, dim))
+        return x.astype(np.float32), y
+
+    tx, ty = split(n, views)
+    vx, vy = split(n_val, 1)
+    return TrainData(tx, ty, vx[:, 0], vy)
+
+
+DATA = tiny_data()
+# A high learning rate and short patience make the seeds stop at different epochs.
+RAGGED = TrainConfig(lr=0.1, max_epochs=12, patience=2)
+
+
+def assert_same_run(a, b):
+    assert (a.seed, a.epochs, a.best_epoch) == (b.seed, b.epochs, b.best_epoch)
+    assert [h["order_digest"] for h in a.history] == [h["order_digest"] for h in b.history]
+    for ha, hb in zip(a.history, b.history, strict=True):
+        assert ha["train_loss"] == pytest.approx(hb["train_loss"], rel=1e-5, abs=1e-6)
+        assert ha["val_loss"] == pytest.approx(hb["val_loss"], rel=1e-5, abs=1e-6)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5), a.best_params, b.best_params)
+
+
+@pytest.fixture(scope="module")
+def cdl_together():
+    return train_seeds(make_model("cdl", 8), DATA, [1, 2, 3, 4], RAGGED)
+
+
+def test_cdl_seeds_together_equal_seeds_alone(cdl_together):
+    results = sorted(cdl_together.results, key=lambda r: r.epochs)
+    assert results[0].epochs < results[-1].epochs, "the test needs seeds that stop at different epochs"
+    for r in (results[0], results[-1]):  # the first to stop and the last
+        alone = train_seeds(make_model("cdl", 8), DATA, [r.seed], RAGGED).results[0]
+        assert_same_run(r, alone)
+
+
+def test_early_stopping_keeps_the_best_parameters(cdl_together):
+    for r in cdl_together.results:
+        vals = [h["val_loss"] for h in r.history]
+        assert r.best_epoch == 1 + int(np.argmin(vals)) and r.best_val_loss == pytest.approx(min(vals))
+        if r.epochs < RAGGED.max_epochs:  # stopped: exactly `patience` epochs without improvement
+            assert r.epochs - r.best_epoch == RAGGED.patience
+        # The kept parameters reproduce the best validation loss.
+        logits = make_model("cdl", 8).apply({"params": r.best_params}, DATA.val_x)
+        loss = optax.sigmoid_binary_cross_entropy(logits, DATA.val_y.astype(np.float32)).mean()
+        assert float(loss) == pytest.approx(r.best_val_loss, rel=1e-5)
+        assert [h["best_so_far"] for h in r.history][-1] == pytest.approx(r.best_val_loss)
+
+
+@pytest.fixture(scope="module")
+def dqc_run():
+    # 4 qubits keep the compilation short; the code path is the same for 19.
+    data = tiny_data(labels=4, n=96)
+    return data, train_seeds(make_model("dqc", 4), data, [1, 2], TrainConfig(lr=0.02, max_epochs=4, patience=4))
+
+
+def test_dqc_seeds_together_equal_alone_and_loss_decreases(dqc_run):
+    data, together = dqc_run
+    alone = train_seeds(make_model("dqc", 4), data, [2], TrainConfig(lr=0.02, max_epochs=4, patience=4))
+    assert_same_run(together.results[1], alone.results[0])
+    for r in together.results:
+        assert r.history[-1]["train_loss"] < r.history[0]["train_loss"]
+        assert r.history[-1]["val_loss"] < r.history[0]["val_loss"]
+
+
+def test_cdl_loss_decreases(cdl_together):
+    for r in cdl_together.results:
+        assert r.history[1]["train_loss"] < r.history[0]["train_loss"]
+
+
+def test_cdl_and_dqc_see_the_same_batches(dqc_run):
+    data, dqc = dqc_run
+    cdl = train_seeds(make_model("cdl", 4), data, [1, 2], TrainConfig(max_epochs=3))
+    for c, d in zip(cdl.results, dqc.results, strict=True):
+        assert [h["order_digest"] for h in c.history] == [h["order_digest"] for h in d.history[:3]]
+    digests = [h["order_digest"] for r in cdl.results for h in r.history]
+    assert len(set(digests)) == len(digests)  # every (seed, epoch) has its own order
+    # Anyone can recompute an epoch's digest from (seed, epoch) alone.
+    n, v, _ = data.train_x.shape
+    assert cdl.results[1].history[2]["order_digest"] == order_digest(*epoch_order(2, 3, n, v))
+
+
+def test_epoch_order_is_a_permutation_with_valid_views():
+    perm, views = epoch_order(7, 1, 101, 3)
+    np.testing.assert_array_equal(np.sort(np.asarray(perm)), np.arange(101))
+    assert set(np.asarray(views).tolist()) == {0, 1, 2}
+
+
+def test_last_batch_is_padded_not_dropped():
+    # With a vanishing learning rate the epoch's train loss is the mean BCE of the initial
+    # parameters over all rows (each with its drawn view); dropping the 5-row last batch changes it.
+    data = tiny_data(n=37, n_val=8)
+    model = make_model("cdl", 8)
+    r = train_seeds(model, data, [3], TrainConfig(lr=1e-12, batch_size=16, max_epochs=1)).results[0]
+    params = model.init(jax.random.fold_in(jax.random.key(3), INIT_STREAM), jnp.zeros((1, 16)))["params"]
+    perm, views = (np.asarray(a) for a in epoch_order(3, 1, 37, 2))
+    x = data.train_x[perm, views[perm]]
+    losses = optax.sigmoid_binary_cross_entropy(model.apply({"params": params}, x), data.train_y[perm].astype(np.float32))
+    assert r.history[0]["train_loss"] == pytest.approx(float(losses.mean()), rel=1e-5)
+    assert r.history[0]["train_loss"] != pytest.approx(float(losses[:32].mean()), rel=1e-5)
+
+
+def test_seed_changes_initial_parameters_and_order():
+    r = train_seeds(make_model("cdl", 8), DATA, [1, 2], TrainConfig(lr=1e-12, max_epochs=1)).results
+    assert not np.allclose(r[0].best_params["linear"]["kernel"], r[1].best_params["linear"]["kernel"])
+    assert r[0].history[0]["order_digest"] != r[1].history[0]["order_digest"]
+
+
+def test_nothing_recompiles_between_epochs():
+    compiles = []
+
+    def listener(event, duration, **kwargs):
+        if event == BACKEND_COMPILE_EVENT:
+            compiles.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        counts = []
+        for epochs in (2, 7):
+            compiles.clear()
+            train_seeds(make_model("cdl", 8), DATA, [1, 2], TrainConfig(lr=1e-3, max_epochs=epochs, patience=50))
+            counts.append(len(compiles))
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert counts[0] == counts[1] and counts[0] <= 4, counts
+
+
+def test_predict_uses_the_best_parameters(cdl_together):
+    probs = predict(make_model("cdl", 8), cdl_together, DATA.val_x)
+    assert probs.shape == (4, 40, 8)
+    r = cdl_together.results[2]
+    want = jax.nn.sigmoid(make_model("cdl", 8).apply({"params": r.best_params}, DATA.val_x))
+    np.testing.assert_allclose(probs[2], want, rtol=1e-5, atol=1e-6)
+
+
+def test_unknown_labels_are_left_out_of_the_loss():
+    data = tiny_data(n=64, n_val=16)
+    data.val_y = data.val_y.copy()
+    data.val_y[:, 0] = -1
+    r = train_seeds(make_model("cdl", 8), data, [1], TrainConfig(lr=1e-12, max_epochs=1)).results[0]
+    params = r.best_params
+    logits = make_model("cdl", 8).apply({"params": params}, data.val_x)
+    want = optax.sigmoid_binary_cross_entropy(logits[:, 1:], data.val_y[:, 1:].astype(np.float32)).mean()
+    assert r.history[0]["val_loss"] == pytest.approx(float(want), rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "config, seeds, words",
+    [(TrainConfig(batch_size=0), [1], "--batch-size"), (TrainConfig(max_epochs=0), [1], "--max-epochs"),
+     (TrainConfig(patience=0), [1], "--patience"), (TrainConfig(lr=-1.0), [1], "--lr"), (TrainConfig(), [], "--seeds")],
+)
+def test_impossible_options_are_refused(config, seeds, words):
+    with pytest.raises(UserError, match=words):
+        train_seeds(make_model("cdl", 8), DATA, seeds, config)
+
+
+def test_divergence_stops_loudly():
+    data = tiny_data(n=32, n_val=8)
+    data.train_x = data.train_x.copy()
+    data.train_x[3, :, 0] = np.inf
+    with pytest.raises(UserError, match="diverged"):
+        train_seeds(make_model("cdl", 8), data, [1], TrainConfig(max_epochs=2))
+
+
+MULTI_DEVICE = textwrap.dedent(
+    """
+    import jax, numpy as np
+    from heads.models import make_model
+    from heads.train import TrainConfig, predict, train_seeds
+    from test_train import DATA, RAGGED, assert_same_run
+    assert jax.local_device_count() == 2
+    model = make_model("cdl", 8)
+    two = train_seeds(model, DATA, [1, 2, 3], RAGGED)  # 3 seeds padded to 4 over 2 devices
+    one = train_seeds(model, DATA, [1, 2, 3], RAGGED, devices=jax.devices()[:1])
+    assert two.timing["devices"] == 2 and two.timing["padded_seeds"] == 4
+    assert len(jax.tree.leaves(two.best_params)[0].sharding.device_set) == 2
+    for a, b in zip(two.results, one.results, strict=True):
+        assert_same_run(a, b)
+    np.testing.assert_allclose(predict(model, two, DATA.val_x), predict(model, one, DATA.val_x), rtol=1e-5, atol=1e-6)
+    print("OK")
+    """
+)
+
+
+def test_seeds_shard_over_two_devices_and_match_one_device():
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(__file__), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-c", MULTI_DEVICE], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
