@@ -217,3 +217,53 @@ def finetune(
         typer.echo(f"{test_set}: mean AUROC {'undefined' if mean is None else f'{mean:.4f}'} "
                    f"({report.get('labels_used')} labels, {report.get('n')} images)")
     typer.echo(f"{result.path}: best epoch {result.best_epoch}, val loss {result.best_val_loss:.4f}")
+
+
+@app.command("bench-epoch")
+@friendly
+def bench_epoch(
+    tasks: Annotated[str, typer.Option("--tasks", help="Tasks, comma-separated: 8,14,19.")] = "8,14,19",
+    models: Annotated[str, typer.Option("--models", help="Heads, comma-separated: cdl,dqc.")] = "cdl,dqc",
+    seeds: _Seeds = 5,
+    rows: Annotated[int, typer.Option("--rows", help="Training rows (NIH: 78,506); fewer rows are timed and scaled up.")] = 78_506,
+    views: Annotated[int, typer.Option("--views", help="Stored views per training row.")] = 8,
+    dim: Annotated[int, typer.Option("--dim", help="Embedding size.")] = 2048,
+    epochs: Annotated[int, typer.Option("--epochs", help="Epochs per run in the projected sweep.")] = 50,
+    backend: _Backend = "fast",
+    layers: _Layers = 3,
+    out: Annotated[Path, typer.Option("--out", help="JSON results (default bench/epoch-<platform>.json).")] = None,
+):
+    """Time one training epoch at the NIH training size for every (task, model), and project the sweep."""
+    import jax
+    from rich.console import Console
+    from rich.table import Table
+
+    from cxrfeat import atomic
+    from cxrfeat.errors import UserError
+    from cxrfeat.labels import parse_tasks
+    from heads.epochbench import time_epochs
+    from heads.sweep import parse_models
+
+    try:
+        task_list = parse_tasks(tasks)
+    except ValueError as e:
+        raise UserError(f"--tasks: {e}") from None
+    if min(seeds, rows, views, dim, epochs) < 1:
+        raise UserError("--seeds, --rows, --views, --dim and --epochs must be at least 1")
+    console = Console()
+    record = time_epochs(tasks=task_list, models=parse_models(models), seeds=seeds, rows=rows, views=views, dim=dim,
+                         epochs=epochs, backend=backend, layers=layers,
+                         on_result=lambda r: console.print(f"CXR-{r['task']} {r['model'].upper()}: {r['epoch_s']:.2f} s/epoch "
+                                                           f"({r['rows']} rows), compile {r['compile_s']:.1f} s"))
+    table = Table(title=f"One epoch, {seeds} seeds together, on {record['device']}"
+                  + (f" (timed on {record['rows']} rows, scaled x{record['scale']:.1f})" if record["scale"] > 1 else ""))
+    for col in ("Task", "Model", "Compile s", "Epoch s (NIH size)", f"{epochs} epochs + compile, s"):
+        table.add_column(col, justify="left" if col in ("Task", "Model") else "right")
+    for r in record["results"]:
+        table.add_row(f"CXR-{r['task']}", r["model"].upper(), f"{r['compile_s']:.1f}", f"{r['epoch_s_nih']:.1f}", f"{r['run_s_nih']:.0f}")
+    console.print(table)
+    console.print(f"projected sweep ({len(record['results'])} runs x {seeds} seeds, {epochs} epochs, no early stop): "
+                  f"{record['projected_sweep_s'] / 3600:.2f} h")
+    out = out or Path("bench") / f"epoch-{jax.devices()[0].platform}.json"
+    atomic.write_json(out, record)
+    console.print(f"wrote {out}")

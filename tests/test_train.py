@@ -1,5 +1,6 @@
 """Multi-seed training: seeds together equal seeds alone, one compilation, fair and complete epochs."""
 
+import json
 import os
 import subprocess
 import sys
@@ -211,3 +212,20 @@ def test_seeds_shard_over_two_devices_and_match_one_device():
     env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(__file__), env.get("PYTHONPATH", "")])
     proc = subprocess.run([sys.executable, "-c", MULTI_DEVICE], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_bench_epoch_times_and_projects(tmp_path):
+    from typer.testing import CliRunner
+
+    from heads.cli import app
+
+    out = tmp_path / "epoch.json"
+    result = CliRunner().invoke(app, ["bench-epoch", "--tasks", "8", "--models", "cdl", "--seeds", "2", "--rows", "157",
+                                      "--views", "2", "--dim", "16", "--epochs", "3", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    record = json.loads(out.read_text())
+    (row,) = record["results"]
+    assert record["rows"] == 157 and record["val_rows"] == 25 and row["steps"] == 5 and row["scaled"]
+    assert row["epoch_s_nih"] == pytest.approx(row["epoch_s"] * 78_506 / 157, rel=1e-3)
+    assert row["run_s_nih"] == pytest.approx(row["compile_s"] + 3 * row["epoch_s_nih"], rel=1e-3)
+    assert record["projected_sweep_s"] == pytest.approx(row["run_s_nih"], abs=0.1)
