@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from cxrfeat.cliutil import friendly
 
 app = typer.Typer(
     help="Analysis: turn a sweep's runs into the paper's tables, statistics and figures.\n\n"
@@ -10,3 +15,24 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+
+
+@app.callback()
+def main() -> None:
+    """Analysis: turn a sweep's runs into the paper's tables, statistics and figures."""
+
+
+@app.command()
+@friendly
+def report(
+    runs: Annotated[Path | None, typer.Option(help="Sweep folder runs/<name> (default: the only sweep under runs/).")] = None,
+    features: Annotated[Path | None, typer.Option(help="Feature stores for Table I and the label order (default: the sweep's own "
+                                                  "features folder, else features/, else the stores its runs name).")] = None,
+    bench: Annotated[Path | None, typer.Option(help="`heads bench` results for Table III (default: bench/ if present).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: reports/<sweep name>).")] = None,
+) -> None:
+    """Write report.md, tables/*.csv|tex and figures/*.png for a sweep (paper section IV)."""
+    from analysis.report import build_report
+
+    path = build_report(runs=runs, features=features, bench=bench, out=out)
+    print(f"wrote {path} (tables in {path.parent / 'tables'}, figures in {path.parent / 'figures'})")

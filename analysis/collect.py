@@ -1,0 +1,353 @@
+"""Read a sweep's runs folder: `runs/<sweep>/cxr-<n>/<model>/seed-<s>/` (DESIGN "Runs").
+
+A run counts once its `DONE` file exists (written last); a seed folder without it is reported as
+unfinished and left out. What a partial sweep lacks (tasks, models, seeds) is listed in
+`Sweep.notes`, so the report can say so instead of failing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from analysis import stats
+from cxrfeat.errors import UserError
+from cxrfeat.labels import canonical
+
+MODEL_ORDER = ("cdl", "dqc", "cdl-finetune", "dqc-finetune")
+TEST_SET_ORDER = ("nih-cxr-lt", "mimic-cxr-lt")
+_SEED_DIR = re.compile(r"^seed-(\d+)$")
+_LAYOUT = "runs/<sweep>/cxr-<n>/<model>/seed-<s>/ with config.json, predictions/*.npz and DONE"
+
+
+def model_key(model: str) -> tuple[int, str]:
+    return (MODEL_ORDER.index(model) if model in MODEL_ORDER else len(MODEL_ORDER), model)
+
+
+def test_set_key(name: str) -> tuple[int, str]:
+    return (TEST_SET_ORDER.index(name) if name in TEST_SET_ORDER else len(TEST_SET_ORDER), name)
+
+
+def task_key(task: str) -> tuple[int, str]:
+    m = re.search(r"(\d+)$", task)
+    return (int(m.group(1)) if m else 10**9, task)
+
+
+def comparisons(models) -> list[tuple[str, str]]:
+    """The (classical, quantum) pairs to compare: cdl vs dqc, and cdl-<x> vs dqc-<x> (e.g. finetune)."""
+    models = set(models)
+    pairs = [("cdl" + m[3:], m) for m in models if m.startswith("dqc") and "cdl" + m[3:] in models]
+    return sorted(pairs, key=lambda p: model_key(p[1]))
+
+
+@dataclass
+class Predictions:
+    """One run's predictions on one test set (`predictions/<test-set>.npz`)."""
+
+    label_names: list[str]
+    y_true: np.ndarray  # (N, L) int in {1, 0, -1}
+    y_prob: np.ndarray  # (N, L) float
+    path: Path
+
+    @cached_property
+    def auroc(self) -> np.ndarray:
+        """Per-label AUROC (L,), NaN where undefined."""
+        try:
+            return stats.auroc(self.y_true, self.y_prob)
+        except ValueError as e:
+            raise UserError(f"{self.path}: {e}") from None
+
+
+@dataclass
+class Run:
+    """A finished run (its DONE file exists)."""
+
+    task: str
+    model: str
+    seed: int
+    path: Path
+    config: dict[str, Any]
+    history: list[dict[str, Any]]
+    predictions: dict[str, Predictions]
+
+
+@dataclass
+class Sweep:
+    """The finished runs of a sweep folder, and notes on what is missing or odd."""
+
+    path: Path
+    runs: list[Run]
+    notes: list[str] = field(default_factory=list)
+    meta: dict[str, Any] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path.resolve().name
+
+    @property
+    def tasks(self) -> list[str]:
+        return sorted({r.task for r in self.runs}, key=task_key)
+
+    def models(self, task: str) -> list[str]:
+        return sorted({r.model for r in self.runs if r.task == task}, key=model_key)
+
+    def runs_of(self, task: str, model: str) -> dict[int, Run]:
+        """seed -> run."""
+        return {r.seed: r for r in self.runs if r.task == task and r.model == model}
+
+    def test_sets(self, task: str | None = None) -> list[str]:
+        names = {t for r in self.runs if task is None or r.task == task for t in r.predictions}
+        return sorted(names, key=test_set_key)
+
+    def label_names(self, task: str) -> list[str]:
+        """The task's labels (from its predictions), in the order the runs store them."""
+        for r in sorted(self.runs, key=lambda r: (model_key(r.model), r.seed)):
+            if r.task == task:
+                for p in r.predictions.values():
+                    return list(p.label_names)
+                names = r.config.get("label_names") or r.config.get("labels")
+                if names:
+                    return [canonical(str(n)) for n in names]
+        return []
+
+    def label_aurocs(self, task: str, model: str, test_set: str) -> dict[int, dict[str, float]]:
+        """seed -> {label: AUROC} for the runs that have predictions on the test set."""
+        out = {}
+        for seed, run in self.runs_of(task, model).items():
+            pred = run.predictions.get(test_set)
+            if pred is not None:
+                out[seed] = dict(zip(pred.label_names, pred.auroc.tolist(), strict=True))
+        return out
+
+    def mean_aurocs(self, task: str, model: str, test_set: str) -> dict[int, float]:
+        """seed -> mean AUROC over the labels whose AUROC is defined."""
+        return {s: stats.nanmean(list(v.values())) for s, v in self.label_aurocs(task, model, test_set).items()}
+
+
+# ---------------------------------------------------------------------------------------------
+def find_sweep(runs: str | Path | None) -> Path:
+    """The sweep folder to report on: `runs` itself, or the single sweep under `runs/` when None."""
+    if runs is not None:
+        return Path(runs)
+    root = Path("runs")
+    if not root.is_dir():
+        raise UserError("no runs/ folder here: pass --runs runs/<sweep> (a folder written by `heads sweep`)")
+    if _task_dirs(root):
+        return root
+    sweeps = sorted(d.name for d in root.iterdir() if d.is_dir() and _task_dirs(d))
+    if len(sweeps) == 1:
+        return root / sweeps[0]
+    if not sweeps:
+        raise UserError(f"{root}: holds no sweep ({_LAYOUT}); pass --runs")
+    raise UserError(f"{root}: holds several sweeps ({', '.join(sweeps)}); pick one with --runs runs/<sweep>")
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Read every finished run of a sweep folder; UserError when the folder is not a runs folder."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such runs folder")
+    if not path.is_dir():
+        raise UserError(f"{path}: not a runs folder (a file, expected {_LAYOUT})")
+    task_dirs = _task_dirs(path)
+    if not task_dirs:
+        inner = sorted(d.name for d in path.iterdir() if d.is_dir() and _task_dirs(d))
+        hint = f"; it holds sweeps {', '.join(inner)}: pass --runs {path / inner[0]}" if inner else ""
+        raise UserError(f"{path}: not a runs folder (expected {_LAYOUT}){hint}")
+
+    meta = _read_json(path / "sweep.json") if (path / "sweep.json").is_file() else None
+    runs: list[Run] = []
+    notes: list[str] = []
+    unfinished: set[tuple[str, str, int]] = set()
+    for task_dir in sorted(task_dirs, key=lambda d: task_key(d.name)):
+        for model_dir in sorted((d for d in task_dir.iterdir() if d.is_dir()), key=lambda d: model_key(d.name)):
+            for seed_dir in sorted(model_dir.iterdir()):
+                m = _SEED_DIR.match(seed_dir.name)
+                if not seed_dir.is_dir() or not m:
+                    continue
+                seed = int(m.group(1))
+                if not (seed_dir / "DONE").exists():
+                    unfinished.add((task_dir.name, model_dir.name, seed))
+                    continue
+                runs.append(_load_run(seed_dir, task_dir.name, model_dir.name, seed))
+    if not runs:
+        raise UserError(f"{path}: no finished run yet (no seed folder has its DONE file); nothing to report")
+    sweep = Sweep(path=path, runs=runs, meta=meta if isinstance(meta, dict) else None)
+    sweep.notes = notes + _missing(sweep, unfinished) + _cross_check(sweep)
+    return sweep
+
+
+def _task_dirs(path: Path) -> list[Path]:
+    """Sub-folders that look like tasks: they hold <model>/seed-<s>/ folders."""
+    out = []
+    for d in path.iterdir():
+        if d.is_dir() and any(s.is_dir() and _SEED_DIR.match(s.name) for s in d.glob("*/seed-*")):
+            out.append(d)
+    return out
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: unreadable JSON ({e})") from None
+
+
+def _read_history(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    out = []
+    for i, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}: line {i} is not JSON ({e})") from None
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out
+
+
+def _load_run(seed_dir: Path, task: str, model: str, seed: int) -> Run:
+    cfg_path = seed_dir / "config.json"
+    config = _read_json(cfg_path) if cfg_path.is_file() else {}
+    if not isinstance(config, dict):
+        raise UserError(f"{cfg_path}: expected a JSON object")
+    preds = {}
+    for npz in sorted((seed_dir / "predictions").glob("*.npz")):
+        preds[npz.stem] = _load_predictions(npz, config)
+    return Run(task, model, seed, seed_dir, config, _read_history(seed_dir / "history.jsonl"), preds)
+
+
+def _load_predictions(path: Path, config: dict[str, Any]) -> Predictions:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            y_true = np.asarray(z["y_true"])
+            y_prob = np.asarray(z["y_prob"], dtype=np.float64)
+            try:
+                names = [str(n) for n in z["label_names"]] if "label_names" in z.files else None
+            except ValueError:  # stored as Python objects: fall back on config.json
+                names = None
+    except KeyError as e:
+        raise UserError(f"{path}: missing array {e} (needs y_true, y_prob, label_names)") from None
+    except Exception as e:  # noqa: BLE001 - anything numpy raises here means an unreadable file
+        raise UserError(f"{path}: unreadable predictions file ({e})") from None
+    if names is None:
+        names = [str(n) for n in config.get("label_names") or config.get("labels") or []]
+    if y_true.ndim == 1:
+        y_true, y_prob = y_true[:, None], y_prob[:, None]
+    if y_true.shape != y_prob.shape or y_true.shape[1] != len(names):
+        raise UserError(
+            f"{path}: y_true {y_true.shape}, y_prob {y_prob.shape} and {len(names)} label names do not match"
+        )
+    return Predictions([canonical(n) for n in names], y_true.astype(np.int64), y_prob, path)
+
+
+# ---------------------------------------------------------------------------------------------
+def _expected_seeds(meta: dict[str, Any] | None) -> list[int] | None:
+    seeds = (meta or {}).get("seeds")
+    if isinstance(seeds, int) and not isinstance(seeds, bool) and seeds > 0:
+        return list(range(1, seeds + 1))
+    if isinstance(seeds, list) and all(isinstance(s, int) for s in seeds):
+        return sorted(seeds)
+    return None
+
+
+def _expected_tasks(meta: dict[str, Any] | None) -> list[str]:
+    out = []
+    for t in (meta or {}).get("tasks", []) or []:
+        t = str(t).lower()
+        out.append(t if t.startswith("cxr-") else f"cxr-{t.removeprefix('cxr')}")
+    return out
+
+
+def _missing(sweep: Sweep, unfinished: set[tuple[str, str, int]]) -> list[str]:
+    """Lines saying which tasks, models and seeds a partial sweep lacks."""
+    meta_seeds = _expected_seeds(sweep.meta)
+    meta_models = [str(m) for m in (sweep.meta or {}).get("models", []) or []]
+    tasks = sorted(set(sweep.tasks) | set(_expected_tasks(sweep.meta)) | {t for t, _, _ in unfinished}, key=task_key)
+    base_models = sorted({r.model for r in sweep.runs if "-" not in r.model} | set(meta_models), key=model_key)
+    notes = []
+    for task in tasks:
+        present = {r.model for r in sweep.runs if r.task == task} | {m for t, m, _ in unfinished if t == task}
+        expected = set(base_models) | present
+        for m in list(present):  # a lone dqc-x or cdl-x lacks its partner
+            if m.startswith(("cdl", "dqc")) and "-" in m:
+                expected.add(("dqc" if m.startswith("cdl") else "cdl") + m[3:])
+        for model in sorted(expected, key=model_key):
+            done = set(sweep.runs_of(task, model))
+            started = {s for t, m, s in unfinished if t == task and m == model}
+            family = {r.seed for r in sweep.runs if r.task == task and ("-" in r.model) == ("-" in model)}
+            want = set(meta_seeds) if meta_seeds else family | started
+            if not done and not started:
+                notes.append(f"{task} / {model}: no runs (expected seeds {_seed_list(want)})")
+                continue
+            if started:
+                notes.append(f"{task} / {model}: seed(s) {_seed_list(started)} unfinished (no DONE file), left out")
+            absent = want - done - started
+            if absent:
+                notes.append(f"{task} / {model}: seed(s) {_seed_list(absent)} missing")
+    # A finished run without predictions on a test set that its task's other runs have.
+    for task in sweep.tasks:
+        for test_set in sweep.test_sets(task):
+            lacking = [f"{r.model} seed {r.seed}" for r in sweep.runs if r.task == task and test_set not in r.predictions]
+            if lacking:
+                notes.append(f"{task}: no {test_set} predictions for {', '.join(lacking)}")
+    return notes
+
+
+def _seed_list(seeds) -> str:
+    return ", ".join(str(s) for s in sorted(seeds)) or "none"
+
+
+def _cross_check(sweep: Sweep) -> list[str]:
+    """Compare the recomputed mean AUROC with what the runs wrote to metrics.json, where readable."""
+    unreadable, differ = [], []
+    for run in sweep.runs:
+        path = run.path / "metrics.json"
+        if not path.is_file():
+            continue
+        try:
+            metrics = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            unreadable.append(path)
+            continue
+        for test_set, pred in run.predictions.items():
+            written = _written_mean(metrics, test_set)
+            ours = stats.nanmean(pred.auroc)
+            if written is not None and np.isfinite(ours) and abs(written - ours) > 1e-6:
+                differ.append((abs(written - ours), path, test_set, written, ours))
+    notes = [f"{p}: unreadable (AUROC recomputed from the predictions)" for p in unreadable[:5]]
+    if len(unreadable) > 5:
+        notes.append(f"... and {len(unreadable) - 5} more unreadable metrics.json files")
+    if differ:
+        _, path, test_set, written, ours = max(differ, key=lambda d: d[0])
+        notes.append(
+            f"{len(differ)} mean AUROC(s) in the runs' metrics.json differ from those recomputed from the "
+            f"predictions; the report uses the recomputed ones. Largest: {path}: {test_set} is {written:.6f} "
+            f"there but {ours:.6f} recomputed"
+        )
+    return notes
+
+
+def _written_mean(metrics: Any, test_set: str) -> float | None:
+    if not isinstance(metrics, dict):
+        return None
+    entry = metrics.get(test_set)
+    if entry is None and isinstance(metrics.get("test_sets"), dict):
+        entry = metrics["test_sets"].get(test_set)
+    if isinstance(entry, int | float):
+        return float(entry)
+    if isinstance(entry, dict):
+        for key in ("mean_auroc", "mean", "auroc"):
+            v = entry.get(key)
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                return float(v)
+    return None

@@ -1,0 +1,119 @@
+"""AUROC, the paired t-test over seeds, % difference and significance stars (paper section III-G).
+
+Conventions used by every table and figure of the report:
+
+- AUROC is scikit-learn's `roc_auc_score` per label (`heads.metrics.label_auroc`, the function
+  the runs' metrics.json come from), over the images whose label is known (y_true 1 or 0; -1 =
+  unknown is left out). A label with only one class among its known images has no AUROC: NaN
+  here, shown as "undefined". A model's mean AUROC is the mean over the labels whose AUROC is
+  defined.
+- The paired t-test is scipy's `ttest_rel` over seeds, pairs matched by seed number (never by
+  position); only seeds both models have (with a defined value) take part.
+- % diff = 2 (a - b) / (a + b), in percent, a = CDL, b = DQC (paper eq. 4): positive when CDL is
+  better.
+- Stars follow the paper's legends: *** p < 0.001, ** p < 0.01, * p < 0.05, ns otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import ttest_rel
+
+from heads.metrics import label_auroc
+
+ALPHA = 0.05
+STAR_LEGEND = "ns: p ≥ 0.05, *: p < 0.05, **: p < 0.01, ***: p < 0.001"
+
+
+def auroc(y_true, y_prob) -> np.ndarray:
+    """Per-label AUROC of (N, L) labels in {1, 0, -1} and (N, L) scores; NaN where undefined.
+
+    >>> auroc([[1, 0], [0, -1], [1, 0]], [[0.9, 0.2], [0.1, 0.7], [0.8, 0.4]])
+    array([ 1., nan])
+    """
+    y_true = np.asarray(y_true)
+    y_prob = np.asarray(y_prob, dtype=np.float64)
+    if y_true.ndim == 1:
+        y_true, y_prob = y_true[:, None], y_prob[:, None]
+    if y_true.shape != y_prob.shape or y_true.ndim != 2:
+        raise ValueError(f"y_true {y_true.shape} and y_prob {y_prob.shape} must have the same (N, L) shape")
+    bad = ~np.isin(y_true, (-1, 0, 1))
+    if bad.any():
+        raise ValueError(f"labels must be 1, 0 or -1 (unknown); found {np.unique(y_true[bad])[:5].tolist()}")
+    if not np.isfinite(y_prob).all():
+        raise ValueError("NaN or Inf scores in y_prob")
+    # One implementation of the per-label rule for the whole project: the one the runs' metrics.json use.
+    values = [label_auroc(y_true[:, j], y_prob[:, j]) for j in range(y_true.shape[1])]
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+
+
+def nanmean(values) -> float:
+    """Mean of the finite values; NaN (without a warning) when there are none."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if v.size else math.nan
+
+
+def mean_sd(values) -> tuple[float, float, int]:
+    """Mean, sample standard deviation (ddof=1; NaN for fewer than 2) and count of the finite values."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return math.nan, math.nan, 0
+    sd = float(v.std(ddof=1)) if v.size > 1 else math.nan
+    return float(v.mean()), sd, int(v.size)
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """A paired t-test over seeds: statistic, p-value and the seeds that were paired."""
+
+    t: float
+    p: float
+    seeds: tuple[int, ...]
+
+    @property
+    def n(self) -> int:
+        return len(self.seeds)
+
+
+def paired_ttest(a: Mapping[int, float], b: Mapping[int, float]) -> PairedTest:
+    """scipy `ttest_rel(a, b)` over the seeds both mappings (seed -> value) have a finite value for.
+
+    Pairs are matched by seed number, so the order of either mapping does not matter. Fewer than
+    two pairs, or identical values in every pair, give p = NaN.
+    """
+    seeds = tuple(sorted(s for s in a if s in b and np.isfinite(a[s]) and np.isfinite(b[s])))
+    if len(seeds) < 2:
+        return PairedTest(math.nan, math.nan, seeds)
+    x = np.array([a[s] for s in seeds], dtype=np.float64)
+    y = np.array([b[s] for s in seeds], dtype=np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # scipy warns on (near-)constant differences
+        res = ttest_rel(x, y)
+    return PairedTest(float(res.statistic), float(res.pvalue), seeds)
+
+
+def pct_diff(a: float, b: float) -> float:
+    """% difference 2 (a - b) / (a + b) x 100 (paper eq. 4); NaN when either is undefined."""
+    if not (np.isfinite(a) and np.isfinite(b)) or a + b == 0:
+        return math.nan
+    return float(200.0 * (a - b) / (a + b))
+
+
+def stars(p: float) -> str:
+    """Significance stars of the paper's legends; 'n/a' when there is no p-value."""
+    if p is None or not np.isfinite(p):
+        return "n/a"
+    if p < 0.001:
+        return "***"
+    if p < 0.01:
+        return "**"
+    if p < ALPHA:
+        return "*"
+    return "ns"
