@@ -72,3 +72,29 @@ def _announce(message: str) -> None:
     from rich.panel import Panel
 
     Console(stderr=True).print(Panel(message, style="bold red", title="notice"))
+
+
+@app.command()
+@friendly
+def weights(
+    name: str = typer.Argument("microsoft/resnet-50", help="Hub name or local checkpoint folder."),
+    or_random: bool = typer.Option(False, "--or-random", help="When it cannot be fetched, say so loudly and print 'random' instead of failing."),
+):
+    """Fetch (into the Hugging Face cache) and check backbone weights; print the --weights value to use.
+
+    The demo uses `cxrfeat weights microsoft/resnet-50 --or-random`: the pretrained weights when the hub
+    (or its cache) has them, else a random-weight ResNet-50, announced on stderr, never silently.
+    """
+    from cxrfeat.errors import UserError
+    from cxrfeat.weights import resolve
+
+    try:
+        ckpt = resolve(name)
+    except UserError as e:
+        if not or_random:
+            raise
+        _announce(f"Pretrained weights unavailable: {e}\n\nFALLING BACK TO --weights random for this demo.")
+        typer.echo("random")
+        return
+    typer.echo(name, nl=True)
+    typer.echo(f"weights ok: {ckpt.provenance}", err=True)
