@@ -185,3 +185,15 @@ def test_stores_from_different_backbones_are_refused(tiny):
     result = invoke("sweep", "--features", features, "--runs", runs_dir, "--tasks", "8", "--max-epochs", "1")
     assert result.exit_code == 2 and "backbone" in result.output
     assert not runs_dir.exists()
+
+
+def test_non_finite_features_are_refused(tiny):
+    features, runs_dir = tiny
+    rng = np.random.default_rng(3)
+    x, y = synthetic_split(rng, 16, 1, 32, rng.normal(size=(len(LABELS), 32)))
+    x[5, 0, 3] = np.nan
+    shutil.rmtree(features / "nih-cxr-lt" / "test.zarr")
+    write_store(features / "nih-cxr-lt" / "test.zarr", x, y, dataset="nih-cxr-lt", split="test")
+    result = invoke("sweep", "--features", features, "--runs", runs_dir, "--tasks", "8", "--max-epochs", "1")
+    assert result.exit_code == 2 and "NaN" in result.output and "test.zarr" in result.output, result.output
+    assert not runs_dir.exists()
