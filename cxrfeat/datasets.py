@@ -1,0 +1,264 @@
+"""Dataset readers: NIH-CXR-LT, MIMIC-CXR-LT (external test) and a generic CSV -> `Dataset`.
+
+Every reader returns the same `Dataset`: row-aligned ids, image paths (resolved, not opened: a
+missing image is reported by extraction with its file and CSV line), int8 labels in {1, 0, -1}
+(-1 = unknown) and canonical label names. Label columns are recognised by their canonical name or
+a known alias (`cxrfeat.labels.canonical`); other columns (subject ids, view positions, extra
+findings such as `Support Devices`) are ignored. Label order: the 19 task labels in canonical
+order (those present), then `No Finding` when present.
+
+Layouts
+-------
+- ``nih-cxr-lt``: ``<data_dir>/miccai2023_nih-cxr-lt_labels_{split}.csv`` with an ``id`` column
+  (the PNG file name). Images lie flat in ``<data_dir>`` or ``<data_dir>/images/``, or in the
+  NIH download's ``<data_dir>/images_001/images/`` ... ``images_012/images/``.
+- ``mimic-cxr-lt``: one CSV in ``<data_dir>``, the first that exists of
+  ``miccai2023_mimic-cxr-lt_labels_{split}.csv``, ``mimic-cxr-lt_{split}.csv``, ``{split}.csv``,
+  else the only ``*.csv`` there. Columns ``dicom_id`` (the id) and ``path`` (relative to
+  ``<data_dir>``, e.g. ``files/p10/p10000032/s50414267/<dicom_id>.jpg``; built from
+  ``subject_id`` and ``study_id`` when absent); optional ``ViewPosition``: when present only AP
+  and PA rows are kept. A label that is absent, blank or -1 (uncertain) is stored as -1; all 19
+  task labels are always present (an absent column is all -1).
+- ``csv``: ``--csv FILE`` (default ``<data_dir>/{split}.csv``) with an ``id`` column (a file name
+  found like NIH images) and/or a ``path`` column (relative to ``<data_dir>``, or absolute), and
+  0/1 label columns (-1 or blank = unknown).
+"""
+
+from __future__ import annotations
+
+import csv as csvmod
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cxrfeat.errors import UserError
+from cxrfeat.labels import LABELS, NO_FINDING, canonical
+
+DATASETS = ("nih-cxr-lt", "mimic-cxr-lt", "csv")
+
+# Accepted label cell values. Blank means unknown (-1), like an uncertain -1.
+_VALUES = {"1": 1, "0": 0, "-1": -1, "": -1, "1.0": 1, "0.0": 0, "-1.0": -1}
+_FRONTAL = {"AP", "PA"}
+
+
+@dataclass
+class Dataset:
+    """One split of a dataset: rows of (id, image path, labels)."""
+
+    name: str
+    split: str
+    ids: list[str]
+    paths: list[Path]
+    labels: np.ndarray  # int8 (N, L) in {1, 0, -1}
+    label_names: list[str]
+    source: Path
+    rows: list[int]  # the CSV line number of each row (header = line 1)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def label_counts(self) -> dict[str, int]:
+        """Positives per label."""
+        return {name: int((self.labels[:, j] == 1).sum()) for j, name in enumerate(self.label_names)}
+
+
+def load_split(dataset: str, data_dir: str | Path, split: str, *, csv: str | Path | None = None) -> Dataset:
+    """Read one split of `dataset` (one of `DATASETS`) from `data_dir`; see the module docstring for layouts."""
+    data_dir = Path(data_dir)
+    if dataset == "nih-cxr-lt":
+        return _load_nih(data_dir, split)
+    if dataset == "mimic-cxr-lt":
+        return _load_mimic(data_dir, split, csv)
+    if dataset == "csv":
+        return _load_generic(data_dir, split, csv)
+    raise UserError(f"unknown --dataset {dataset!r}: choose one of {', '.join(DATASETS)}")
+
+
+def nih_csv(data_dir: str | Path, split: str) -> Path:
+    return Path(data_dir) / f"miccai2023_nih-cxr-lt_labels_{split}.csv"
+
+
+def mimic_csv(data_dir: str | Path, split: str) -> Path:
+    """The MIMIC-CXR-LT label CSV of `split` in `data_dir` (see the module docstring for the names tried)."""
+    data_dir = Path(data_dir)
+    names = [f"miccai2023_mimic-cxr-lt_labels_{split}.csv", f"mimic-cxr-lt_{split}.csv", f"{split}.csv"]
+    for name in names:
+        if (data_dir / name).is_file():
+            return data_dir / name
+    found = sorted(data_dir.glob("*.csv")) if data_dir.is_dir() else []
+    if len(found) == 1:
+        return found[0]
+    what = f"found {', '.join(p.name for p in found)}" if found else "found no CSV"
+    raise UserError(f"{data_dir}: no MIMIC-CXR-LT label CSV for split {split!r}: looked for {', '.join(names)} ({what})")
+
+
+# ------------------------------------------------------------------------------------------ readers
+def _load_nih(data_dir: Path, split: str) -> Dataset:
+    source = nih_csv(data_dir, split)
+    table = _read_csv(source)
+    table.require(["id"])
+    ids = table.column("id")
+    _check_unique(ids, table, "id")
+    index = image_index(data_dir)
+    paths = [index.get(i, data_dir / i) for i in ids]
+    names, labels = _labels(table, all_tasks=False)
+    return Dataset("nih-cxr-lt", split, ids, paths, labels, names, source, table.lines)
+
+
+def _load_mimic(data_dir: Path, split: str, csv: str | Path | None) -> Dataset:
+    source = Path(csv) if csv is not None else mimic_csv(data_dir, split)
+    table = _read_csv(source)
+    table.require(["dicom_id"])
+    if "path" not in table.header:
+        table.require(["path"], ["subject_id", "study_id"])
+    if "ViewPosition" in table.header:
+        views = table.column("ViewPosition")
+        table = table.subset([k for k, v in enumerate(views) if v.strip().upper() in _FRONTAL])
+    ids = table.column("dicom_id")
+    _check_unique(ids, table, "dicom_id")
+    if "path" in table.header:
+        rel = table.column("path")
+    else:
+        rel = [
+            f"files/p{s[:2]}/p{s}/s{st}/{d}.jpg"
+            for s, st, d in zip(table.column("subject_id"), table.column("study_id"), ids, strict=True)
+        ]
+    paths = [data_dir / r for r in rel]
+    names, labels = _labels(table, all_tasks=True)
+    return Dataset("mimic-cxr-lt", split, ids, paths, labels, names, source, table.lines)
+
+
+def _load_generic(data_dir: Path, split: str, csv: str | Path | None) -> Dataset:
+    source = Path(csv) if csv is not None else data_dir / f"{split}.csv"
+    table = _read_csv(source)
+    table.require(["id"], ["path"])
+    if "path" in table.header:
+        rel = table.column("path")
+        paths = [data_dir / r for r in rel]  # an absolute path stays absolute
+        ids = table.column("id") if "id" in table.header else rel
+    else:
+        ids = table.column("id")
+        index = image_index(data_dir)
+        paths = [index.get(i, data_dir / i) for i in ids]
+    _check_unique(ids, table, "id" if "id" in table.header else "path")
+    names, labels = _labels(table, all_tasks=False)
+    return Dataset("csv", split, ids, paths, labels, names, source, table.lines)
+
+
+# ------------------------------------------------------------------------------------------ images
+def image_index(data_dir: str | Path) -> dict[str, Path]:
+    """File name -> path for the images of an NIH-style folder (flat, `images/`, or `images_0NN/images/`).
+
+    One `os.scandir` per folder: fast for the 112,120 NIH images.
+    """
+    data_dir = Path(data_dir)
+    folders = [data_dir, data_dir / "images"]
+    if data_dir.is_dir():
+        with os.scandir(data_dir) as it:
+            parts = sorted(e.name for e in it if e.is_dir() and e.name.startswith("images_"))
+        for name in parts:
+            folders += [data_dir / name / "images", data_dir / name]
+    index: dict[str, Path] = {}
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        with os.scandir(folder) as it:
+            for e in it:
+                if e.is_file() and e.name not in index:
+                    index[e.name] = folder / e.name
+    return index
+
+
+# ------------------------------------------------------------------------------------------ CSV
+class _Table:
+    """A CSV held as columns of strings, with each row's line number for messages."""
+
+    def __init__(self, source: Path, header: list[str], records: list[list[str]], lines: list[int]):
+        self.source, self.header, self.records, self.lines = source, header, records, lines
+        self._col = {name: k for k, name in enumerate(header)}
+
+    def column(self, name: str) -> list[str]:
+        k = self._col[name]
+        return [r[k].strip() for r in self.records]
+
+    def subset(self, keep: list[int]) -> _Table:
+        return _Table(self.source, self.header, [self.records[k] for k in keep], [self.lines[k] for k in keep])
+
+    def require(self, *groups: list[str]) -> None:
+        """Pass when every column of at least one group is present."""
+        if any(all(n in self._col for n in g) for g in groups):
+            return
+        need = " or ".join("+".join(g) for g in groups)
+        raise UserError(f"{self.source}: missing column(s): needs {need}; it has {', '.join(self.header)}")
+
+
+def _read_csv(path: Path) -> _Table:
+    if not path.is_file():
+        hint = f" (it has: {', '.join(sorted(p.name for p in path.parent.glob('*.csv')))})" if path.parent.is_dir() else ""
+        raise UserError(f"{path}: label CSV not found{hint}")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csvmod.reader(f)
+            header = [h.strip() for h in next(reader, [])]
+            if not header:
+                raise UserError(f"{path}: empty CSV (no header line)")
+            dup = sorted({h for h in header if header.count(h) > 1})
+            if dup:
+                raise UserError(f"{path}: duplicate column(s) {', '.join(dup)} in the header")
+            records, lines = [], []
+            for rec in reader:
+                if not rec or (len(rec) == 1 and not rec[0].strip()):
+                    continue
+                if len(rec) != len(header):
+                    raise UserError(f"{path} line {reader.line_num}: {len(rec)} fields, the header has {len(header)}")
+                records.append(rec)
+                lines.append(reader.line_num)
+    except (UnicodeDecodeError, csvmod.Error) as e:
+        raise UserError(f"{path}: not a readable CSV ({e})") from e
+    return _Table(path, header, records, lines)
+
+
+def _check_unique(ids: list[str], table: _Table, column: str) -> None:
+    seen: dict[str, int] = {}
+    for i, line in zip(ids, table.lines, strict=True):
+        if i == "":
+            raise UserError(f"{table.source} line {line}: empty {column!r}")
+        if i in seen:
+            raise UserError(f"{table.source}: duplicate {column} {i!r} on lines {seen[i]} and {line}")
+        seen[i] = line
+
+
+def _labels(table: _Table, *, all_tasks: bool) -> tuple[list[str], np.ndarray]:
+    """Label columns -> (canonical names, int8 matrix). `all_tasks`: absent task labels become all -1."""
+    where: dict[str, str] = {}  # canonical name -> column
+    for col in table.header:
+        name = canonical(col)
+        if name in LABELS or name == NO_FINDING:
+            if name in where:
+                raise UserError(f"{table.source}: columns {where[name]!r} and {col!r} both name the label {name!r}")
+            where[name] = col
+    names = [n for n in LABELS if n in where or all_tasks]
+    if NO_FINDING in where:
+        names.append(NO_FINDING)
+    if not where:
+        raise UserError(
+            f"{table.source}: no label columns found (it has {', '.join(table.header)}); "
+            f"expected some of: {', '.join(LABELS)}, {NO_FINDING}"
+        )
+    out = np.full((len(table.records), len(names)), -1, dtype=np.int8)
+    for j, name in enumerate(names):
+        if name not in where:
+            continue
+        col = where[name]
+        values = table.column(col)
+        try:
+            out[:, j] = [_VALUES[v] for v in values]
+        except KeyError:
+            k = next(k for k, v in enumerate(values) if v not in _VALUES)
+            raise UserError(
+                f"{table.source} line {table.lines[k]}, column {col!r}: label value {values[k]!r} "
+                f"(allowed: 1, 0, -1 or blank for unknown)"
+            ) from None
+    return names, out

@@ -1,0 +1,196 @@
+"""`cxrfeat info`: what a dataset folder or a feature store holds (rows, label counts, provenance)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from cxrfeat.errors import UserError
+from cxrfeat.labels import LABELS
+
+SPLIT_ORDER = ("train", "val", "test")
+_NIH = re.compile(r"^miccai2023_nih-cxr-lt_labels_(\w+)\.csv$")
+_MIMIC = re.compile(r"^(?:miccai2023_mimic-cxr-lt_labels_|mimic-cxr-lt_)(\w+)\.csv$")
+
+
+def is_store(path: Path) -> bool:
+    return (path / "zarr.json").is_file() and (path / "embeddings").exists()
+
+
+def _ordered(splits) -> list[str]:
+    splits = sorted(set(splits))
+    return [s for s in SPLIT_ORDER if s in splits] + [s for s in splits if s not in SPLIT_ORDER]
+
+
+def detect_dataset(path: str | Path) -> tuple[str, list[str]]:
+    """(dataset name, splits) of a dataset folder: NIH-CXR-LT, MIMIC-CXR-LT, or generic `{split}.csv` files."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"{path}: no such folder")
+    names = [p.name for p in path.glob("*.csv")]
+    nih = [m.group(1) for n in names if (m := _NIH.match(n))]
+    if nih:
+        return "nih-cxr-lt", _ordered(nih)
+    mimic = [m.group(1) for n in names if (m := _MIMIC.match(n))]
+    if mimic:
+        return "mimic-cxr-lt", _ordered(mimic)
+    if (path / "files").is_dir() and len(names) == 1:
+        return "mimic-cxr-lt", [Path(names[0]).stem]
+    if names:
+        return "csv", _ordered(Path(n).stem for n in names)
+    raise UserError(f"{path}: neither a dataset folder (no label CSV) nor a feature store (no zarr.json)")
+
+
+def dataset_summary(path: str | Path) -> dict:
+    """Rows and label counts per split of a dataset folder (the paper's Table I for that folder)."""
+    from cxrfeat.datasets import load_split
+
+    path = Path(path)
+    name, splits = detect_dataset(path)
+    out = {"kind": "dataset", "dataset": name, "path": str(path), "synthetic": _synthetic(path), "splits": {}}
+    for split in splits:
+        ds = load_split(name, path, split)
+        out["splits"][split] = {
+            "rows": len(ds),
+            "source": str(ds.source),
+            "label_names": ds.label_names,
+            "positives": ds.label_counts(),
+            "unknown": {n: int((ds.labels[:, j] == -1).sum()) for j, n in enumerate(ds.label_names)},
+        }
+    return out
+
+
+def store_summary(path: str | Path) -> dict:
+    """Shape, provenance, label counts and completeness of a feature store (complete or not)."""
+    from cxrfeat.store import FeatureStore
+
+    store = FeatureStore.open(path, require_complete=False)
+    attrs = store.attrs
+    labels, valid = store.labels, store.valid
+    done = store.done_chunks()
+    return {
+        "kind": "store",
+        "path": str(store.path),
+        "dataset": attrs.get("dataset"),
+        "split": attrs.get("split"),
+        "synthetic": attrs.get("synthetic"),
+        "rows": store.n_rows,
+        "valid_rows": int(valid.sum()),
+        "views": store.views,
+        "dim": attrs.get("dim"),
+        "dtype": attrs.get("dtype"),
+        "backbone": attrs.get("backbone"),
+        "seed": attrs.get("seed"),
+        "created": attrs.get("created"),
+        "package_version": attrs.get("package_version"),
+        "complete": store.complete,
+        "chunks_done": int(done.sum()),
+        "chunks_total": store.n_chunks,
+        "skipped_ids": list(attrs.get("skipped_ids", [])),
+        "label_names": store.label_names,
+        "positives": {n: int((labels[valid, j] == 1).sum()) for j, n in enumerate(store.label_names)},
+        "unknown": {n: int((labels[valid, j] == -1).sum()) for j, n in enumerate(store.label_names)},
+    }
+
+
+def summary(path: str | Path) -> dict | list[dict]:
+    """A store, a folder of stores (e.g. `features/nih-cxr-lt`), or a dataset folder."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such file or folder")
+    if is_store(path):
+        return store_summary(path)
+    stores = sorted(p for p in path.glob("*.zarr") if is_store(p)) if path.is_dir() else []
+    if stores:
+        return [store_summary(p) for p in stores]
+    return dataset_summary(path)
+
+
+def _synthetic(path: Path) -> bool:
+    readme = path / "README.txt"
+    return readme.is_file() and "SYNTHETIC" in readme.read_text(errors="ignore").upper()
+
+
+# ------------------------------------------------------------------------------------------ rendering
+def _label_rows(names_per_col: list[list[str]]) -> list[str]:
+    seen = {n for names in names_per_col for n in names}
+    return [n for n in LABELS if n in seen] + sorted(seen - set(LABELS))
+
+
+def label_table(columns: dict[str, dict], *, total: bool = True):
+    """A rich Table like the paper's Table I: one row per label, one column per split (positives)."""
+    from rich.table import Table
+
+    table = Table()
+    table.add_column("Label")
+    for col in columns:
+        table.add_column(col, justify="right")
+    if total and len(columns) > 1:
+        table.add_column("Total", justify="right")
+    rows = _label_rows([list(c["positives"]) for c in columns.values()])
+    for name in rows:
+        cells = []
+        for c in columns.values():
+            pos = c["positives"].get(name)
+            unk = c.get("unknown", {}).get(name, 0)
+            cells.append("-" if pos is None else f"{pos}" + (f" (+{unk} unk.)" if unk else ""))
+        if total and len(columns) > 1:
+            cells.append(str(sum(c["positives"].get(name, 0) for c in columns.values())))
+        table.add_row(name, *cells)
+    table.add_section()
+    row_cells = [str(c["rows"]) for c in columns.values()]
+    if total and len(columns) > 1:
+        row_cells.append(str(sum(c["rows"] for c in columns.values())))
+    table.add_row("rows", *row_cells)
+    return table
+
+
+def render(info: dict | list[dict], console) -> None:
+    items = info if isinstance(info, list) else [info]
+    if items and all(i["kind"] == "store" for i in items) and len(items) > 1:
+        console.print(f"[bold]Positives per label in the stores of {items[0]['dataset']}[/] (valid rows)")
+        console.print(label_table({Path(i["path"]).stem: {**i, "rows": i["valid_rows"]} for i in items}))
+    for item in items:
+        if item["kind"] == "dataset":
+            _render_dataset(item, console)
+        else:
+            _render_store(item, console, counts=len(items) == 1)
+
+
+def _render_dataset(info: dict, console) -> None:
+    flag = "  [bold red]SYNTHETIC DATA (not real X-rays)[/]" if info["synthetic"] else ""
+    console.print(f"[bold]{info['path']}[/]: dataset {info['dataset']}{flag}")
+    console.print(f"[bold]Positives per label and split[/] ({info['dataset']}; unk. = unknown, -1 or blank)")
+    console.print(label_table(info["splits"]))
+
+
+def _render_store(info: dict, console, *, counts: bool) -> None:
+    from rich.table import Table
+
+    flag = "  [bold red]SYNTHETIC DATA[/]" if info.get("synthetic") else ""
+    state = "[green]complete[/]" if info["complete"] else "[red]INCOMPLETE[/] (rerun the same `cxrfeat extract` to finish)"
+    bb = info.get("backbone") or {}
+    backbone = bb.get("name", "?") if isinstance(bb, dict) else str(bb)
+    if isinstance(bb, dict) and bb.get("random"):
+        backbone += f" [bold red](RANDOM weights, seed {bb.get('seed')})[/]"
+    elif isinstance(bb, dict):
+        extra = [f"revision {bb['revision'][:12]}" if bb.get("revision") else "",
+                 f"sha256 {bb['sha256'][:12]}" if bb.get("sha256") else ""]
+        backbone += f" ({', '.join(e for e in extra if e)})" if any(extra) else ""
+    t = Table(title=f"{info['path']}{flag}", title_justify="left", show_header=False)
+    t.add_column(style="bold")
+    t.add_column()
+    t.add_row("dataset / split", f"{info['dataset']} / {info['split']}")
+    t.add_row("rows", f"{info['rows']} ({info['valid_rows']} valid)")
+    t.add_row("views x dim", f"{info['views']} x {info['dim']}  ({info['dtype']})")
+    t.add_row("backbone", backbone)
+    t.add_row("state", f"{state}: {info['chunks_done']}/{info['chunks_total']} chunks")
+    skipped = info["skipped_ids"]
+    t.add_row("skipped ids", ", ".join(skipped[:10]) + (f" ... ({len(skipped)} in all)" if len(skipped) > 10 else "")
+              if skipped else "none")
+    t.add_row("created", f"{info.get('created')} (cxr-qtl {info.get('package_version')})")
+    console.print(t)
+    if counts:
+        console.print("[bold]Positives per label[/] (valid rows; unk. = unknown)")
+        console.print(label_table({info["split"] or "rows": {**info, "rows": info["valid_rows"]}}))
+

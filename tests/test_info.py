@@ -1,0 +1,85 @@
+"""`cxrfeat synth` and `cxrfeat info` through the CLI: dataset folders and (in)complete stores."""
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cxrfeat.cli import app
+from cxrfeat.labels import LABELS, NO_FINDING
+from cxrfeat.store import FeatureStore
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    result = runner.invoke(app, ["synth", str(root), "--n-train", "30", "--n-val", "10", "--n-test", "12",
+                                 "--n-external", "10", "--image-size", "48", "--seed", "2"])
+    assert result.exit_code == 0, result.output
+    assert "SYNTHETIC" in result.output and "Hernia" in result.output
+    return root
+
+
+def test_info_on_a_dataset_folder(data):
+    result = runner.invoke(app, ["info", str(data / "nih-cxr-lt")], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "SYNTHETIC" in out and "nih-cxr-lt" in out
+    assert all(name in out for name in LABELS) and NO_FINDING in out
+    assert out.index("Infiltration") < out.index("Hernia")  # Table I order
+    rows_line = next(line for line in out.splitlines() if "rows" in line and "30" in line)
+    assert "10" in rows_line and "12" in rows_line and "52" in rows_line  # train, val, test, total
+
+    result = runner.invoke(app, ["info", str(data / "mimic-cxr-lt"), "--json"])
+    info = json.loads(result.output)
+    assert info["dataset"] == "mimic-cxr-lt" and info["synthetic"] is True
+    assert info["splits"]["test"]["rows"] == 10  # lateral rows dropped
+    assert sum(info["splits"]["test"]["unknown"].values()) > 0
+
+
+def _store(path, *, finish):
+    ids = [f"img{i}.png" for i in range(6)]
+    labels = np.zeros((6, 3), np.int8)
+    labels[:4, 0] = 1
+    labels[5, 1] = -1
+    store = FeatureStore.create(path, ids=ids, labels=labels, label_names=["Effusion", "Hernia", NO_FINDING],
+                                views=2, dim=8, dtype="float16", chunk_rows=3,
+                                attrs={"dataset": "nih-cxr-lt", "split": "val", "synthetic": True,
+                                       "backbone": {"name": "random", "random": True, "seed": 0}},
+                                settings={})
+    store.write_chunk(0, np.ones((3, 2, 8), np.float32))
+    if finish:
+        store.write_chunk(1, np.ones((3, 2, 8), np.float32), valid=np.array([True, True, False]))
+        store.finalize(["img5.png"])
+    return path
+
+
+def test_info_on_an_incomplete_and_a_complete_store(tmp_path):
+    half = _store(tmp_path / "features" / "nih-cxr-lt" / "half.zarr", finish=False)
+    result = runner.invoke(app, ["info", str(half)], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "INCOMPLETE" in result.output and "1/2 chunks" in result.output
+    assert "RANDOM" in result.output and "2 x 8" in result.output and "float16" in result.output
+
+    full = _store(tmp_path / "features" / "nih-cxr-lt" / "val.zarr", finish=True)
+    info = json.loads(runner.invoke(app, ["info", str(full), "--json"]).output)
+    assert info["complete"] is True and info["chunks_done"] == info["chunks_total"] == 2
+    assert info["rows"] == 6 and info["valid_rows"] == 5 and info["skipped_ids"] == ["img5.png"]
+    assert info["views"] == 2 and info["dim"] == 8 and info["dtype"] == "float16"
+    assert info["positives"] == {"Effusion": 4, "Hernia": 0, NO_FINDING: 0}
+    assert info["unknown"]["Hernia"] == 0  # the unknown label sits on the skipped row
+
+    # A folder of stores: one table over the splits, then each store.
+    result = runner.invoke(app, ["info", str(tmp_path / "features" / "nih-cxr-lt")], terminal_width=200)
+    assert result.exit_code == 0 and "complete" in result.output and "img5.png" in result.output
+
+
+def test_info_errors_are_one_clear_line(tmp_path):
+    result = runner.invoke(app, ["info", str(tmp_path / "nowhere")])
+    assert result.exit_code == 2 and "no such file or folder" in result.output
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(app, ["info", str(tmp_path / "empty")])
+    assert result.exit_code == 2 and "neither a dataset folder" in result.output
