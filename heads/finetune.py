@@ -82,7 +82,7 @@ class FinetuneOptions:
     freeze_backbone: bool = False
     init_head_from: Path | None = None
     runs: Path = Path("runs")
-    name: str = "finetune"
+    name: str = "sweep"  # the folder `heads train` and `heads sweep` use: one report for all
     cache: Path = DEFAULT_CACHE
     layers: int = 3
     backend: str = "fast"
