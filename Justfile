@@ -15,7 +15,7 @@ views := "4"
 tasks := "8,14,19"
 seeds := "5"
 epochs := "30"
-lr := "1e-3"
+lr := "3e-3"
 
 # Synthetic data -> features -> every head of the grid -> report. Uses microsoft/resnet-50 when it can
 # be fetched, else a random-weight ResNet-50, announced loudly and recorded in every store.
@@ -28,7 +28,7 @@ demo:
     cxrfeat extract --split val --weights "$weights" --data-dir {{data}}/nih-cxr-lt --out {{features}}
     cxrfeat extract --split test --weights "$weights" --data-dir {{data}}/nih-cxr-lt --out {{features}}
     cxrfeat extract --split test --dataset mimic-cxr-lt --weights "$weights" --data-dir {{data}}/mimic-cxr-lt --out {{features}}
-    heads sweep --tasks {{tasks}} --seeds {{seeds}} --features {{features}} --runs {{runs}} --name {{name}} --max-epochs {{epochs}} --lr {{lr}}
+    heads sweep --tasks {{tasks}} --seeds {{seeds}} --features {{features}} --runs {{runs}} --name {{name}} --max-epochs {{epochs}} --lr {{lr}} --feature-norm standardize
     analysis report --runs {{runs}}/{{name}} --features {{features}} --bench bench --out reports/{{name}}
     echo "demo done: open reports/{{name}}/report.md"
 

@@ -30,11 +30,12 @@ _MaxEpochs = Annotated[int, typer.Option("--max-epochs", help="At most this many
 _Patience = Annotated[int, typer.Option("--patience", help="Stop a seed after this many epochs without a lower validation loss.")]
 _CircuitInit = Annotated[str, typer.Option("--circuit-init", help="RY angles: uniform in [0, 2pi) (paper text) or normal (std 2pi, its public code).")]
 _Dataset = Annotated[str, typer.Option("--dataset", help="Training dataset: its train, val and test stores are used.")]
+_FeatureNorm = Annotated[str, typer.Option("--feature-norm", help="none (the paper) or standardize: z-score each embedding dimension with the training split's statistics (needed for random-weight backbones, whose embeddings saturate the DQC's tanh).")]
 _External = Annotated[str, typer.Option("--external", help="External test set, used when <features>/<external>/test.zarr exists ('none': never).")]
 
 
 def _spec(*, tasks, models, seeds, features, runs, name, layers, backend, lr, batch_size, max_epochs, patience,
-          circuit_init, dataset, external, shard=None):
+          circuit_init, dataset, external, shard=None, feature_norm="none"):
     from heads.sweep import HeadConfig, SweepSpec, parse_shard
     from heads.train import TrainConfig
 
@@ -43,6 +44,7 @@ def _spec(*, tasks, models, seeds, features, runs, name, layers, backend, lr, ba
         external=None if external.lower() in ("", "none") else external,
         train=TrainConfig(lr=lr, batch_size=batch_size, max_epochs=max_epochs, patience=patience),
         head=HeadConfig(layers=layers, backend=backend, circuit_init=circuit_init), shard=parse_shard(shard),
+        feature_norm=feature_norm,
     )
 
 
@@ -77,6 +79,7 @@ def train(
     circuit_init: _CircuitInit = "uniform",
     dataset: _Dataset = "nih-cxr-lt",
     external: _External = "mimic-cxr-lt",
+    feature_norm: _FeatureNorm = "none",
 ):
     """Train one head (task, model) for every seed at once; finished seeds are skipped."""
     from cxrfeat.errors import UserError
@@ -89,7 +92,8 @@ def train(
         raise UserError(f"--task: {e}") from None
     _run(_spec(tasks=tasks, models=parse_models(model), seeds=seeds, features=features, runs=runs, name=name,
                layers=layers, backend=backend, lr=lr, batch_size=batch_size, max_epochs=max_epochs,
-               patience=patience, circuit_init=circuit_init, dataset=dataset, external=external))
+               patience=patience, circuit_init=circuit_init, dataset=dataset, external=external,
+               feature_norm=feature_norm))
 
 
 @app.command()
@@ -111,6 +115,7 @@ def sweep(
     circuit_init: _CircuitInit = "uniform",
     dataset: _Dataset = "nih-cxr-lt",
     external: _External = "mimic-cxr-lt",
+    feature_norm: _FeatureNorm = "none",
 ):
     """Train the grid tasks x models x seeds; re-running skips finished runs and redoes unfinished ones."""
     from cxrfeat.errors import UserError
@@ -123,7 +128,8 @@ def sweep(
         raise UserError(f"--tasks: {e}") from None
     _run(_spec(tasks=task_list, models=parse_models(models), seeds=seeds, features=features, runs=runs, name=name,
                layers=layers, backend=backend, lr=lr, batch_size=batch_size, max_epochs=max_epochs,
-               patience=patience, circuit_init=circuit_init, dataset=dataset, external=external, shard=shard))
+               patience=patience, circuit_init=circuit_init, dataset=dataset, external=external, shard=shard,
+               feature_norm=feature_norm))
 
 
 @app.command()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -38,6 +39,12 @@ from heads.train import TrainConfig, TrainData, predict, seed_mesh, train_seeds
 DEFAULT_NAME = "sweep"
 DEFAULT_DATASET = "nih-cxr-lt"
 DEFAULT_EXTERNAL = "mimic-cxr-lt"
+
+
+# `standardize`: z-score every embedding dimension with the training split's mean and sd (over all
+# rows and views) before the head. Not the paper's setting (`none`); it exists because random-weight
+# backbones give embeddings of norm ~800 that saturate the DQC's tanh from the first step.
+FEATURE_NORMS = ("none", "standardize")
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,7 @@ class SweepSpec:
     train: TrainConfig = TrainConfig()
     head: HeadConfig = HeadConfig()
     shard: tuple[int, int] = (1, 1)
+    feature_norm: str = "none"
 
     def check(self) -> None:
         if self.seeds < 1:
@@ -79,6 +87,8 @@ class SweepSpec:
             make_model(model, 2, layers=self.head.layers, backend=self.head.backend,
                        circuit_init=self.head.circuit_init)
         self.train.check()
+        if self.feature_norm not in FEATURE_NORMS:
+            raise UserError(f"--feature-norm {self.feature_norm!r}: choose from {', '.join(FEATURE_NORMS)}")
         i, n = self.shard
         if not (n >= 1 and 1 <= i <= n):
             raise UserError(f"--shard {i}/{n}: give i/N with 1 <= i <= N")
@@ -88,7 +98,7 @@ class SweepSpec:
     def settings(self) -> dict:
         """What must be the same for every run in one sweep folder."""
         return {"dataset": self.dataset, "external": self.external, "training": asdict(self.train),
-                "head": asdict(self.head)}
+                "head": asdict(self.head), "feature_norm": self.feature_norm}
 
 
 def parse_shard(spec: str | None) -> tuple[int, int]:
@@ -151,6 +161,11 @@ class Stores:
         }
         check_compatible(list(self.all.values()))
         self.test_sets = [k for k in self.all if k not in ("train", "val")]
+        self.norm = standardize(self.all) if spec.feature_norm == "standardize" else None
+        backbone = self.all["train"].attrs.get("backbone") or {}
+        if self.norm is None and backbone.get("random"):
+            print("warning: these features come from a RANDOM-weight backbone; their scale saturates the DQC's "
+                  "tanh, so DQC heads may not learn. Consider --feature-norm standardize.", file=sys.stderr)
 
     def labels_for(self, key: str, task: int) -> np.ndarray:
         f = self.all[key]
@@ -169,6 +184,18 @@ class Stores:
 
     def provenance(self) -> dict:
         return {key: f.provenance for key, f in self.all.items()}
+
+
+def standardize(stores: dict[str, Features]) -> dict[str, np.ndarray]:
+    """Z-score every store's embeddings in place with the training store's per-dimension mean and sd."""
+    x = stores["train"].embeddings
+    mean = x.mean(axis=(0, 1), dtype=np.float64).astype(np.float32)
+    sd = x.std(axis=(0, 1), dtype=np.float64).astype(np.float32)
+    sd = np.where(sd > 1e-6, sd, np.float32(1.0))
+    for f in stores.values():
+        f.embeddings -= mean
+        f.embeddings /= sd
+    return {"mean": mean, "sd": sd}
 
 
 # ---------------------------------------------------------------- sweep.json
@@ -205,6 +232,14 @@ class GroupOutcome:
     trained: list[int] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)
     seconds: float = 0.0
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
 
 
 def _versions() -> dict:
@@ -252,8 +287,11 @@ def run_group(spec: SweepSpec, stores: Stores, task: int, model_name: str, *, re
         "devices": [str(d) for d in mesh.devices.flat],
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    base["feature_norm"] = spec.feature_norm
     for s in todo:
         runs.start(dirs[s], {**base, "seed": s})
+        if stores.norm is not None:  # the constants the saved parameters expect their inputs to be scaled by
+            atomic.write_bytes(dirs[s] / "feature_norm.npz", _npz_bytes(stores.norm))
 
     histories: dict[int, list[dict]] = {s: [] for s in todo}
 

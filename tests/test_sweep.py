@@ -197,3 +197,33 @@ def test_non_finite_features_are_refused(tiny):
     result = invoke("sweep", "--features", features, "--runs", runs_dir, "--tasks", "8", "--max-epochs", "1")
     assert result.exit_code == 2 and "NaN" in result.output and "test.zarr" in result.output, result.output
     assert not runs_dir.exists()
+
+
+def test_feature_norm_standardize_scales_inputs_and_is_recorded(tmp_path):
+    """Badly scaled (random-backbone-like) features: `--feature-norm standardize` z-scores them with the
+    training split's statistics, saves those constants beside the parameters, and the DQC learns."""
+    rng = np.random.default_rng(3)
+    signal = rng.normal(size=(len(LABELS), 32)) * 0.8
+    offset = rng.uniform(300, 500, size=32)  # a huge shared offset, like random ResNet-50 embeddings
+    for split, n, v in (("train", 240, 2), ("val", 80, 1), ("test", 120, 1)):
+        x, y = synthetic_split(rng, n, v, 32, signal)
+        write_store(tmp_path / "f" / "nih-cxr-lt" / f"{split}.zarr", x * 20 + offset, y,
+                    dataset="nih-cxr-lt", split=split, backbone={"name": "random", "random": True, "seed": 0})
+    common = ["--tasks", "8", "--seeds", "2", "--models", "dqc", "--features", tmp_path / "f", "--runs",
+              tmp_path / "runs", "--max-epochs", "8", "--lr", "0.01", "--patience", "8"]
+    plain = invoke("sweep", *common, "--name", "plain")
+    assert plain.exit_code == 0 and "--feature-norm standardize" in plain.output  # the warning
+    normed = invoke("sweep", *common, "--name", "normed", "--feature-norm", "standardize")
+    assert normed.exit_code == 0, normed.output
+    d = tmp_path / "runs" / "normed" / "cxr-8" / "dqc" / "seed-1"
+    assert json.loads((d / "config.json").read_text())["feature_norm"] == "standardize"
+    stats = np.load(d / "feature_norm.npz")
+    train = load_features(tmp_path / "f" / "nih-cxr-lt" / "train.zarr").embeddings
+    np.testing.assert_allclose(stats["mean"], train.mean(axis=(0, 1)), rtol=1e-4)
+    np.testing.assert_allclose(stats["sd"], train.std(axis=(0, 1)), rtol=1e-3)
+    auroc = {name: runs.read_metrics(tmp_path / "runs" / name / "cxr-8" / "dqc" / "seed-1")
+             ["test_sets"]["nih-cxr-lt"]["mean_auroc"] for name in ("plain", "normed")}
+    assert auroc["plain"] == pytest.approx(0.5, abs=0.02)  # saturated tanh: constant predictions
+    assert auroc["normed"] > 0.6
+    bad = invoke("sweep", *common, "--name", "x", "--feature-norm", "l2")
+    assert bad.exit_code == 2 and "--feature-norm" in bad.output
