@@ -29,7 +29,7 @@ demo:
     cxrfeat extract --split test --weights "$weights" --data-dir {{data}}/nih-cxr-lt --out {{features}}
     cxrfeat extract --split test --dataset mimic-cxr-lt --weights "$weights" --data-dir {{data}}/mimic-cxr-lt --out {{features}}
     heads sweep --tasks {{tasks}} --seeds {{seeds}} --features {{features}} --runs {{runs}} --name {{name}} --max-epochs {{epochs}} --lr {{lr}} --feature-norm standardize
-    analysis report --runs {{runs}}/{{name}} --features {{features}} --bench bench --out reports/{{name}}
+    analysis report --runs {{runs}}/{{name}} --features {{features}} --bench "{{justfile_directory()}}/bench" --out reports/{{name}}
     echo "demo done: open reports/{{name}}/report.md"
 
 # The whole test suite (the one slower end-to-end test included).
