@@ -287,8 +287,9 @@ def test_tables_one_to_three(built):
     assert "| test-cpu | cxr-19 | dqc |" in md
 
 
-def test_report_says_synthetic_and_scales(built):
+def test_report_says_synthetic_and_scales(built, tmp_path, monkeypatch):
     root, sweep, out = built
+    monkeypatch.chdir(tmp_path)  # run configs name stores by relative paths: resolve them away from any real ones
     md = (out / "report.md").read_text()
     assert SYNTHETIC_SENTENCE in md
     assert "symlog" in md and "p = 0.05" in md
