@@ -273,3 +273,74 @@ def bench_epoch(
     out = out or Path("bench") / f"epoch-{jax.devices()[0].platform}.json"
     atomic.write_json(out, record)
     console.print(f"wrote {out}")
+
+
+# ---------------------------------------------------------------- bench (the paper's Table III)
+@app.command()
+@friendly
+def bench(
+    tasks: Annotated[str, typer.Option("--tasks", help="Qubit counts, comma-separated: the tasks 8,14,19, or any n >= 2 (e.g. 16,20,24 on a GPU).")] = "8,14,19",
+    backends: Annotated[str, typer.Option("--backends", help="Simulator back ends, comma-separated: fast, statevector, pennylane.")] = "fast,pennylane",
+    models: Annotated[str, typer.Option("--models", help="What to time, comma-separated: cdl, dqc (full training steps), circuit (the circuit's value and gradient alone).")] = "cdl,dqc,circuit",
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Examples per step.")] = 32,
+    warmup: Annotated[int, typer.Option("--warmup", help="Untimed steps after compiling (fewer when they take over --max-seconds/4).")] = 10,
+    steps: Annotated[int, typer.Option("--steps", help="Timed steps (fewer when they take over --max-seconds).")] = 30,
+    layers: _Layers = 3,
+    max_seconds: Annotated[float, typer.Option("--max-seconds", help="Time budget of one cell's timed steps; warm-up gets a quarter of it. At least one step is always timed.")] = 60.0,
+    out: Annotated[Path, typer.Option("--out", help="Folder for <machine>.json and <machine>.md.")] = Path("bench"),
+    with_backbone: Annotated[bool, typer.Option("--with-backbone", help="Also time ResNet50 (random weights) + head end to end on 224x224 images.")] = False,
+    isolate: Annotated[bool, typer.Option("--isolate/--no-isolate", help="Run every cell in its own process, so that its peak memory is its own.")] = True,
+):
+    """Median seconds per training step of CDL, DQC and the circuit alone, per task and back end (Table III).
+
+    Everything is timed in one run on this machine and written to <out>/<machine>.json (and .md);
+    compare back ends by the ratios of one run.
+    """
+    from rich.console import Console
+
+    from cxrfeat.errors import UserError
+    from heads import bench as b
+    from heads.quantum import BACKENDS
+
+    def csv(option: str, text: str, allowed=None) -> list[str]:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        bad = [t for t in items if allowed is not None and t not in allowed]
+        if not items or bad:
+            raise UserError(f"{option}: {', '.join(bad) or 'nothing given'} — choose from {', '.join(allowed)}")
+        return list(dict.fromkeys(items))
+
+    try:
+        qubits = [int(t) for t in csv("--tasks", tasks)]
+    except ValueError:
+        raise UserError(f"--tasks must be qubit counts such as 8,14,19, not {tasks!r}") from None
+    if any(n < 2 for n in qubits):
+        raise UserError("--tasks: the circuit needs at least 2 qubits")
+    for name, value, least in (("--batch-size", batch_size, 1), ("--steps", steps, 1), ("--warmup", warmup, 0), ("--layers", layers, 1)):
+        if value < least:
+            raise UserError(f"{name} must be at least {least}, not {value}")
+    if max_seconds <= 0:
+        raise UserError("--max-seconds must be positive")
+    backend_list = csv("--backends", backends, BACKENDS)
+    model_list = csv("--models", models, b.MODELS)
+    if with_backbone:
+        b._random_backbone()  # fail now, not after the other cells
+    settings = dict(layers=layers, batch_size=batch_size, warmup=warmup, steps=steps, max_seconds=max_seconds)
+    cells = b.plan(qubits, backend_list, model_list, with_backbone=with_backbone, **settings)
+    machine = b.describe_machine()
+    console = Console(stderr=True)
+    console.print(f"timing {len(cells)} cells on {machine['name']} ({'one process each' if isolate else 'in this process'})")
+
+    def progress(r: dict) -> None:
+        what = f"{r['model']:<16} {r['qubits']:>3} qubits {r['backend']:<12}"
+        if r.get("status") == "ok":
+            console.print(f"  {what} median {b._duration(r['median_s']):>9} over {r['timed_steps']} steps, "
+                          f"compile {r['compile_s']:.1f} s, peak {r['peak_memory_mib']} MiB")
+        else:
+            console.print(f"  {what} [red]{r['status']}[/red]")
+
+    records = b.run(cells, isolate=isolate, on_record=progress)
+    doc = b.result(records, machine, {**settings, "tasks": qubits, "backends": backend_list, "models": model_list,
+                                      "with_backbone": with_backbone, "isolate": isolate})
+    path = b.write(doc, out, machine["slug"])
+    Console(width=max(Console().width, 130)).print(b.table(doc))
+    typer.echo(f"wrote {path} and {path.with_suffix('.md')}")

@@ -1,0 +1,409 @@
+"""`heads bench`: seconds per training step of every head and simulator back end, in one run.
+
+The paper's Table III: the median time of one training step (value and gradient, then the update;
+batch 32, after warm-up steps) for CDL and DQC at 8, 14 and 19 qubits. Timed here, per task
+(number of qubits — any n ≥ 2, e.g. 16 or 20–24 on a GPU) and back end:
+
+- `cdl`: Dense 2048→n, mean binary cross-entropy from logits, Adam update (`heads.models.CDL`).
+- `dqc`: Dense 2048→n, tanh·π/2, circuit ⟨Z⟩, Dense n→n, the same loss and update (`heads.models.DQC`).
+- `circuit`: value and gradient (in angles and weights) of the circuit alone.
+- with `--with-backbone`, also `cdl+resnet50` and `dqc+resnet50`: a random-weight ResNet50 and the
+  head trained end to end on 224×224 images (`heads.finetune.make_step`, the paper's setting).
+
+Steps are jitted (parameters donated, as in training) and compiled before timing; the compile time
+is reported beside the median, the standard deviation and the peak memory. Each cell runs in its
+own process by default, so its peak memory is its own: on a CPU the process's peak RSS above its
+RSS just before compiling (imports, parameters and inputs already in place; so compilation
+counts), on a GPU the device's `peak_bytes_in_use`. Without isolation
+(`--no-isolate`) the peak is XLA's memory analysis of the compiled step (the peak of its buffers:
+arguments, outputs, temporaries), which every record also carries as `xla_memory_mib`.
+
+A slow cell stops early: warm-up ends after `max_seconds / 4` and timing after `max_seconds` (at
+least one step each), and the record says how many steps it timed. Speed claims are ratios within
+one run (`ratio_to_fastest`: this back end's median over the fastest back end's, per task and
+model), since the machine's load moves absolute times.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import re
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+MODELS = ("cdl", "dqc", "circuit")
+BACKBONE_SUFFIX = "+resnet50"
+EMBEDDING_DIM = 2048
+LEARNING_RATE = 1e-4
+FORMAT = "heads-bench/1"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One timed program: a model (or the circuit alone) at n qubits on one back end."""
+
+    model: str
+    qubits: int
+    backend: str  # "-" for CDL, which has no circuit
+    layers: int = 3
+    batch_size: int = 32
+    warmup: int = 10
+    steps: int = 30
+    max_seconds: float = 60.0
+
+
+def plan(tasks, backends, models, *, with_backbone: bool = False, **settings) -> list[Cell]:
+    """The cells of one run, in order: per task, CDL once, then DQC and the circuit per back end."""
+    cells = []
+    for n in tasks:
+        for model in models:
+            names = [model] + ([model + BACKBONE_SUFFIX] if with_backbone and model != "circuit" else [])
+            for name in names:
+                for backend in (["-"] if model == "cdl" else backends):
+                    cells.append(Cell(name, n, backend, **settings))
+    return cells
+
+
+# ---------------------------------------------------------------- the step of each cell
+
+
+def _program(cell: Cell):
+    """(jitted step, its arguments, advance) where advance(outputs, args) gives the next arguments."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+
+    from heads.models import CDL, DQC
+    from heads.quantum import expvals
+
+    rng = np.random.default_rng(0)
+    b, n = cell.batch_size, cell.qubits
+    labels = jnp.asarray(rng.random((b, n)) < 0.2, jnp.int8)
+    base = cell.model.removesuffix(BACKBONE_SUFFIX)
+
+    if cell.model == "circuit":
+        angles = jnp.asarray(rng.uniform(-math.pi / 2, math.pi / 2, (b, n)), jnp.float32)
+        weights = jnp.asarray(rng.uniform(0, 2 * math.pi, (cell.layers, n)), jnp.float32)
+        cotangent = jnp.asarray(rng.normal(size=(b, n)), jnp.float32)
+
+        def circuit_step(angles, weights, cotangent):
+            loss = lambda x, w: jnp.vdot(expvals(x, w, backend=cell.backend), cotangent)  # noqa: E731
+            return jax.value_and_grad(loss, argnums=(0, 1))(angles, weights)
+
+        return jax.jit(circuit_step), (angles, weights, cotangent), lambda out, args: args
+
+    head = CDL(n) if base == "cdl" else DQC(n, layers=cell.layers, backend=cell.backend)
+    optimizer = optax.adam(LEARNING_RATE)
+    if cell.model.endswith(BACKBONE_SUFFIX):
+        from heads.finetune import init_params, make_step
+
+        backbone = _random_backbone()
+        params = init_params(backbone, head, seed=1)
+        images = jnp.asarray(rng.normal(size=(b, 224, 224, 3)), jnp.float32)
+        keys = jax.random.split(jax.random.key(0), b)
+        step = make_step(backbone, head, optimizer)
+        args = (params, optimizer.init(params), backbone.batch_stats, images, labels, keys)
+        return step, args, lambda out, args: (out[0], out[1], *args[2:])
+
+    from heads.train import masked_bce
+
+    params = head.init(jax.random.key(1), jnp.zeros((1, EMBEDDING_DIM), jnp.float32))["params"]
+    embeddings = jnp.asarray(rng.normal(size=(b, EMBEDDING_DIM)), jnp.float32)
+    rows = jnp.ones((b,), bool)
+
+    def head_step(params, opt_state, x, y):
+        def loss_fn(params):
+            total, count = masked_bce(head.apply({"params": params}, x), y, rows)
+            return total / jnp.maximum(count, 1)
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    args = (params, optimizer.init(params), embeddings, labels)
+    return jax.jit(head_step, donate_argnums=(0, 1)), args, lambda out, args: (out[0], out[1], *args[2:])
+
+
+def _random_backbone():
+    from cxrfeat.errors import UserError
+
+    try:
+        from cxrfeat.backbone import load_backbone
+    except ImportError as e:
+        raise UserError(f"--with-backbone needs cxrfeat.backbone.load_backbone, which is missing ({e})") from None
+    return load_backbone("random", seed=0)
+
+
+def run_cell(cell: Cell, *, isolated: bool = False) -> dict:
+    """Compile and time one cell in this process; the record of `heads bench`."""
+    import warnings
+
+    import jax
+    import numpy as np
+
+    warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
+    device = jax.devices()[0]
+    step, args, advance = _program(cell)
+    rss_before = _current_rss()  # imports, parameters and inputs in place; compiling and stepping to come
+    start = time.perf_counter()
+    compiled = step.lower(*args).compile()
+    compile_s = time.perf_counter() - start
+    xla_bytes = _xla_bytes(compiled)
+
+    def one(args):
+        t = time.perf_counter()
+        out = jax.block_until_ready(compiled(*args))
+        return time.perf_counter() - t, advance(out, args)
+
+    warm, times = 0.0, []
+    for i in range(max(cell.warmup, 1)):
+        dt, args = one(args)
+        warm += dt
+        if i + 1 >= cell.warmup or warm > cell.max_seconds / 4:
+            break
+    while len(times) < cell.steps and (not times or sum(times) < cell.max_seconds):
+        dt, args = one(args)
+        times.append(dt)
+
+    record = {**asdict(cell), "status": "ok", "timed_steps": len(times), "capped": len(times) < cell.steps,
+              "median_s": float(np.median(times)), "sd_s": float(np.std(times, ddof=1)) if len(times) > 1 else 0.0,
+              "min_s": float(np.min(times)), "compile_s": compile_s}
+    stats = device.memory_stats() if device.platform != "cpu" else None
+    if stats and "peak_bytes_in_use" in stats and isolated:
+        peak, source = stats["peak_bytes_in_use"], "device peak_bytes_in_use (this cell's process)"
+    elif isolated:
+        peak, source = _peak_rss() - rss_before, "peak RSS of this cell's process above its RSS before compiling"
+    else:
+        peak, source = xla_bytes, "XLA memory analysis of the compiled step (its buffers' peak)"
+    record |= {"peak_memory_mib": _mib(peak), "xla_memory_mib": _mib(xla_bytes), "peak_memory_source": source}
+    return record
+
+
+def _xla_bytes(compiled) -> int | None:
+    """XLA's peak for the compiled step's buffers (else temporaries + arguments + outputs − aliased)."""
+    try:
+        m = compiled.memory_analysis()
+        peak = int(getattr(m, "peak_memory_in_bytes", 0) or 0)
+        return peak or int(m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
+                           - m.alias_size_in_bytes)
+    except Exception:  # not every backend reports it
+        return None
+
+
+def _current_rss() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+def _peak_rss() -> int:
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def _mib(n) -> float | None:
+    return None if n is None else round(n / 2**20, 3)
+
+
+# ---------------------------------------------------------------- a run
+
+
+def run_isolated(cell: Cell, timeout: float) -> dict:
+    """`run_cell` in a fresh Python process, so that its peak memory and failures are its own."""
+    cmd = [sys.executable, "-m", "heads.bench", json.dumps(asdict(cell))]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {**asdict(cell), "status": f"timeout after {timeout:.0f} s"}
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        return {**asdict(cell), "status": f"error (exit {proc.returncode}): {tail[-300:]}"}
+    return json.loads(lines[-1])
+
+
+def run(cells: list[Cell], *, isolate: bool = True, on_record=None) -> list[dict]:
+    """Every cell, then the ratios within each (task, model) group."""
+    records = []
+    for cell in cells:
+        if isolate:
+            record = run_isolated(cell, timeout=max(900.0, 8 * cell.max_seconds))
+        else:
+            try:
+                record = run_cell(cell)
+            except Exception as e:  # one failing back end must not lose the others' numbers
+                from cxrfeat.errors import UserError
+
+                if isinstance(e, UserError):
+                    raise
+                record = {**asdict(cell), "status": f"error: {type(e).__name__}: {e}"[:400]}
+        records.append(record)
+        if on_record:
+            on_record(record)
+    add_ratios(records)
+    return records
+
+
+def add_ratios(records: list[dict]) -> None:
+    """`ratio_to_fastest` per (qubits, model), and `speedup_vs_pennylane` where PennyLane ran too."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        if r.get("status") == "ok":
+            groups.setdefault((r["qubits"], r["model"]), []).append(r)
+    for group in groups.values():
+        fastest = min(r["median_s"] for r in group)
+        reference = next((r["median_s"] for r in group if r["backend"] == "pennylane"), None)
+        for r in group:
+            r["ratio_to_fastest"] = r["median_s"] / fastest
+            if reference is not None:
+                r["speedup_vs_pennylane"] = reference / r["median_s"]
+
+
+def describe_machine() -> dict:
+    """Where the numbers come from: the accelerator or the CPU model and core count, versions, load."""
+    import jax
+
+    devices = jax.devices()
+    cpu, cores = _cpu_model(), os.cpu_count()
+    memory = _meminfo_gib()
+    if devices[0].platform == "cpu":
+        name = f"{cpu}, {cores} cores" + (f", {memory:.0f} GiB" if memory else "")
+        slug = f"cpu-{_slug(cpu)}-{cores}c"
+    else:
+        kind = devices[0].device_kind
+        name = f"{len(devices)}× {kind}" if len(devices) > 1 else kind
+        name += f" (host: {cpu}, {cores} cores)"
+        slug = f"{devices[0].platform}-{_slug(kind)}"
+    details = {"platform": devices[0].platform, "devices": [d.device_kind for d in devices], "cpu": cpu,
+               "cpu_cores": cores, "memory_gib": memory, "hostname": platform.node(),
+               "python": platform.python_version(), "jax": jax.__version__, "load_average_start": _load()}
+    try:
+        import pennylane
+
+        details["pennylane"] = pennylane.__version__
+    except ImportError:
+        pass
+    return {"name": name, "slug": slug, "details": details}
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def _meminfo_gib() -> float | None:
+    try:
+        with open("/proc/meminfo") as f:
+            kib = int(next(line for line in f if line.startswith("MemTotal")).split()[1])
+        return round(kib / 2**20, 1)
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+def _load() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def _slug(text: str) -> str:
+    text = re.sub(r"\((r|tm)\)", "", text.lower())
+    return re.sub(r"[^a-z0-9]+", "-", text).strip("-")[:60] or "machine"
+
+
+def result(records: list[dict], machine: dict, settings: dict) -> dict:
+    """The JSON document of one run (`bench/<machine>.json`)."""
+    return {"format": FORMAT, "machine": machine["name"], "machine_details": {
+        **machine["details"], "load_average_end": _load()}, "jax_version": machine["details"]["jax"],
+        "date": datetime.now(UTC).isoformat(timespec="seconds"), "settings": settings, "records": records}
+
+
+def markdown(doc: dict) -> str:
+    """The run as a Markdown table (the README's measured table)."""
+    s = doc["settings"]
+    lines = [f"Measured by `heads bench` on {doc['machine']}, {doc['date'][:10]}, JAX {doc['jax_version']}: "
+             f"batch {s['batch_size']}, {s['layers']} circuit layers, median of up to {s['steps']} steps "
+             f"after up to {s['warmup']} warm-up steps (at most {s['max_seconds']:g} s per cell).", "",
+             "| Task | Model | Back end | Median step | SD | Steps | Compile | Peak memory | × fastest | Speed-up vs PennyLane |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in doc["records"]:
+        task = f"CXR-{r['qubits']}" if r["qubits"] in (8, 14, 19) else f"{r['qubits']} qubits"
+        if r.get("status") != "ok":
+            lines.append(f"| {task} | {r['model']} | {r['backend']} | {r['status']} | | | | | | |")
+            continue
+        speedup = f"{r['speedup_vs_pennylane']:.1f}×" if "speedup_vs_pennylane" in r else ""
+        memory = f"{r['peak_memory_mib']:,.0f} MiB" if r.get("peak_memory_mib") is not None else "?"
+        lines.append(f"| {task} | {r['model']} | {r['backend']} | {_duration(r['median_s'])} | {_duration(r['sd_s'])} | "
+                     f"{r['timed_steps']} | {r['compile_s']:.1f} s | {memory} | {r['ratio_to_fastest']:.2f} | {speedup} |")
+    lines += ["", f"Peak memory: {_sources(doc['records'])}."]
+    return "\n".join(lines) + "\n"
+
+
+def table(doc: dict):
+    """The run as a rich table (what `heads bench` prints)."""
+    from rich.table import Table
+
+    t = Table(title=f"Seconds per step on {doc['machine']} (batch {doc['settings']['batch_size']}, "
+                    f"{doc['settings']['layers']} layers)")
+    for col in ("Task", "Model", "Back end", "Median", "SD", "Steps", "Compile", "Peak MiB", "× fastest", "vs PennyLane"):
+        t.add_column(col, justify="left" if col in ("Task", "Model", "Back end") else "right")
+    for r in doc["records"]:
+        head = (str(r["qubits"]), r["model"], r["backend"])
+        if r.get("status") != "ok":
+            t.add_row(*head, f"[red]{r['status']}[/red]")
+            continue
+        speedup = f"{r['speedup_vs_pennylane']:.1f}×" if "speedup_vs_pennylane" in r else ""
+        t.add_row(*head, _duration(r["median_s"]), _duration(r["sd_s"]), str(r["timed_steps"]),
+                  f"{r['compile_s']:.1f} s", f"{r['peak_memory_mib']:,.0f}" if r.get("peak_memory_mib") is not None else "?",
+                  f"{r['ratio_to_fastest']:.2f}", speedup)
+    return t
+
+
+def _sources(records) -> str:
+    return "; ".join(sorted({r["peak_memory_source"] for r in records if r.get("peak_memory_source")})) or "not measured"
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 1:
+        return f"{seconds:.2f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.1f} ms"
+    return f"{seconds * 1e6:.0f} µs"
+
+
+def write(doc: dict, out: Path, slug: str) -> Path:
+    """`out/<slug>.json` and `out/<slug>.md`, each written atomically."""
+    from cxrfeat.atomic import write_json, write_text
+
+    path = Path(out) / f"{slug}.json"
+    write_json(path, doc)
+    write_text(path.with_suffix(".md"), markdown(doc))
+    return path
+
+
+def _child() -> None:
+    """`python -m heads.bench '<cell json>'`: run one cell, print its record as the last line."""
+    cell = Cell(**json.loads(sys.argv[1]))
+    print(json.dumps(run_cell(cell, isolated=True)), flush=True)
+
+
+if __name__ == "__main__":
+    _child()

@@ -1,0 +1,90 @@
+"""`heads bench`: a tiny run through the CLI, the JSON it writes, and its ratios."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from heads import bench
+from heads.cli import app
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    result = CliRunner().invoke(app, ["bench", "--tasks", "4", "--backends", "fast,pennylane", "--steps", "2",
+                                      "--warmup", "1", "--batch-size", "4", "--out", str(out), "--no-isolate"])
+    assert result.exit_code == 0, result.output
+    files = sorted(out.glob("*.json"))
+    assert len(files) == 1 and files[0].with_suffix(".md").exists()
+    return json.loads(files[0].read_text()), files[0]
+
+
+def test_json_describes_the_machine_and_settings(tiny_run):
+    doc, path = tiny_run
+    assert doc["format"] == bench.FORMAT and path.stem == bench.describe_machine()["slug"]
+    details = doc["machine_details"]
+    assert doc["machine"] and details["cpu_cores"] >= 1 and details["platform"] in ("cpu", "gpu", "tpu")
+    assert doc["jax_version"] == details["jax"] and doc["date"][:2] == "20"
+    assert doc["settings"] | {"tasks": [4], "backends": ["fast", "pennylane"], "steps": 2, "warmup": 1,
+                              "batch_size": 4} == doc["settings"]
+
+
+def test_one_record_per_cell_with_consistent_ratios(tiny_run):
+    doc, _ = tiny_run
+    cells = {(r["model"], r["backend"]) for r in doc["records"]}
+    assert cells == {("cdl", "-"), ("dqc", "fast"), ("dqc", "pennylane"), ("circuit", "fast"), ("circuit", "pennylane")}
+    for r in doc["records"]:
+        assert r["status"] == "ok" and r["qubits"] == 4 and r["timed_steps"] == 2
+        assert 0 < r["min_s"] <= r["median_s"] and r["sd_s"] >= 0 and r["compile_s"] > 0
+        assert r["peak_memory_mib"] >= 0 and r["peak_memory_source"]
+        if r["model"] != "circuit":  # parameters and Adam moments alone make 0.1 MiB
+            assert r["peak_memory_mib"] > 0.1
+    for model in ("dqc", "circuit"):
+        group = {r["backend"]: r for r in doc["records"] if r["model"] == model}
+        fastest = min(r["median_s"] for r in group.values())
+        for r in group.values():
+            assert r["ratio_to_fastest"] == pytest.approx(r["median_s"] / fastest)
+            assert r["speedup_vs_pennylane"] == pytest.approx(group["pennylane"]["median_s"] / r["median_s"])
+        assert min(r["ratio_to_fastest"] for r in group.values()) == pytest.approx(1.0)
+
+
+def test_markdown_table_lists_every_record(tiny_run):
+    doc, path = tiny_run
+    text = path.with_suffix(".md").read_text()
+    assert doc["machine"] in text
+    assert sum(1 for line in text.splitlines() if line.startswith("| 4 qubits |")) == len(doc["records"])
+
+
+def test_an_isolated_cell_reports_its_own_peak_memory():
+    record = bench.run_isolated(bench.Cell("dqc", 6, "fast", batch_size=4, warmup=1, steps=2), timeout=300)
+    assert record["status"] == "ok", record["status"]
+    assert record["timed_steps"] == 2 and "RSS" in record["peak_memory_source"]
+
+
+def test_slow_cells_stop_at_the_time_budget():
+    record = bench.run_cell(bench.Cell("circuit", 5, "fast", batch_size=2, warmup=1, steps=1000, max_seconds=0.05))
+    assert record["capped"] and 1 <= record["timed_steps"] < 1000
+
+
+def test_plan_orders_cells_and_adds_the_backbone_variants():
+    cells = bench.plan([8, 19], ["fast", "pennylane"], ["cdl", "dqc"], with_backbone=True, steps=3)
+    assert [(c.qubits, c.model, c.backend) for c in cells[:6]] == [
+        (8, "cdl", "-"), (8, "cdl+resnet50", "-"), (8, "dqc", "fast"), (8, "dqc", "pennylane"),
+        (8, "dqc+resnet50", "fast"), (8, "dqc+resnet50", "pennylane")]
+    assert len(cells) == 12 and all(c.steps == 3 for c in cells)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--tasks", "1"], "at least 2 qubits"),
+    (["--tasks", "eight"], "qubit counts"),
+    (["--backends", "qiskit"], "choose from"),
+    (["--models", "resnet"], "choose from"),
+    (["--steps", "0"], "--steps must be at least 1"),
+])
+def test_bad_options_are_refused(tmp_path, args, message):
+    result = CliRunner().invoke(app, ["bench", "--out", str(tmp_path), *args])
+    assert result.exit_code == 2 and message in result.output
+    assert not list(tmp_path.iterdir())
