@@ -18,10 +18,9 @@ import jax.numpy as jnp
 
 from cxrfeat.errors import UserError
 from cxrfeat.labels import task_labels
-from heads.quantum import expvals
+from heads.quantum import BACKENDS, expvals
 
 MODELS = ("cdl", "dqc")
-BACKENDS = ("fast", "pennylane")
 CIRCUIT_INITS = ("uniform", "normal")
 
 # ResNet50 without its ImageNet classifier, as in the paper's Table II (the frozen backbone is not
