@@ -15,11 +15,11 @@ is reported beside the median, the standard deviation and the peak memory. Each 
 own process by default, so its peak memory is its own: on a CPU the process's peak RSS above its
 RSS just before compiling (imports, parameters and inputs already in place; so compilation
 counts), on a GPU the device's `peak_bytes_in_use`. Without isolation
-(`--no-isolate`) the peak is XLA's memory analysis of the compiled step (the peak of its buffers:
-arguments, outputs, temporaries), which every record also carries as `xla_memory_mib`.
+(`--no-isolate`) the peak is XLA's memory analysis of the compiled step (its temporary arena +
+arguments + outputs − donated buffers), which every record also carries as `xla_memory_mib`.
 
 A slow cell stops early: warm-up ends after `max_seconds / 4` and timing after `max_seconds` (at
-least one step each), and the record says how many steps it timed. Speed claims are ratios within
+least one timed step), and the record says how many steps it timed (`timed_steps`, `capped`). Speed claims are ratios within
 one run (`ratio_to_fastest`: this back end's median over the fastest back end's, per task and
 model), since the machine's load moves absolute times.
 """
@@ -153,7 +153,8 @@ def run_cell(cell: Cell, *, isolated: bool = False) -> dict:
     warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
     device = jax.devices()[0]
     step, args, advance = _program(cell)
-    rss_before = _current_rss()  # imports, parameters and inputs in place; compiling and stepping to come
+    jax.block_until_ready(jax.jit(lambda x: x + 1)(np.zeros(4)))  # start the compiler and runtime threads
+    rss_before = _current_rss()  # imports, parameters, inputs and runtime in place; compiling and stepping to come
     start = time.perf_counter()
     compiled = step.lower(*args).compile()
     compile_s = time.perf_counter() - start
@@ -165,10 +166,10 @@ def run_cell(cell: Cell, *, isolated: bool = False) -> dict:
         return time.perf_counter() - t, advance(out, args)
 
     warm, times = 0.0, []
-    for i in range(max(cell.warmup, 1)):
+    for _ in range(cell.warmup):
         dt, args = one(args)
         warm += dt
-        if i + 1 >= cell.warmup or warm > cell.max_seconds / 4:
+        if warm > cell.max_seconds / 4:
             break
     while len(times) < cell.steps and (not times or sum(times) < cell.max_seconds):
         dt, args = one(args)
@@ -183,18 +184,16 @@ def run_cell(cell: Cell, *, isolated: bool = False) -> dict:
     elif isolated:
         peak, source = _peak_rss() - rss_before, "peak RSS of this cell's process above its RSS before compiling"
     else:
-        peak, source = xla_bytes, "XLA memory analysis of the compiled step (its buffers' peak)"
+        peak, source = xla_bytes, "XLA memory analysis of the compiled step (temporaries + arguments + outputs)"
     record |= {"peak_memory_mib": _mib(peak), "xla_memory_mib": _mib(xla_bytes), "peak_memory_source": source}
     return record
 
 
 def _xla_bytes(compiled) -> int | None:
-    """XLA's peak for the compiled step's buffers (else temporaries + arguments + outputs − aliased)."""
+    """The compiled step's buffers: XLA's temporary arena + arguments + outputs − donated (aliased)."""
     try:
         m = compiled.memory_analysis()
-        peak = int(getattr(m, "peak_memory_in_bytes", 0) or 0)
-        return peak or int(m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
-                           - m.alias_size_in_bytes)
+        return int(m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes)
     except Exception:  # not every backend reports it
         return None
 
@@ -342,18 +341,19 @@ def markdown(doc: dict) -> str:
     lines = [f"Measured by `heads bench` on {doc['machine']}, {doc['date'][:10]}, JAX {doc['jax_version']}: "
              f"batch {s['batch_size']}, {s['layers']} circuit layers, median of up to {s['steps']} steps "
              f"after up to {s['warmup']} warm-up steps (at most {s['max_seconds']:g} s per cell).", "",
-             "| Task | Model | Back end | Median step | SD | Steps | Compile | Peak memory | × fastest | Speed-up vs PennyLane |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| Task | Model | Back end | Median step | SD | Steps | Compile | Peak memory | XLA buffers | × fastest | Speed-up vs PennyLane |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in doc["records"]:
         task = f"CXR-{r['qubits']}" if r["qubits"] in (8, 14, 19) else f"{r['qubits']} qubits"
         if r.get("status") != "ok":
-            lines.append(f"| {task} | {r['model']} | {r['backend']} | {r['status']} | | | | | | |")
+            lines.append(f"| {task} | {r['model']} | {r['backend']} | {r['status']} | | | | | | | |")
             continue
         speedup = f"{r['speedup_vs_pennylane']:.1f}×" if "speedup_vs_pennylane" in r else ""
-        memory = f"{r['peak_memory_mib']:,.0f} MiB" if r.get("peak_memory_mib") is not None else "?"
         lines.append(f"| {task} | {r['model']} | {r['backend']} | {_duration(r['median_s'])} | {_duration(r['sd_s'])} | "
-                     f"{r['timed_steps']} | {r['compile_s']:.1f} s | {memory} | {r['ratio_to_fastest']:.2f} | {speedup} |")
-    lines += ["", f"Peak memory: {_sources(doc['records'])}."]
+                     f"{r['timed_steps']} | {r['compile_s']:.1f} s | {_size(r.get('peak_memory_mib'))} | "
+                     f"{_size(r.get('xla_memory_mib'))} | {r['ratio_to_fastest']:.2f} | {speedup} |")
+    lines += ["", f"Peak memory: {_sources(doc['records'])}. XLA buffers: the compiled step's memory analysis "
+              "(its temporary arena + arguments + outputs − donated buffers)."]
     return "\n".join(lines) + "\n"
 
 
@@ -379,6 +379,12 @@ def table(doc: dict):
 
 def _sources(records) -> str:
     return "; ".join(sorted({r["peak_memory_source"] for r in records if r.get("peak_memory_source")})) or "not measured"
+
+
+def _size(mib) -> str:
+    if mib is None:
+        return "?"
+    return f"{mib:,.0f} MiB" if mib >= 10 else f"{mib:.1f} MiB"
 
 
 def _duration(seconds: float) -> str:

@@ -23,7 +23,7 @@ _Runs = Annotated[Path, typer.Option("--runs", help="Runs folder: runs go to <ru
 _Name = Annotated[str, typer.Option("--name", help="Sweep folder name under --runs (shared by `heads train` and `heads sweep`).")]
 _Seeds = Annotated[int, typer.Option("--seeds", help="Number of seeds, numbered 1..N, trained together.")]
 _Layers = Annotated[int, typer.Option("--layers", help="DQC circuit layers (RY + CNOT ring).")]
-_Backend = Annotated[str, typer.Option("--backend", help="Quantum simulator: fast (ours) or pennylane (reference).")]
+_Backend = Annotated[str, typer.Option("--backend", help="Quantum simulator: fast (ours), statevector (the plain state-vector algorithm) or pennylane (reference).")]
 _Lr = Annotated[float, typer.Option("--lr", help="Adam learning rate.")]
 _Batch = Annotated[int, typer.Option("--batch-size", help="Training batch size (the last batch is padded, not dropped).")]
 _MaxEpochs = Annotated[int, typer.Option("--max-epochs", help="At most this many epochs.")]
@@ -334,7 +334,7 @@ def bench(
         what = f"{r['model']:<16} {r['qubits']:>3} qubits {r['backend']:<12}"
         if r.get("status") == "ok":
             console.print(f"  {what} median {b._duration(r['median_s']):>9} over {r['timed_steps']} steps, "
-                          f"compile {r['compile_s']:.1f} s, peak {r['peak_memory_mib']} MiB")
+                          f"compile {r['compile_s']:.1f} s, peak {r['peak_memory_mib']:.0f} MiB")
         else:
             console.print(f"  {what} [red]{r['status']}[/red]")
 
