@@ -10,6 +10,7 @@ store equals an uninterrupted one bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -170,10 +171,8 @@ def extract(
     todo = [i for i in range(store.n_chunks) if not done[i]]
     per_call = max(1, batch_size // views)
     embed = _embed_views_fn(backbone, views, seed)
-    skipped: list[str] = list(store.attrs.get("skipped_ids", []))
-    # A resumed run re-finds earlier skipped rows from the store's `valid` mask.
-    valid_all = store.valid
-    skipped = [str(i) for i, ok in zip(store.ids, valid_all, strict=True) if not ok]
+    # A resumed run re-finds the rows skipped before the interruption from the store's `valid` mask.
+    skipped = [str(i) for i, ok in zip(store.ids, store.valid, strict=True) if not ok]
 
     def decode(row: int):
         t0 = time.perf_counter()
@@ -185,9 +184,10 @@ def extract(
         return arr, err, time.perf_counter() - t0
 
     start_wall = time.perf_counter()
-    bar = _progress(progress, total=sum(store.chunk_bounds(i)[1] - store.chunk_bounds(i)[0] for i in todo), path=path)
+    total = sum(store.chunk_bounds(i)[1] - store.chunk_bounds(i)[0] for i in todo)
+    bar = _progress(path) if progress else contextlib.nullcontext()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool, bar as prog:
-        task = prog.add_task("extract", total=prog.total) if prog else None
+        task = prog.add_task("extract", total=total) if prog else None
         pending: dict[int, list[Future]] = {}
 
         def submit(k: int) -> None:
@@ -272,19 +272,8 @@ def _jsonable(obj):
     return json.loads(json.dumps(obj))
 
 
-class _NoProgress:
-    total = 0
-
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _progress(enabled: bool, total: int, path: Path):
-    if not enabled:
-        return _NoProgress()
+def _progress(path: Path):
+    """A rich progress bar: images done, images/s, elapsed and ETA."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -316,7 +305,6 @@ def _progress(enabled: bool, total: int, path: Path):
         TimeRemainingColumn(),
         transient=False,
     )
-    prog.total = total
     return prog
 
 
