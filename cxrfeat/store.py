@@ -69,58 +69,19 @@ class FeatureStore:
         chunk_rows: int = DEFAULT_CHUNK_ROWS,
     ) -> FeatureStore:
         """Create an empty store for N rows; embeddings are filled chunk by chunk afterwards."""
-        path = Path(path)
-        n = len(ids)
-        labels = np.asarray(labels, dtype=np.int8)
-        if labels.shape != (n, len(label_names)):
-            raise ValueError(f"labels shape {labels.shape} does not match {n} ids x {len(label_names)} labels")
-        if dtype not in ("float16", "float32"):
-            raise UserError(f"--dtype must be float16 or float32, not {dtype!r}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Build under a temporary name and rename, so a half-created store never exists.
-        tmp = path.with_name(path.name + ".creating")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        g = zarr.open_group(str(tmp), mode="w")
-        rows = max(1, min(chunk_rows, n))
-        g.create_array("embeddings", shape=(n, views, dim), chunks=(rows, views, dim), dtype=dtype)
-        lab = g.create_array("labels", shape=labels.shape, chunks=(max(1, n), max(1, labels.shape[1])), dtype="int8")
-        lab[:] = labels
-        ida = g.create_array("ids", shape=(n,), chunks=(max(1, n),), dtype=str)
-        ida[:] = np.asarray([str(i) for i in ids])
-        valid = g.create_array("valid", shape=(n,), chunks=(max(1, n),), dtype="bool", fill_value=True)
-        valid[:] = True
-        n_chunks = -(-n // rows)
-        g.create_array("progress", shape=(max(1, n_chunks),), chunks=(1,), dtype="bool", fill_value=False)
-        meta = {
-            "format_version": FORMAT_VERSION,
-            **attrs,
-            "label_names": list(label_names),
-            "views": int(views),
-            "dim": int(dim),
-            "dtype": dtype,
-            "rows": int(n),
-            "chunk_rows": int(rows),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "package_version": __version__,
-            "settings": settings,
-            "complete": False,
-            "skipped_ids": [],
-        }
-        g.attrs.update(json.loads(json.dumps(meta)))
-        tmp.rename(path)
-        return cls(path, zarr.open_group(str(path), mode="r+"))
+
+        def data(g: zarr.Group, n: int, rows: int) -> None:
+            g.create_array("embeddings", shape=(n, views, dim), chunks=(rows, views, dim), dtype=dtype)
+
+        meta = {**attrs, "views": int(views), "dim": int(dim), "skipped_ids": []}
+        return cls(path, build_group(path, ids=ids, labels=labels, label_names=label_names, dtype=dtype,
+                                     chunk_rows=chunk_rows, settings=settings, meta=meta, make_data=data))
 
     @classmethod
     def open(cls, path: str | Path, *, mode: str = "r", require_complete: bool = True) -> FeatureStore:
         """Open a store; refuse a missing, foreign or (by default) incomplete one with a clear message."""
         path = Path(path)
-        if not (path / "zarr.json").exists():
-            raise UserError(f"{path}: no feature store here (run `cxrfeat extract` first)")
-        try:
-            g = zarr.open_group(str(path), mode=mode)
-        except Exception as e:  # noqa: BLE001 - anything zarr raises means "not a store we can read"
-            raise UserError(f"{path}: not a readable Zarr feature store ({e})") from e
+        g = open_group(path, mode, what="feature store", hint="run `cxrfeat extract` first")
         if g.attrs.get("format_version") != FORMAT_VERSION or "embeddings" not in g:
             raise UserError(f"{path}: not a cxrfeat feature store (format_version {g.attrs.get('format_version')!r})")
         store = cls(path, g)
@@ -279,3 +240,54 @@ def check_compatible(stores: list[Features]) -> None:
                 )
         if ref.embeddings.shape[-1] != other.embeddings.shape[-1]:
             raise UserError(f"stores {ref.path} and {other.path} have different embedding sizes")
+
+
+def build_group(path: str | Path, *, ids, labels, label_names, dtype: str, chunk_rows: int, settings: dict,
+                meta: dict, make_data) -> zarr.Group:
+    """Create a store folder: `labels`, `ids`, `valid`, one `progress` flag per chunk of rows, the data
+    array made by `make_data(group, n, rows_per_chunk)`, and the attributes every store carries.
+
+    It is built under a temporary name and renamed at the end, so a half-created store never exists.
+    """
+    path = Path(path)
+    n = len(ids)
+    labels = np.asarray(labels, dtype=np.int8)
+    if labels.shape != (n, len(label_names)):
+        raise ValueError(f"labels shape {labels.shape} does not match {n} ids x {len(label_names)} labels")
+    if dtype not in ("float16", "float32"):
+        raise UserError(f"--dtype must be float16 or float32, not {dtype!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".creating")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    g = zarr.open_group(str(tmp), mode="w")
+    rows = max(1, min(chunk_rows, n))
+    make_data(g, n, rows)
+    g.create_array("labels", shape=labels.shape, chunks=(max(1, n), max(1, labels.shape[1])), dtype="int8")[:] = labels
+    g.create_array("ids", shape=(n,), chunks=(max(1, n),), dtype=str)[:] = np.asarray([str(i) for i in ids])
+    g.create_array("valid", shape=(n,), chunks=(max(1, n),), dtype="bool", fill_value=True)[:] = True
+    g.create_array("progress", shape=(max(1, -(-n // rows)),), chunks=(1,), dtype="bool", fill_value=False)
+    g.attrs.update(json.loads(json.dumps({
+        "format_version": FORMAT_VERSION,
+        **meta,
+        "label_names": list(label_names),
+        "dtype": dtype,
+        "rows": int(n),
+        "chunk_rows": int(rows),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "package_version": __version__,
+        "settings": settings,
+        "complete": False,
+    })))
+    tmp.rename(path)
+    return zarr.open_group(str(path), mode="r+")
+
+
+def open_group(path: Path, mode: str, *, what: str, hint: str) -> zarr.Group:
+    """Open a Zarr group, or a clear error naming `what` is missing or unreadable (and `hint`)."""
+    if not (path / "zarr.json").exists():
+        raise UserError(f"{path}: no {what} here ({hint})")
+    try:
+        return zarr.open_group(str(path), mode=mode)
+    except Exception as e:  # noqa: BLE001 - anything zarr raises means "not a store we can read"
+        raise UserError(f"{path}: not a readable Zarr {what} ({e})") from e

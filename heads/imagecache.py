@@ -28,7 +28,6 @@ import hashlib
 import json
 import os
 import shutil
-import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -37,9 +36,8 @@ from typing import Any
 import numpy as np
 import zarr
 
-from cxrfeat import __version__
 from cxrfeat.errors import UserError
-from cxrfeat.store import FORMAT_VERSION, FeatureStore, ids_digest
+from cxrfeat.store import FORMAT_VERSION, FeatureStore, build_group, ids_digest, open_group
 
 KIND = "image-cache"
 SIZE = 224
@@ -74,52 +72,20 @@ class ImageCache(FeatureStore):
         chunk_rows: int = DEFAULT_SHARD_ROWS,
     ) -> ImageCache:
         """Create an empty cache for N images; shards are filled by `write_chunk` afterwards."""
-        path = Path(path)
-        n = len(ids)
-        labels = np.asarray(labels, dtype=np.int8)
-        if labels.shape != (n, len(label_names)):
-            raise ValueError(f"labels shape {labels.shape} does not match {n} ids x {len(label_names)} labels")
-        if dtype not in ("float16", "float32"):
-            raise UserError(f"image cache dtype must be float16 or float32, not {dtype!r}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".creating")  # renamed at the end: no half-created cache
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        g = zarr.open_group(str(tmp), mode="w")
-        rows = max(1, min(chunk_rows, n))
-        g.create_array("images", shape=(n, SIZE, SIZE, 3), chunks=(1, SIZE, SIZE, 3), shards=(rows, SIZE, SIZE, 3),
-                       dtype=dtype)
-        g.create_array("labels", shape=labels.shape, chunks=(max(1, n), max(1, labels.shape[1])), dtype="int8")[:] = labels
-        g.create_array("ids", shape=(n,), chunks=(max(1, n),), dtype=str)[:] = np.asarray([str(i) for i in ids])
-        g.create_array("valid", shape=(n,), chunks=(max(1, n),), dtype="bool", fill_value=True)[:] = True
-        g.create_array("progress", shape=(max(1, -(-n // rows)),), chunks=(1,), dtype="bool", fill_value=False)
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "kind": KIND,
-            **attrs,
-            "label_names": list(label_names),
-            "dtype": dtype,
-            "rows": int(n),
-            "chunk_rows": int(rows),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "package_version": __version__,
-            "settings": settings,
-            "complete": False,
-        }
-        g.attrs.update(json.loads(json.dumps(meta)))
-        tmp.rename(path)
-        return cls(path, zarr.open_group(str(path), mode="r+"))
+
+        def data(g: zarr.Group, n: int, rows: int) -> None:
+            g.create_array("images", shape=(n, SIZE, SIZE, 3), chunks=(1, SIZE, SIZE, 3),
+                           shards=(rows, SIZE, SIZE, 3), dtype=dtype)
+
+        return cls(path, build_group(path, ids=ids, labels=labels, label_names=label_names, dtype=dtype,
+                                     chunk_rows=chunk_rows, settings=settings, meta={"kind": KIND, **attrs},
+                                     make_data=data))
 
     @classmethod
     def open(cls, path: str | Path, *, mode: str = "r", require_complete: bool = True) -> ImageCache:
         """Open a cache; refuse a missing, foreign or (by default) incomplete one with a clear message."""
         path = Path(path)
-        if not (path / "zarr.json").exists():
-            raise UserError(f"{path}: no image cache here (`heads finetune` builds it)")
-        try:
-            g = zarr.open_group(str(path), mode=mode)
-        except Exception as e:  # noqa: BLE001 - anything zarr raises means "not a cache we can read"
-            raise UserError(f"{path}: not a readable Zarr image cache ({e})") from e
+        g = open_group(path, mode, what="image cache", hint="`heads finetune` builds it")
         if g.attrs.get("kind") != KIND or g.attrs.get("format_version") != FORMAT_VERSION or "images" not in g:
             raise UserError(f"{path}: not an image cache of this toolkit (kind {g.attrs.get('kind')!r})")
         cache = cls(path, g)
