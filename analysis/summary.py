@@ -11,14 +11,9 @@ from analysis import stats
 from analysis.collect import Sweep, comparisons
 
 
-@dataclass(frozen=True)
-class ModelStat:
-    """Mean ± sd over seeds of one model's AUROC (mean over labels, or one label)."""
+class _OverSeeds:
+    """Mean, sd and count over the `per_seed` values (seed number -> AUROC)."""
 
-    task: str
-    model: str
-    test_set: str
-    label: str | None  # None: mean AUROC over the labels
     per_seed: dict[int, float]
 
     @property
@@ -32,6 +27,17 @@ class ModelStat:
     @property
     def n(self) -> int:
         return stats.mean_sd(list(self.per_seed.values()))[2]
+
+
+@dataclass(frozen=True)
+class ModelStat(_OverSeeds):
+    """Mean ± sd over seeds of one model's AUROC (mean over labels, or one label)."""
+
+    task: str
+    model: str
+    test_set: str
+    label: str | None  # None: mean AUROC over the labels
+    per_seed: dict[int, float]
 
 
 @dataclass(frozen=True)
@@ -155,7 +161,7 @@ def _num(x) -> float:
 
 # --------------------------------------------------------------------------------------- long tail
 @dataclass(frozen=True)
-class GroupStat:
+class GroupStat(_OverSeeds):
     """Mean AUROC over the labels of one frequency group, per seed (then mean ± sd over seeds)."""
 
     task: str
@@ -164,18 +170,6 @@ class GroupStat:
     group: str
     labels: tuple[str, ...]
     per_seed: dict[int, float]
-
-    @property
-    def mean(self) -> float:
-        return stats.mean_sd(list(self.per_seed.values()))[0]
-
-    @property
-    def sd(self) -> float:
-        return stats.mean_sd(list(self.per_seed.values()))[1]
-
-    @property
-    def n(self) -> int:
-        return stats.mean_sd(list(self.per_seed.values()))[2]
 
 
 def long_tail(sweep: Sweep, groups: dict[str, list[str]]) -> list[GroupStat]:
