@@ -10,29 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY_RESNET
 from transformers import ResNetConfig
 
 from cxrfeat.datasets import load_split
 from cxrfeat.errors import UserError
 from cxrfeat.extract import export_h5, extract
 from cxrfeat.store import FeatureStore, load_features
-from cxrfeat.synth import write_synthetic
-
-TINY = dict(embedding_size=8, hidden_sizes=[8, 16, 16, 24], depths=[1, 1, 1, 1], layer_type="basic")
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synth")
-    write_synthetic(root, n_train=12, n_val=6, n_test=6, n_external=6, image_size=64, seed=3)
-    return root
-
-
-@pytest.fixture(scope="module")
-def backbone():
-    from cxrfeat.backbone import load_backbone
-
-    return load_backbone("random", seed=0, config=ResNetConfig(**TINY))
 
 
 def _run(data, out, backbone, split="train", **kw):
@@ -100,7 +84,7 @@ def test_kill_9_then_resume(data, tmp_path):
             time.sleep(0.15)
             return slow(path)
         pp.load_and_preprocess = load
-        bb = load_backbone("random", seed=0, config=ResNetConfig(**{TINY!r}))
+        bb = load_backbone("random", seed=0, config=ResNetConfig(**{TINY_RESNET!r}))
         extract(dataset="nih-cxr-lt", split="train", data_dir=sys.argv[1], out=sys.argv[2], backbone=bb,
                 views=3, chunk_rows=4, batch_size=6, workers=1, progress=False, announce=print)
     """)
@@ -124,7 +108,7 @@ def test_kill_9_then_resume(data, tmp_path):
     assert not FeatureStore.open(store_path, require_complete=False).complete
     from cxrfeat.backbone import load_backbone
 
-    bb = load_backbone("random", seed=0, config=ResNetConfig(**TINY))
+    bb = load_backbone("random", seed=0, config=ResNetConfig(**TINY_RESNET))
     _run(data, out, bb, workers=1)
     clean, _ = _run(data, tmp_path / "clean", bb)
     np.testing.assert_array_equal(np.asarray(FeatureStore.open(clean).group["embeddings"][:]),

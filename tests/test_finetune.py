@@ -11,34 +11,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
-from transformers import ResNetConfig
 from typer.testing import CliRunner
 
 import heads.finetune as ft
 from cxrfeat.datasets import load_split
 from cxrfeat.errors import UserError
-from cxrfeat.synth import write_synthetic
 from heads import runs
 from heads.imagecache import ImageCache, build_cache, cache_path, prefetch
 from heads.models import make_model
 from heads.train import TrainConfig
 
-TINY = dict(embedding_size=8, hidden_sizes=[8, 16, 16, 24], depths=[1, 1, 1, 1], layer_type="basic")
 FAST = TrainConfig(lr=1e-3, batch_size=5, max_epochs=3, patience=3)  # 12 rows: 3 steps, the last padded
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synth")
-    write_synthetic(root, n_train=12, n_val=6, n_test=6, n_external=6, image_size=64, seed=3)
-    return root
-
-
-@pytest.fixture(scope="module")
-def backbone():
-    from cxrfeat.backbone import load_backbone
-
-    return load_backbone("random", seed=0, config=ResNetConfig(**TINY))
 
 
 def _opts(data, runs_dir, **kw):
