@@ -223,7 +223,10 @@ def finetune(
         mean = report.get("mean_auroc")
         typer.echo(f"{test_set}: mean AUROC {'undefined' if mean is None else f'{mean:.4f}'} "
                    f"({report.get('labels_used')} labels, {report.get('n')} images)")
+    for message in (result.metrics.get("sanity") or {}).get("messages", []):
+        typer.echo(f"warning: {result.path}: {message}", err=True)
     typer.echo(f"{result.path}: best epoch {result.best_epoch}, val loss {result.best_val_loss:.4f}")
+    typer.echo(f"run written to {result.path} (sweep folder {opts.runs / opts.name})")
 
 
 @app.command("bench-epoch")
