@@ -100,6 +100,10 @@ class FinetuneOptions:
             raise UserError(f"--seed must be at least 1, not {self.seed}")
         if self.limit is not None and self.limit < 1:
             raise UserError(f"--limit must be at least 1, not {self.limit}")
+        if self.weights != "random":
+            from cxrfeat.weights import check_name
+
+            check_name(self.weights)  # a typo of `random` fails now, not after the image cache is built
         self.train.check()
 
     @property
