@@ -135,10 +135,11 @@ def synth(
 @app.command()
 @friendly
 def info(
-    path: Path = typer.Argument(..., help="A dataset folder (NIH-CXR-LT, MIMIC-CXR-LT or {split}.csv files), a feature store (.zarr), or a folder of stores."),
+    path: Path = typer.Argument(..., help="A dataset folder (NIH-CXR-LT, MIMIC-CXR-LT or {split}.csv files), a feature store or image cache (.zarr), or a folder holding any of them (e.g. features, data; searched 3 levels deep)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON instead of tables."),
 ):
-    """Rows and label counts per split (like the paper's Table I); for a store also views, backbone, dtype and completeness."""
+    """Rows and label counts per split (like the paper's Table I); for a store also views, backbone, dtype and
+    completeness; for an image cache its shards and source."""
     import json
 
     from rich.console import Console

@@ -1,4 +1,9 @@
-"""`cxrfeat info`: what a dataset folder or a feature store holds (rows, label counts, provenance)."""
+"""`cxrfeat info`: what a dataset folder, a feature store or an image cache holds (rows, label counts,
+provenance), or every one of them under a folder (`cxrfeat info features`, `cxrfeat info data`).
+
+An image cache (`heads finetune`'s `features/images/<dataset>/<split>.zarr`) is a Zarr store like a
+feature store, with `images` where a feature store has `embeddings` and `kind: "image-cache"`.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +18,24 @@ _NIH = re.compile(r"^miccai2023_nih-cxr-lt_labels_(\w+)\.csv$")
 _MIMIC = re.compile(r"^(?:miccai2023_mimic-cxr-lt_labels_|mimic-cxr-lt_)(\w+)\.csv$")
 
 
+IMAGE_CACHE_KIND = "image-cache"  # heads.imagecache.KIND (cxrfeat does not import heads)
+SEARCH_DEPTH = 3  # folder levels searched for stores and datasets: features/images/<dataset>/<split>.zarr
+
+
 def is_store(path: Path) -> bool:
     return (path / "zarr.json").is_file() and (path / "embeddings").exists()
+
+
+def is_image_cache(path: Path) -> bool:
+    return (path / "zarr.json").is_file() and (path / "images").exists()
+
+
+def is_dataset(path: Path) -> bool:
+    try:
+        detect_dataset(path)
+    except UserError:
+        return False
+    return True
 
 
 def _ordered(splits) -> list[str]:
@@ -38,7 +59,8 @@ def detect_dataset(path: str | Path) -> tuple[str, list[str]]:
         return "mimic-cxr-lt", [Path(names[0]).stem]
     if names:
         return "csv", _ordered(Path(n).stem for n in names)
-    raise UserError(f"{path}: neither a dataset folder (no label CSV) nor a feature store (no zarr.json)")
+    raise UserError(f"{path}: neither a dataset folder (no label CSV), a feature store or image cache (no "
+                    f"zarr.json), nor a folder holding any of them")
 
 
 def dataset_summary(path: str | Path) -> dict:
@@ -93,17 +115,77 @@ def store_summary(path: str | Path) -> dict:
     }
 
 
+def cache_summary(path: str | Path) -> dict:
+    """Rows, provenance, label counts and completeness of an image cache (complete or not)."""
+    import numpy as np
+
+    from cxrfeat.store import open_group
+
+    path = Path(path)
+    g = open_group(path, "r", what="image cache", hint="`heads finetune` builds it")
+    attrs = dict(g.attrs)
+    if attrs.get("kind") != IMAGE_CACHE_KIND or "images" not in g:
+        raise UserError(f"{path}: not an image cache of this toolkit (kind {attrs.get('kind')!r})")
+    names = list(attrs.get("label_names", []))
+    labels, valid = np.asarray(g["labels"][:]), np.asarray(g["valid"][:], bool)
+    progress = np.asarray(g["progress"][:], bool)
+    return {
+        "kind": IMAGE_CACHE_KIND,
+        "path": str(path),
+        "dataset": attrs.get("dataset"),
+        "split": attrs.get("split"),
+        "source": attrs.get("source"),
+        "synthetic": attrs.get("synthetic"),
+        "rows": int(labels.shape[0]),
+        "valid_rows": int(valid.sum()),
+        "image_shape": list(g["images"].shape[1:]),
+        "dtype": attrs.get("dtype"),
+        "preprocessing": attrs.get("preprocessing"),
+        "created": attrs.get("created"),
+        "package_version": attrs.get("package_version"),
+        "complete": bool(attrs.get("complete", False)),
+        "chunks_done": int(progress.sum()),
+        "chunks_total": int(progress.size),
+        "label_names": names,
+        "positives": {n: int((labels[valid, j] == 1).sum()) for j, n in enumerate(names)},
+        "unknown": {n: int((labels[valid, j] == -1).sum()) for j, n in enumerate(names)},
+    }
+
+
+def find(path: Path, depth: int = SEARCH_DEPTH) -> list[Path]:
+    """Feature stores, image caches and dataset folders under `path`, up to `depth` levels down
+    (the inside of a store or a dataset folder is not searched), sorted by path."""
+    found = []
+    if depth < 1:
+        return found
+    for child in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if is_store(child) or is_image_cache(child) or (child.suffix != ".zarr" and is_dataset(child)):
+            found.append(child)
+        elif child.suffix != ".zarr":
+            found += find(child, depth - 1)
+    return found
+
+
+def one(path: Path) -> dict:
+    if is_store(path):
+        return store_summary(path)
+    if is_image_cache(path):
+        return cache_summary(path)
+    return dataset_summary(path)
+
+
 def summary(path: str | Path) -> dict | list[dict]:
-    """A store, a folder of stores (e.g. `features/nih-cxr-lt`), or a dataset folder."""
+    """A store, an image cache or a dataset folder (one dict), or every one of them under a folder
+    (a list: e.g. `features/nih-cxr-lt`, `features`, `features/images`, `data`)."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such file or folder")
-    if is_store(path):
-        return store_summary(path)
-    stores = sorted(p for p in path.glob("*.zarr") if is_store(p)) if path.is_dir() else []
-    if stores:
-        return [store_summary(p) for p in stores]
-    return dataset_summary(path)
+    if is_store(path) or is_image_cache(path) or not path.is_dir() or is_dataset(path):
+        return one(path)
+    found = find(path)
+    if found:
+        return [one(p) for p in found]
+    return dataset_summary(path)  # raises the "neither ... nor" error
 
 
 def _synthetic(path: Path) -> bool:
@@ -147,14 +229,43 @@ def label_table(columns: dict[str, dict], *, total: bool = True):
 
 def render(info: dict | list[dict], console) -> None:
     items = info if isinstance(info, list) else [info]
-    if items and all(i["kind"] == "store" for i in items) and len(items) > 1:
-        console.print(f"[bold]Positives per label in the stores of {items[0]['dataset']}[/] (valid rows)")
-        console.print(label_table({Path(i["path"]).stem: {**i, "rows": i["valid_rows"]} for i in items}))
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for i in items:
+        if i["kind"] != "dataset":
+            groups.setdefault((i["kind"], str(i.get("dataset"))), []).append(i)
+    for (kind, dataset), group in groups.items():  # one table over the splits of each dataset
+        if len(group) > 1:
+            what = "stores" if kind == "store" else "image caches"
+            console.print(f"[bold]Positives per label in the {what} of {dataset}[/] (valid rows)")
+            console.print(label_table({Path(i["path"]).stem: {**i, "rows": i["valid_rows"]} for i in group}))
     for item in items:
         if item["kind"] == "dataset":
             _render_dataset(item, console)
+        elif item["kind"] == IMAGE_CACHE_KIND:
+            _render_cache(item, console, counts=len(groups[(item["kind"], str(item.get("dataset")))]) == 1)
         else:
-            _render_store(item, console, counts=len(items) == 1)
+            _render_store(item, console, counts=len(groups[(item["kind"], str(item.get("dataset")))]) == 1)
+
+
+def _render_cache(info: dict, console, *, counts: bool) -> None:
+    from rich.table import Table
+
+    flag = "  [bold red]SYNTHETIC DATA[/]" if info.get("synthetic") else ""
+    state = ("[green]complete[/]" if info["complete"] else
+             "[red]INCOMPLETE[/] (rerun the same `heads finetune` command to finish it)")
+    t = Table(title=f"{info['path']} (image cache of `heads finetune`){flag}", title_justify="left", show_header=False)
+    t.add_column(style="bold")
+    t.add_column()
+    t.add_row("dataset / split", f"{info['dataset']} / {info['split']}")
+    t.add_row("rows", f"{info['rows']}")
+    t.add_row("images", f"{' x '.join(map(str, info['image_shape']))}  ({info['dtype']}, preprocessed)")
+    t.add_row("source", str(info.get("source")))
+    t.add_row("state", f"{state}: {info['chunks_done']}/{info['chunks_total']} shards")
+    t.add_row("created", f"{info.get('created')} (cxr-qtl {info.get('package_version')})")
+    console.print(t)
+    if counts:
+        console.print("[bold]Positives per label[/] (unk. = unknown)")
+        console.print(label_table({info["split"] or "rows": {**info, "rows": info["valid_rows"]}}))
 
 
 def _render_dataset(info: dict, console) -> None:

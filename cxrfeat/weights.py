@@ -13,9 +13,12 @@ every backbone key with `resnet.` and add `classifier.*` (ignored); `num_batches
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
+import os
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,16 +94,36 @@ def sha256_file(path: Path) -> str:
 
 
 def resolve(weights: str) -> Checkpoint:
-    """A local checkpoint folder, or else a hub name fetched through the Hugging Face cache."""
+    """A local checkpoint folder, or else a hub name fetched through the Hugging Face cache.
+
+    A name that is neither a folder nor `random` but close to it (`randon`, `rnadom`, `Random`) is
+    refused at once with "did you mean random?", before any network access.
+    """
     path = Path(weights).expanduser()
     if path.is_dir():
         return _from_folder(path)
+    check_name(weights)
     if path.exists():
         raise UserError(f"--weights {weights}: give the checkpoint folder (config.json + model.safetensors), not a file")
     # A hub id is `name` or `owner/name`; anything else that names no folder is a path typo.
     if weights.startswith((".", "/", "~")) or weights.count("/") > 1 or "\\" in weights:
         raise UserError(f"--weights {weights}: no such folder")
     return _from_hub(weights)
+
+
+def check_name(weights: str) -> None:
+    """Refuse, without touching the network, a `--weights` that is no folder but looks like a typo of `random`."""
+    if looks_like_random(weights) and not Path(weights).expanduser().is_dir():
+        raise UserError(f"--weights {weights}: no such folder; did you mean random? "
+                        f"(`--weights random`: a random-weight backbone for smoke runs)")
+
+
+def looks_like_random(weights: str) -> bool:
+    """True for a likely typo of `random` (not `random` itself): one or two letters off, or another case."""
+    name = weights.strip()
+    if name == "random" or "/" in name or "\\" in name:
+        return False
+    return name.lower() == "random" or bool(difflib.get_close_matches(name.lower(), ["random"], n=1, cutoff=0.6))
 
 
 def _from_folder(folder: Path) -> Checkpoint:
@@ -141,29 +164,102 @@ def _hub_answered(error: Exception) -> bool:
     return isinstance(error, EntryNotFoundError | RepositoryNotFoundError | RevisionNotFoundError)
 
 
-def _from_hub(repo_id: str) -> Checkpoint:
-    from huggingface_hub import constants, hf_hub_download
+HUB_TIMEOUT_S = 4.0  # one try at the hub: how long `resolve` waits for it to answer at all
 
-    names = (CONFIG_NAME, WEIGHTS_NAME)
-    try:
-        paths = [Path(hf_hub_download(repo_id, name)) for name in names]
-    except Exception as online_error:  # noqa: BLE001 - classified below
-        if _hub_answered(online_error):
-            raise UserError(
-                f"--weights {repo_id}: the Hugging Face hub has no {WEIGHTS_NAME} for it "
-                f"({type(online_error).__name__}: {online_error})"
-            ) from online_error
-        try:  # hf_hub_download already looks in the cache when offline; this also covers other failures
-            paths = [Path(hf_hub_download(repo_id, name, local_files_only=True)) for name in names]
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE=1 (read now, and as huggingface_hub read it at import)."""
+    from huggingface_hub import constants
+
+    value = os.environ.get("HF_HUB_OFFLINE", "")
+    return bool(constants.HF_HUB_OFFLINE) or value.strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def hub_endpoint() -> str:
+    from huggingface_hub import constants
+
+    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+def hub_reachable(repo_id: str, timeout: float | None = None) -> str | None:
+    """None when the hub answers one HEAD request about `repo_id` within `timeout` seconds (any HTTP status
+    counts: the hub is there), else why not. One try, no retries; the wait is bounded even where DNS or a
+    half-open connection hang, since the request runs on a daemon thread that is left behind after the timeout."""
+    import urllib.error
+    import urllib.request
+
+    timeout = HUB_TIMEOUT_S if timeout is None else timeout
+    url = f"{hub_endpoint()}/{repo_id}/resolve/main/{CONFIG_NAME}"
+    answered = threading.Event()
+    failure: list[str] = []
+
+    def probe() -> None:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):
+                pass
+            answered.set()
+        except urllib.error.HTTPError:  # an HTTP status (401, 404, 5xx): the hub is there
+            answered.set()
+        except Exception as e:  # noqa: BLE001 - unreachable, refused, TLS, timeout: not reachable
+            reason = getattr(e, "reason", None) or e
+            failure.append(f"{type(reason).__name__}: {reason}" if str(reason) else type(reason).__name__)
+
+    thread = threading.Thread(target=probe, name="hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if answered.is_set():
+        return None
+    return failure[0] if failure else f"no answer within {timeout:g} s"
+
+
+def _offline_message(repo_id: str, why: str) -> str:
+    from huggingface_hub import constants
+
+    return (
+        f"--weights {repo_id}: {why}, and the checkpoint is not in the local Hugging Face cache "
+        f"({constants.HF_HUB_CACHE}). Either download the folder on a machine that can reach the hub "
+        f"(`hf download {repo_id} --local-dir {repo_id.split('/')[-1]}`, or `save_pretrained`), copy it here "
+        f"and pass `--weights DIR`, or fill this cache and set HF_HUB_OFFLINE=1 (no hub access at all); "
+        f"or pass `--weights random` for a smoke run (random weights: the results mean nothing)."
+    )
+
+
+def _download(repo_id: str, *, local_only: bool) -> list[Path]:
+    from huggingface_hub import hf_hub_download
+
+    kwargs = {"local_files_only": True} if local_only else {"etag_timeout": HUB_TIMEOUT_S}
+    return [Path(hf_hub_download(repo_id, name, **kwargs)) for name in (CONFIG_NAME, WEIGHTS_NAME)]
+
+
+def _from_hub(repo_id: str) -> Checkpoint:
+    """`config.json` and `model.safetensors` of a hub model, through the Hugging Face cache.
+
+    The hub is tried once: with HF_HUB_OFFLINE=1, or when it does not answer within HUB_TIMEOUT_S, only
+    the cache is read (huggingface_hub on its own retries an unreachable hub for ~25 s before giving up).
+    """
+    if hub_offline():
+        why = "HF_HUB_OFFLINE is set (the hub is not asked)"
+        online = False
+    else:
+        failure = hub_reachable(repo_id)
+        online = failure is None
+        why = f"the Hugging Face hub ({hub_endpoint()}) is unreachable ({failure}; tried once)"
+    paths = None
+    if online:
+        try:
+            paths = _download(repo_id, local_only=False)
+        except Exception as online_error:  # noqa: BLE001 - classified below
+            if _hub_answered(online_error):
+                raise UserError(
+                    f"--weights {repo_id}: the Hugging Face hub has no {WEIGHTS_NAME} for it "
+                    f"({type(online_error).__name__}: {online_error})"
+                ) from online_error
+            why = f"fetching it from the Hugging Face hub failed ({type(online_error).__name__})"
+    if paths is None:
+        try:
+            paths = _download(repo_id, local_only=True)
         except Exception:  # noqa: BLE001
-            raise UserError(
-                f"--weights {repo_id}: the Hugging Face hub is unreachable (or offline mode is on) and "
-                f"the checkpoint is not in the local cache ({constants.HF_HUB_CACHE}). Either download the "
-                f"folder on a machine that can reach the hub (`hf download {repo_id} --local-dir {repo_id.split('/')[-1]}`, "
-                f"or `save_pretrained`), copy it here and pass `--weights DIR`; or pass `--weights random` "
-                f"for a smoke run (random weights: the results mean nothing). "
-                f"[{type(online_error).__name__}]"
-            ) from None
+            raise UserError(_offline_message(repo_id, why)) from None
     config_path, weights_path = paths
     # Cached files live in snapshots/<commit>/: that commit is the revision.
     revision = weights_path.parent.name if weights_path.parent.parent.name == "snapshots" else None

@@ -51,14 +51,15 @@ def _spec(*, tasks, models, seeds, features, runs, name, layers, backend, lr, ba
 def _run(spec) -> None:
     from rich.console import Console
 
-    from heads.sweep import grid, run_sweep, summarize
-    from heads.sweepview import LiveReporter, summary_table
+    from heads.sweep import flagged_runs, grid, run_sweep, summarize
+    from heads.sweepview import LiveReporter, print_summary
 
     spec.check()
     with LiveReporter() as reporter:
         run_sweep(spec, reporter=reporter)
-    rows = summarize(spec.runs / spec.name, grid(spec), spec.seeds)
-    Console().print(summary_table(rows, f"{spec.runs / spec.name}: mean AUROC over seeds"))
+    where = spec.runs / spec.name
+    rows = summarize(where, grid(spec), spec.seeds)
+    print_summary(Console(), rows, flagged_runs(where, grid(spec), spec.seeds), f"{where}: mean AUROC over seeds", where)
 
 
 @app.command()
@@ -222,7 +223,10 @@ def finetune(
         mean = report.get("mean_auroc")
         typer.echo(f"{test_set}: mean AUROC {'undefined' if mean is None else f'{mean:.4f}'} "
                    f"({report.get('labels_used')} labels, {report.get('n')} images)")
+    for message in (result.metrics.get("sanity") or {}).get("messages", []):
+        typer.echo(f"warning: {result.path}: {message}", err=True)
     typer.echo(f"{result.path}: best epoch {result.best_epoch}, val loss {result.best_val_loss:.4f}")
+    typer.echo(f"run written to {result.path} (sweep folder {opts.runs / opts.name})")
 
 
 @app.command("bench-epoch")

@@ -100,6 +100,10 @@ class FinetuneOptions:
             raise UserError(f"--seed must be at least 1, not {self.seed}")
         if self.limit is not None and self.limit < 1:
             raise UserError(f"--limit must be at least 1, not {self.limit}")
+        if self.weights != "random":
+            from cxrfeat.weights import check_name
+
+            check_name(self.weights)  # a typo of `random` fails now, not after the image cache is built
         self.train.check()
 
     @property
@@ -185,14 +189,22 @@ def _programs(module, head, lr: float, freeze_backbone: bool):
 
 
 def make_eval(backbone, head):
-    """Jitted `(params, batch_stats, images, labels) -> (probabilities, BCE sum, known count)`, no augmentation."""
+    """Jitted `(params, batch_stats, images, labels) -> (probabilities, BCE sum, known count, saturated)`,
+    no augmentation. `saturated` (B,): per image, the number of qubits whose pre-circuit angle has
+    |tanh| > `heads.sanity.SATURATION_TANH` (zeros for a CDL), for the sanity check."""
+    from heads.sanity import SATURATION_TANH
 
     def evaluate(params, batch_stats, images, labels):
         emb = backbone.module.apply({"params": params["backbone"], "batch_stats": batch_stats},
                                     images.astype(jnp.float32))
         logits = head.apply({"params": params["head"]}, emb)
         s, c = masked_bce(logits, labels, jnp.ones(labels.shape[:1], bool))
-        return jax.nn.sigmoid(logits), s, c
+        if "pre" in params["head"]:  # a DQC (`heads.models`): its pre Dense on the embedding
+            pre = emb @ params["head"]["pre"]["kernel"] + params["head"]["pre"]["bias"]
+            saturated = jnp.sum(jnp.abs(jnp.tanh(pre)) > SATURATION_TANH, axis=1)
+        else:
+            saturated = jnp.zeros(labels.shape[:1], jnp.int32)
+        return jax.nn.sigmoid(logits), s, c, saturated
 
     return jax.jit(evaluate)
 
@@ -257,14 +269,16 @@ def _load_batch(split: Split, rows: np.ndarray, batch: int):
     return jax.device_put(images), jax.device_put(labels), int((labels >= 0).sum())
 
 
-def evaluate(eval_fn, params, batch_stats, split: Split, batch: int) -> tuple[np.ndarray, float]:
-    """Probabilities (N, L) and mean BCE over the known labels of a split."""
+def evaluate(eval_fn, params, batch_stats, split: Split, batch: int, *, saturation: bool = False):
+    """Probabilities (N, L) and mean BCE over the known labels of a split; with `saturation`, also the
+    number of saturated (image, qubit) pre-circuit angles over its N real rows (see `make_eval`)."""
     steps = _batches(split.n, batch)
     chunks = [np.arange(i * batch, min(split.n, (i + 1) * batch)) for i in range(steps)]
     out = [eval_fn(params, batch_stats, images, labels)
            for images, labels, _ in prefetch(lambda r: _load_batch(split, r, batch), chunks)]
-    probs, sums, counts = jax.device_get(list(zip(*out, strict=True)))
-    return np.concatenate(probs)[: split.n], float(np.sum(sums, dtype=np.float64) / max(int(np.sum(counts)), 1))
+    probs, sums, counts, saturated = jax.device_get(list(zip(*out, strict=True)))
+    result = np.concatenate(probs)[: split.n], float(np.sum(sums, dtype=np.float64) / max(int(np.sum(counts)), 1))
+    return (*result, int(np.concatenate(saturated)[: split.n].sum())) if saturation else result
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -358,9 +372,9 @@ def _store_backbone(cfg: dict):
 
 
 def _comparable(desc) -> Any:
-    if isinstance(desc, dict):
-        return {k: v for k, v in desc.items() if k not in ("path", "architecture")}
-    return desc
+    from heads.sweep import backbone_record
+
+    return backbone_record(desc) if isinstance(desc, dict) else desc
 
 
 # ---------------------------------------------------------------- the run
@@ -402,7 +416,7 @@ def finetune(
 
     history: list[dict] = []
     state = {"epoch": 0, "best_val": math.inf, "best_epoch": 0, "bad": 0, "stopped": False}
-    ck = _resume_point(run_dir, config["settings"], opt_state)
+    ck = _resume_point(run_dir, config["resume_settings"], opt_state)
     if ck is not None:
         params, opt_state, state = ck
         history = [r for r in runs.read_history(run_dir) if r["epoch"] <= state["epoch"]]
@@ -475,15 +489,39 @@ def _train_epoch(step, params, opt_state, stats, train: Split, opts: FinetuneOpt
     return params, opt_state, train_loss, batch_digest(perm, keys[: train.n])
 
 
+def _test_name(role: str, split: Split) -> str:
+    """The name a split has in `data.rows`/`data.sources`: train and val by role, test sets by dataset
+    (as in predictions/ and metrics.json)."""
+    return role if role in ("train", "val") else split.name
+
+
 def _config(opts: FinetuneOptions, labels, splits: dict[str, Split], backbone, params) -> dict:
-    """config.json: the keys of `heads train`'s (heads.sweep), what fine-tuning adds, and `settings`
-    (what a resume must match: every option that changes the result, the data and the backbone)."""
+    """config.json: the keys of `heads train`'s (heads.sweep) — `data`, `backbone` and `settings` of the
+    shared contract (issue 9) included —, what fine-tuning adds, and `resume_settings` (what a resume
+    must match: every option that changes the result, the data and the backbone).
+
+    `data.views` is null: the image cache holds one image per row and augmentation is drawn at run
+    time. `settings.seeds` is null: a fine-tune command trains one seed (`--seed`); `feature_norm`
+    does not apply (null). `backbone_description` is the loaded backbone's full description."""
     from cxrfeat.augment import AUGMENTATION
     from cxrfeat.backbone import count_params as count_backbone
     from cxrfeat.preprocess import PREPROCESSING
     from heads.models import count_params
+    from heads.sweep import any_synthetic, backbone_record
 
-    settings = {
+    dqc = opts.model == "dqc"
+    sources = {_test_name(role, s): {"dataset": s.cache.attrs.get("dataset"), "split": s.cache.attrs.get("split"),
+                                     "synthetic": s.cache.attrs.get("synthetic")} for role, s in splits.items()}
+    data = {"dataset": NIH, "synthetic": any_synthetic(v["synthetic"] for v in sources.values()),
+            "rows": {_test_name(role, s): s.n for role, s in splits.items()}, "views": None, "limit": opts.limit,
+            "sources": sources}
+    contract_settings = {
+        "lr": opts.train.lr, "batch_size": opts.train.batch_size, "max_epochs": opts.train.max_epochs,
+        "patience": opts.train.patience, "feature_norm": None, "layers": opts.layers if dqc else None,
+        "backend": opts.backend if dqc else None, "circuit_init": opts.circuit_init if dqc else None,
+        "seeds": None, "mode": "finetune", "freeze_backbone": opts.freeze_backbone, "limit": opts.limit,
+    }
+    resume_settings = {
         **{k: v for k, v in asdict(opts).items() if k not in ("runs", "name", "cache", "train", "data_dir", "external_dir")},
         **asdict(opts.train),
         "data": {role: s.cache.attrs["settings"] for role, s in splits.items()},
@@ -498,16 +536,19 @@ def _config(opts: FinetuneOptions, labels, splits: dict[str, Split], backbone, p
         "training": asdict(opts.train),
         "finetune": {"weights": opts.weights, "backbone_trained": not opts.freeze_backbone,
                      "init_head_from": opts.init_head_from, "limit": opts.limit, "image_cache": opts.cache},
-        "backbone": backbone.description,
+        "data": data,
+        "backbone": backbone_record(backbone.description),
+        "backbone_description": backbone.description,
         "preprocessing": PREPROCESSING,
         "augmentation": {**AUGMENTATION, "keys": f"position p of epoch e of seed s: fold_in(fold_in(fold_in("
                          f"key(s), {AUGMENT_STREAM}), e), p)", "order": "heads.train.epoch_order(s, e)"},
-        "data": {role: {"dataset": s.cache.attrs.get("dataset"), "split": s.cache.attrs.get("split"),
-                        "source": s.cache.attrs.get("source"), "rows": s.n, "cache": s.cache.path,
-                        "synthetic": s.cache.attrs.get("synthetic")} for role, s in splits.items()},
+        "image_caches": {role: {"dataset": s.cache.attrs.get("dataset"), "split": s.cache.attrs.get("split"),
+                                "source": s.cache.attrs.get("source"), "rows": s.n, "cache": s.cache.path,
+                                "synthetic": s.cache.attrs.get("synthetic")} for role, s in splits.items()},
         "param_counts": {"backbone": count_backbone(params["backbone"]), **head_counts,
                          "head": sum(head_counts.values())},
-        "settings": settings,
+        "settings": contract_settings,
+        "resume_settings": resume_settings,
         "versions": _versions(),
         "devices": [str(d) for d in jax.devices()],
     }, default=str))
@@ -516,6 +557,7 @@ def _config(opts: FinetuneOptions, labels, splits: dict[str, Split], backbone, p
 def _finish(run_dir: Path, opts: FinetuneOptions, labels, splits: dict[str, Split], eval_fn, stats, state: dict,
             history: list[dict]) -> dict:
     """Predictions and metrics of the best parameters on the test set(s), best.safetensors, then DONE."""
+    from heads import sanity
     from heads.metrics import auroc_report
 
     best, _ = _load_tree(_best_file(run_dir, state["best_epoch"]))
@@ -524,13 +566,21 @@ def _finish(run_dir: Path, opts: FinetuneOptions, labels, splits: dict[str, Spli
                "best_epoch": state["best_epoch"], "best_val_loss": state["best_val"], "epochs": state["epoch"],
                "stopped_early": state["epoch"] < opts.train.max_epochs,
                "train_seconds": round(sum(r["seconds"] for r in history), 3), "test_sets": {}}
+    predictions, saturated, entries = {}, 0, 0
     for role in ("test", "external"):
         if role in splits:
             split = splits[role]
-            probs, _ = evaluate(eval_fn, best, stats, split, opts.train.batch_size)
+            probs, _, n_saturated = evaluate(eval_fn, best, stats, split, opts.train.batch_size, saturation=True)
+            saturated, entries = saturated + n_saturated, entries + split.n * len(labels)
+            predictions[split.name] = probs
             runs.save_predictions(run_dir, split.name, ids=split.ids, y_true=split.labels, y_prob=probs,
                                   label_names=list(labels))
             metrics["test_sets"][split.name] = auroc_report(split.labels, probs, list(labels))
+    metrics["sanity"] = sanity.check(
+        predictions=predictions, reports=metrics["test_sets"], label_names=labels, best_epoch=state["best_epoch"],
+        epochs=state["epoch"], max_epochs=opts.train.max_epochs,
+        saturated=saturated / entries if opts.model == "dqc" and entries else None,
+        losses=[v for row in history for v in (row["train_loss"], row["val_loss"])])
     runs.save_params(run_dir, {**best, "batch_stats": stats},
                      metadata={"format": "cxr-qtl finetune", "best_epoch": str(state["best_epoch"])})
     runs.write_metrics(run_dir, metrics)
@@ -544,10 +594,13 @@ def _resume_point(run_dir: Path, settings: dict, opt_template):
     cfg_path = run_dir / "config.json"
     if not cfg_path.exists():
         return None
-    old = json.loads(cfg_path.read_text()).get("settings")
+    from heads.sweep import differences
+
+    cfg = json.loads(cfg_path.read_text())
+    old = cfg.get("resume_settings", cfg.get("settings"))  # runs written before issue 9 kept them as `settings`
     if old != settings:
-        diff = sorted(k for k in set(old or {}) | set(settings) if (old or {}).get(k) != settings.get(k))
-        raise UserError(f"{run_dir} holds an unfinished run with different settings ({', '.join(diff)}); "
+        diff = differences(old or {}, settings)
+        raise UserError(f"{run_dir} holds an unfinished run with different settings ({'; '.join(diff)}); "
                         f"delete it, or pass another --name")
     return load_checkpoint(run_dir, opt_template)
 

@@ -31,7 +31,7 @@ from cxrfeat import __version__, atomic
 from cxrfeat.errors import UserError
 from cxrfeat.labels import task_labels, task_name
 from cxrfeat.store import Features, FeatureStore, check_compatible
-from heads import runs
+from heads import runs, sanity
 from heads.metrics import auroc_report
 from heads.models import MODELS, make_model, param_counts
 from heads.train import TrainConfig, TrainData, predict, seed_mesh, train_seeds
@@ -183,7 +183,58 @@ class Stores:
             self.labels_for(key, task)
 
     def provenance(self) -> dict:
-        return {key: f.provenance for key, f in self.all.items()}
+        return {key: {**f.provenance, "synthetic": f.attrs.get("synthetic")} for key, f in self.all.items()}
+
+    def data_record(self, spec: SweepSpec) -> dict:
+        """config.json `data` (shared contract, issue 9): what the run was trained and tested on."""
+        sources = {key: {"dataset": f.attrs.get("dataset"), "split": f.attrs.get("split"),
+                         "synthetic": f.attrs.get("synthetic")} for key, f in self.all.items()}
+        return {"dataset": spec.dataset, "synthetic": any_synthetic(s["synthetic"] for s in sources.values()),
+                "rows": {key: int(f.embeddings.shape[0]) for key, f in self.all.items()},
+                "views": int(self.all["train"].embeddings.shape[1]), "limit": None, "sources": sources}
+
+    def backbone_record(self) -> dict:
+        return backbone_record(self.all["train"].attrs.get("backbone"))
+
+
+def any_synthetic(flags) -> bool | None:
+    """True if any store is synthetic, else None if any is unknown (older stores), else False."""
+    flags = list(flags)
+    if any(f is True for f in flags):
+        return True
+    return None if any(f is None for f in flags) else False
+
+
+def backbone_record(desc) -> dict:
+    """config.json `backbone` (shared contract, issue 9) from a store's or a loaded backbone's description."""
+    desc = desc if isinstance(desc, dict) else {"name": desc} if desc else {}
+    name = desc.get("name")
+    random = bool(desc.get("random", name == "random"))
+    return {"name": "random" if random else name, "random": random,
+            "seed": desc.get("seed") if random else None,
+            "revision": desc.get("revision"), "sha256": desc.get("sha256")}
+
+
+def settings_record(spec: SweepSpec, model: str) -> dict:
+    """config.json `settings` (shared contract, issue 9) of a run on cached features."""
+    dqc = model == "dqc"
+    t, h = spec.train, spec.head
+    return {"lr": t.lr, "batch_size": t.batch_size, "max_epochs": t.max_epochs, "patience": t.patience,
+            "feature_norm": spec.feature_norm, "layers": h.layers if dqc else None,
+            "backend": h.backend if dqc else None, "circuit_init": h.circuit_init if dqc else None,
+            "seeds": spec.seeds, "mode": "features", "freeze_backbone": None, "limit": None}
+
+
+def differences(old, new, prefix: str = "") -> list[str]:
+    """'key: old -> new' for every setting that differs, nested dicts spelt `a.b`."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in list(old) + [k for k in new if k not in old]:
+            out += differences(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    if old == new:
+        return []
+    return [f"{prefix.rstrip('.')}: {json.dumps(old, default=str)} there, {json.dumps(new, default=str)} now"]
 
 
 def standardize(stores: dict[str, Features]) -> dict[str, np.ndarray]:
@@ -211,9 +262,9 @@ def record_sweep(spec: SweepSpec, stores: Stores) -> dict:
     if path.exists():
         old = json.loads(path.read_text())
         if old.get("settings") != fixed:
-            diff = [k for k in fixed if old.get("settings", {}).get(k) != fixed[k]]
+            diff = differences(old.get("settings") or {}, fixed)
             raise UserError(
-                f"{path.parent} holds runs made with other settings ({', '.join(diff)} differ): "
+                f"{path.parent} holds runs made with other settings ({'; '.join(diff)}): "
                 f"use another --name, or the same settings to resume it"
             )
         record["tasks"] = sorted(set(old["tasks"]) | set(spec.tasks))
@@ -282,6 +333,9 @@ def run_group(spec: SweepSpec, stores: Stores, task: int, model_name: str, *, re
                      "test_sets": stores.test_sets, "train_rows": n, "views": views, "dim": dim,
                      "val_rows": int(val.embeddings.shape[0])},
         "provenance": stores.provenance(),
+        "data": stores.data_record(spec),
+        "backbone": stores.backbone_record(),
+        "settings": settings_record(spec, model_name),
         "param_counts": param_counts(task, model_name, head.layers, dim),
         "versions": _versions(),
         "devices": [str(d) for d in mesh.devices.flat],
@@ -318,12 +372,21 @@ def run_group(spec: SweepSpec, stores: Stores, task: int, model_name: str, *, re
             y_true = stores.labels_for(key, task)
             runs.save_predictions(d, key, ids=f.ids, y_true=y_true, y_prob=probs[key][j], label_names=names)
             test_metrics[key] = auroc_report(y_true, probs[key][j], names)
+        saturated = None
+        if model_name == "dqc":  # the test inputs as the head saw them (stores are standardized in place)
+            saturated = sanity.saturated_fraction(
+                [sanity.dqc_pre_activations(r.best_params, stores.all[key].embeddings[:, 0]) for key in stores.test_sets])
+        check = sanity.check(
+            predictions={key: probs[key][j] for key in stores.test_sets}, reports=test_metrics, label_names=names,
+            best_epoch=r.best_epoch, epochs=r.epochs, max_epochs=spec.train.max_epochs, saturated=saturated,
+            losses=[v for row in r.history for v in (row["train_loss"], row["val_loss"])])
         runs.write_metrics(d, {
             "complete": True, "task": task, "model": model_name, "seed": r.seed,
             "best_epoch": r.best_epoch, "best_val_loss": r.best_val_loss, "epochs": r.epochs,
             "stopped_early": r.epochs < spec.train.max_epochs,
             "compile_seconds": round(result.compile_seconds, 3), "train_seconds": round(result.train_seconds, 3),
             "test_sets": test_metrics,
+            "sanity": check,
         })
         runs.finish(d)
     out.trained = todo
@@ -348,20 +411,47 @@ def run_sweep(spec: SweepSpec, *, reporter=None) -> list[GroupOutcome]:
     return [run_group(spec, stores, t, m, reporter=reporter, device_cache=cache) for t, m in pairs]
 
 
+def _row_flags(sanity_record: dict | None, test_set: str) -> list[str]:
+    """The sanity flags of one run that concern one of its test sets (constant predictions are per test set)."""
+    if not sanity_record:
+        return []
+    constant = (sanity_record.get("details") or {}).get("constant_labels") or {}
+    return [f for f in sanity_record.get("flags", []) if f != "constant_predictions" or test_set in constant]
+
+
 def summarize(sweep_dir: str | Path, pairs: Sequence[tuple[int, str]], seeds: int) -> list[dict]:
-    """Mean ± sd AUROC over the finished seeds 1..seeds, per (task, model, test set)."""
+    """Mean ± sd AUROC over the finished seeds 1..seeds, per (task, model, test set), with each row's
+    sanity flags: `flags` maps a flag to the seeds that carry it (runs without a `sanity` record have none)."""
     rows = []
     for task, model in pairs:
         per_set: dict[str, list[float]] = {}
+        flags: dict[str, dict[str, list[int]]] = {}
         for s in range(1, seeds + 1):
             d = Path(sweep_dir) / task_name(task) / model / f"seed-{s}"
             if not runs.is_done(d):
                 continue
-            for key, m in runs.read_metrics(d)["test_sets"].items():
+            metrics = runs.read_metrics(d)
+            for key, m in metrics["test_sets"].items():
                 if m["mean_auroc"] is not None:
                     per_set.setdefault(key, []).append(m["mean_auroc"])
+                for flag in _row_flags(metrics.get("sanity"), key):
+                    flags.setdefault(key, {}).setdefault(flag, []).append(s)
         for key, values in per_set.items():
             rows.append({"task": task, "model": model, "test_set": key, "n": len(values),
                          "mean": statistics.fmean(values),
-                         "sd": statistics.stdev(values) if len(values) > 1 else None})
+                         "sd": statistics.stdev(values) if len(values) > 1 else None,
+                         "flags": {f: flags.get(key, {})[f] for f in sanity.FLAGS if f in flags.get(key, {})}})
     return rows
+
+
+def flagged_runs(sweep_dir: str | Path, pairs: Sequence[tuple[int, str]], seeds: int) -> list[tuple[Path, dict]]:
+    """(run folder, sanity record) of every finished run of the grid whose sanity check failed."""
+    out = []
+    for task, model in pairs:
+        for s in range(1, seeds + 1):
+            d = Path(sweep_dir) / task_name(task) / model / f"seed-{s}"
+            if runs.is_done(d):
+                record = runs.read_metrics(d).get("sanity")
+                if record and not record.get("ok", True):
+                    out.append((d, record))
+    return out

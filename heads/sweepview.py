@@ -78,12 +78,40 @@ class LiveReporter:
                            f"{outcome.seconds:.1f} s" + (f" (skipped {_seeds(outcome.skipped)})" if outcome.skipped else ""))
 
 
+SHORT_FLAGS = {"constant_predictions": "CONSTANT", "saturated_inputs": "SATURATED", "still_improving": "UNDERTRAINED",
+               "nan_loss": "NAN"}
+
+
+def flag_text(flags: dict[str, list[int]], n: int) -> str:
+    """'SATURATED 3/5, CONSTANT 2/5' (flag, seeds carrying it / seeds in the row), or 'ok'."""
+    if not flags:
+        return "ok"
+    return ", ".join(f"{SHORT_FLAGS.get(f, f)} {len(seeds)}/{n}" for f, seeds in flags.items())
+
+
 def summary_table(rows: list[dict], title: str) -> Table:
-    """Mean AUROC ± sd over seeds per task × model × test set (rows from `heads.sweep.summarize`)."""
+    """Mean AUROC ± sd over seeds per task × model × test set (rows from `heads.sweep.summarize`), with a
+    Sanity column: the failed checks of the row's seeds (see `heads.sanity`)."""
     table = Table(title=title)
-    for col in ("Task", "Model", "Test set", "Mean AUROC ± sd", "Seeds"):
+    for col in ("Task", "Model", "Test set", "Mean AUROC ± sd", "Seeds", "Sanity"):
         table.add_column(col, justify="right" if col in ("Mean AUROC ± sd", "Seeds") else "left")
     for r in rows:
         sd = f" ± {r['sd']:.4f}" if r["sd"] is not None else ""
-        table.add_row(task_name(r["task"]).upper(), r["model"].upper(), r["test_set"], f"{r['mean']:.4f}{sd}", str(r["n"]))
+        flags = r.get("flags") or {}
+        sanity = flag_text(flags, r["n"])
+        table.add_row(task_name(r["task"]).upper(), r["model"].upper(), r["test_set"], f"{r['mean']:.4f}{sd}", str(r["n"]),
+                      f"[bold red]{sanity}[/]" if flags else sanity)
     return table
+
+
+def warning_lines(flagged) -> list[str]:
+    """One line per flagged run (from `heads.sweep.flagged_runs`): its folder and what failed."""
+    return [f"warning: {path}: {'; '.join(record.get('messages') or record.get('flags') or [])}" for path, record in flagged]
+
+
+def print_summary(console: Console, rows: list[dict], flagged, title: str, where) -> None:
+    """The end-of-sweep table, one warning line per flagged run, and where the runs are."""
+    console.print(summary_table(rows, title))
+    for line in warning_lines(flagged):
+        console.print(line, style="bold red", markup=False, highlight=False, soft_wrap=True)
+    console.print(f"runs written to {where}", markup=False, highlight=False, soft_wrap=True)

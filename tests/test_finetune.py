@@ -189,13 +189,28 @@ def test_run_layout_and_outputs(finished, backbone):
     cfg = json.loads((path / "config.json").read_text())
     assert cfg["model"] == "cdl-finetune" and cfg["labels"] == list(ft.task_labels(8))
     assert cfg["param_counts"]["head"] == 24 * 8 + 8 and cfg["param_counts"]["backbone"] > 0
-    assert cfg["data"]["train"]["synthetic"] is True
+    assert cfg["image_caches"]["train"]["synthetic"] is True
+    # The shared contract of issue 9, as for runs on cached features.
+    assert cfg["data"] == {"dataset": "nih-cxr-lt", "synthetic": True, "views": None, "limit": None,
+                           "rows": {"train": 12, "val": 6, "nih-cxr-lt": 6, "mimic-cxr-lt": 6},
+                           "sources": {"train": {"dataset": "nih-cxr-lt", "split": "train", "synthetic": True},
+                                       "val": {"dataset": "nih-cxr-lt", "split": "val", "synthetic": True},
+                                       "nih-cxr-lt": {"dataset": "nih-cxr-lt", "split": "test", "synthetic": True},
+                                       "mimic-cxr-lt": {"dataset": "mimic-cxr-lt", "split": "test", "synthetic": True}}}
+    assert cfg["backbone"] == {"name": "random", "random": True, "seed": 0, "revision": None, "sha256": None}
+    assert cfg["settings"] == {"lr": 1e-3, "batch_size": 5, "max_epochs": 3, "patience": 3, "feature_norm": None,
+                               "layers": None, "backend": None, "circuit_init": None, "seeds": None,
+                               "mode": "finetune", "freeze_backbone": False, "limit": None}
     history = runs.read_history(path)
     assert [h["epoch"] for h in history] == [1, 2, 3] == [h["epoch"] for h in res.history]
     pred = runs.load_predictions(path, "nih-cxr-lt")
     assert pred["y_prob"].shape == (6, 8) and ((pred["y_prob"] > 0) & (pred["y_prob"] < 1)).all()
     metrics = runs.read_metrics(path)
     assert set(metrics["test_sets"]) == {"nih-cxr-lt", "mimic-cxr-lt"} and metrics["best_epoch"] == res.best_epoch
+    assert "mean_auprc" in metrics["test_sets"]["nih-cxr-lt"]
+    check = metrics["sanity"]
+    assert check["ok"] == (not check["flags"]) and check["details"]["saturated_fraction"] is None
+    assert ("still_improving" in check["flags"]) == (res.best_epoch == 3) and check["details"]["epochs"] == 3
     # best.safetensors: the trained backbone, the unchanged running statistics, the head.
     best = load_file(path / "best.safetensors")
     orig_p, orig_s = _flat(backbone.params), _flat(backbone.batch_stats)
@@ -210,7 +225,14 @@ def test_cdl_and_dqc_see_identical_batches(finished):
     cdl, dqc = finished["cdl"].history, finished["dqc"].history
     assert [h["order_digest"] for h in dqc] == [h["order_digest"] for h in cdl[:2]]
     assert cdl[0]["order_digest"] != cdl[1]["order_digest"]
-    assert json.loads((finished["dqc"].path / "config.json").read_text())["model"] == "dqc-finetune"
+    cfg = json.loads((finished["dqc"].path / "config.json").read_text())
+    assert cfg["model"] == "dqc-finetune"
+    assert (cfg["settings"]["layers"], cfg["settings"]["backend"], cfg["settings"]["circuit_init"]) == (3, "fast", "uniform")
+    # The DQC's saturation: its pre Dense on the backbone's embeddings of the test images, recomputed here.
+    metrics = runs.read_metrics(finished["dqc"].path)
+    fraction = metrics["sanity"]["details"]["saturated_fraction"]
+    assert 0.0 <= fraction <= 1.0
+    assert ("saturated_inputs" in metrics["sanity"]["flags"]) == (fraction > 0.5)
 
 
 def test_interrupted_run_resumes_and_equals_uninterrupted(finished, data, backbone, tmp_path, monkeypatch):
@@ -286,7 +308,7 @@ def test_changed_settings_are_not_mixed_into_an_unfinished_run(data, backbone, t
     monkeypatch.setattr(ft, "save_checkpoint", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
         _run(data, tmp_path, backbone)
-    with pytest.raises(UserError, match=r"different settings \(lr\)"):
+    with pytest.raises(UserError, match=r"different settings \(lr: 0\.001 there, 0\.0005 now\)"):
         _run(data, tmp_path, backbone, train=TrainConfig(lr=5e-4, batch_size=5, max_epochs=3, patience=3))
 
 
@@ -303,7 +325,11 @@ def test_cli_end_to_end_with_a_checkpoint_folder(data, backbone, tmp_path):
     assert result.exit_code == 0, result.output
     run = tmp_path / "runs" / "cli" / "cxr-8" / "cdl-finetune" / "seed-3"
     assert runs.is_done(run) and "mean AUROC" in result.output
-    assert json.loads((run / "config.json").read_text())["data"]["val"]["rows"] == 5
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["data"]["rows"]["val"] == 5 and cfg["data"]["limit"] == 5 and cfg["settings"]["limit"] == 5
+    assert cfg["backbone"]["random"] is False and len(cfg["backbone"]["sha256"]) == 64
+    flat = " ".join(result.output.split())
+    assert f"run written to {run}" in flat and "still improving" in flat  # 1 epoch: flagged undertrained
 
 
 @pytest.mark.parametrize(("args", "message"), [

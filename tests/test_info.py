@@ -82,4 +82,40 @@ def test_info_errors_are_one_clear_line(tmp_path):
     assert result.exit_code == 2 and "no such file or folder" in result.output
     (tmp_path / "empty").mkdir()
     result = runner.invoke(app, ["info", str(tmp_path / "empty")])
-    assert result.exit_code == 2 and "neither a dataset folder" in result.output
+    assert result.exit_code == 2 and "neither a dataset folder" in result.output and "image cache" in result.output
+
+
+def test_info_on_folders_of_stores_caches_and_datasets(data, tmp_path):
+    """`cxrfeat info features` (stores two levels down, image caches three) and `cxrfeat info data`."""
+    from cxrfeat.datasets import load_split
+    from heads.imagecache import build_cache, cache_path
+
+    features = tmp_path / "features"
+    _store(features / "nih-cxr-lt" / "val.zarr", finish=True)
+    _store(features / "nih-cxr-lt" / "half.zarr", finish=False)
+    cache = cache_path(features / "images", "nih-cxr-lt", "train")
+    build_cache(load_split("nih-cxr-lt", data / "nih-cxr-lt", "train"), cache, limit=4)
+
+    # An image cache on its own: understood (it has zarr.json and `images`, not `embeddings`).
+    result = runner.invoke(app, ["info", str(cache)], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "image cache" in result.output and "complete" in result.output and "224 x 224 x 3" in result.output
+    info = json.loads(runner.invoke(app, ["info", str(cache), "--json"]).output)
+    assert info["kind"] == "image-cache" and info["rows"] == 4 and info["synthetic"] is True
+    assert info["chunks_done"] == info["chunks_total"] and info["dataset"] == "nih-cxr-lt"
+    ds = load_split("nih-cxr-lt", data / "nih-cxr-lt", "train")
+    assert info["positives"] == {n: int((ds.labels[:4, j] == 1).sum()) for j, n in enumerate(ds.label_names)}
+
+    # The whole features folder: both stores and the cache.
+    found = json.loads(runner.invoke(app, ["info", str(features), "--json"]).output)
+    assert [(i["kind"], i["split"]) for i in found] == [("image-cache", "train"), ("store", "val"), ("store", "val")]
+    assert {i["path"] for i in found} == {str(cache), str(features / "nih-cxr-lt" / "half.zarr"),
+                                          str(features / "nih-cxr-lt" / "val.zarr")}
+    result = runner.invoke(app, ["info", str(features)], terminal_width=200)
+    assert result.exit_code == 0 and "INCOMPLETE" in result.output and "image cache" in result.output, result.output
+
+    # A folder of dataset folders.
+    found = json.loads(runner.invoke(app, ["info", str(data), "--json"]).output)
+    assert [(i["kind"], i["dataset"]) for i in found] == [("dataset", "mimic-cxr-lt"), ("dataset", "nih-cxr-lt")]
+    result = runner.invoke(app, ["info", str(data)], terminal_width=200)
+    assert result.exit_code == 0 and result.output.count("SYNTHETIC") >= 2

@@ -7,14 +7,14 @@ import jax
 import numpy as np
 import pytest
 from headsdata import make_stores, synthetic_split, write_store
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score
 from typer.testing import CliRunner
 
 from cxrfeat.labels import LABELS, task_labels
 from cxrfeat.store import load_features
 from heads import runs
 from heads.cli import app
-from heads.metrics import auroc_report
+from heads.metrics import auroc_report, label_auprc
 from heads.models import make_model
 from heads.sweep import SweepSpec, grid, parse_shard
 
@@ -74,7 +74,10 @@ def test_metrics_match_sklearn_and_predictions_match_saved_parameters(swept):
                 known = p["y_true"][:, j] >= 0
                 want = roc_auc_score(p["y_true"][known, j], p["y_prob"][known, j])
                 assert m["per_label"][name] == pytest.approx(want)
+                want_pr = average_precision_score(p["y_true"][known, j], p["y_prob"][known, j])
+                assert m["per_label_auprc"][name] == pytest.approx(want_pr)
             assert m["mean_auroc"] == pytest.approx(np.mean(list(m["per_label"].values())))
+            assert m["mean_auprc"] == pytest.approx(np.mean(list(m["per_label_auprc"].values())))
         assert metrics["test_sets"]["nih-cxr-lt"]["mean_auroc"] > 0.6  # the heads learn the signal
         # The saved best parameters reproduce the saved predictions.
         saved = runs.load_predictions(d, "nih-cxr-lt")
@@ -116,6 +119,52 @@ def test_train_command_and_changed_settings(swept):
     other = invoke("train", "--task", "8", "--model", "cdl", "--seeds", "2", "--name", "t", *common,
                    "--max-epochs", "4", "--lr", "0.01", "--patience", "2")
     assert other.exit_code == 2 and "other settings" in other.output
+    # The refusal names the setting and both values: the folder's and the command's.
+    assert "training.max_epochs: 3 there, 4 now" in " ".join(other.output.split()), other.output
+
+
+def test_config_records_data_backbone_and_settings(swept):
+    """The shared contract of issue 9: config.json `data`, `backbone`, `settings` of every run."""
+    root, _, first = swept
+    for model in ("cdl", "dqc"):
+        config = json.loads((root / "runs" / "t" / "cxr-8" / model / "seed-1" / "config.json").read_text())
+        data = config["data"]
+        assert data["dataset"] == "nih-cxr-lt" and data["views"] == 2 and data["limit"] is None
+        assert data["rows"] == {"train": 240, "val": 80, "nih-cxr-lt": 120, "mimic-cxr-lt": 120}
+        assert set(data["sources"]) == {"train", "val", "nih-cxr-lt", "mimic-cxr-lt"}
+        assert data["sources"]["mimic-cxr-lt"] == {"dataset": "mimic-cxr-lt", "split": "test", "synthetic": None}
+        assert data["synthetic"] is None  # these stores predate the attribute: unknown, not "real"
+        assert config["backbone"] == {"name": "random", "random": True, "seed": 0, "revision": None, "sha256": None}
+        settings = config["settings"]
+        assert set(settings) == {"lr", "batch_size", "max_epochs", "patience", "feature_norm", "layers", "backend",
+                                 "circuit_init", "seeds", "mode", "freeze_backbone", "limit"}
+        assert settings["lr"] == 0.01 and settings["max_epochs"] == 3 and settings["patience"] == 2
+        assert settings["batch_size"] == 32 and settings["seeds"] == 2 and settings["feature_norm"] == "none"
+        assert settings["mode"] == "features" and settings["freeze_backbone"] is None and settings["limit"] is None
+        dqc = model == "dqc"
+        assert (settings["layers"], settings["backend"], settings["circuit_init"]) == (
+            (3, "fast", "uniform") if dqc else (None, None, None))
+    # The summary says where it wrote.
+    assert f"runs written to {root / 'runs' / 't'}" in " ".join(first.output.split())
+
+
+def test_sanity_record_of_every_run(swept):
+    root, _, first = swept
+    for model in ("cdl", "dqc"):
+        metrics = runs.read_metrics(root / "runs" / "t" / "cxr-8" / model / "seed-1")
+        check = metrics["sanity"]
+        assert set(check) == {"ok", "flags", "details", "messages"}
+        assert check["ok"] == (not check["flags"]) and len(check["messages"]) == len(check["flags"])
+        assert "constant_predictions" not in check["flags"] and "nan_loss" not in check["flags"]
+        d = check["details"]
+        assert d["epochs"] == metrics["epochs"] and d["best_epoch"] == metrics["best_epoch"] and d["max_epochs"] == 3
+        assert ("still_improving" in check["flags"]) == (metrics["best_epoch"] == metrics["epochs"])
+        assert d["saturation_threshold"] == 0.5 and d["nan"] is False and d["constant_labels"] == {}
+        if model == "cdl":
+            assert d["saturated_fraction"] is None
+        else:
+            assert 0.0 <= d["saturated_fraction"] <= 0.5 and "saturated_inputs" not in check["flags"]
+    assert "Sanity" in first.output
 
 
 def test_auroc_report_leaves_out_unknown_and_single_class_labels():
@@ -126,6 +175,18 @@ def test_auroc_report_leaves_out_unknown_and_single_class_labels():
     assert r["per_label"]["c"] == pytest.approx(roc_auc_score([1, 0, 1], [0.8, 0.1, 0.7]))
     assert r["mean_auroc"] == pytest.approx((1.0 + r["per_label"]["c"]) / 2)
     assert r["known"]["c"] == 3 and r["positives"]["a"] == 2
+    assert r["per_label_auprc"]["b"] is None
+    assert r["per_label_auprc"]["c"] == pytest.approx(average_precision_score([1, 0, 1], [0.8, 0.1, 0.7]))
+    assert r["mean_auprc"] == pytest.approx((r["per_label_auprc"]["a"] + r["per_label_auprc"]["c"]) / 2)
+
+
+def test_auprc_by_hand():
+    # Ranked 0.9 (pos), 0.8 (neg), 0.3 (pos), 0.1 (neg): precision 1 at recall 1/2, 2/3 at recall 1.
+    assert label_auprc(np.array([1, 0, 1, 0]), np.array([0.9, 0.8, 0.3, 0.1])) == pytest.approx(0.5 * 1 + 0.5 * 2 / 3)
+    # An unknown entry is left out; one class, or a NaN prediction: undefined.
+    assert label_auprc(np.array([1, -1, 0]), np.array([0.2, 0.9, 0.1])) == pytest.approx(1.0)
+    assert label_auprc(np.array([1, 1, -1]), np.array([0.2, 0.9, 0.1])) is None
+    assert label_auprc(np.array([1, 0]), np.array([np.nan, 0.1])) is None
 
 
 def test_shards_partition_the_grid():
@@ -221,9 +282,27 @@ def test_feature_norm_standardize_scales_inputs_and_is_recorded(tmp_path):
     train = load_features(tmp_path / "f" / "nih-cxr-lt" / "train.zarr").embeddings
     np.testing.assert_allclose(stats["mean"], train.mean(axis=(0, 1)), rtol=1e-4)
     np.testing.assert_allclose(stats["sd"], train.std(axis=(0, 1)), rtol=1e-3)
-    auroc = {name: runs.read_metrics(tmp_path / "runs" / name / "cxr-8" / "dqc" / "seed-1")
-             ["test_sets"]["nih-cxr-lt"]["mean_auroc"] for name in ("plain", "normed")}
+    metrics = {name: runs.read_metrics(tmp_path / "runs" / name / "cxr-8" / "dqc" / "seed-1")
+               for name in ("plain", "normed")}
+    auroc = {name: m["test_sets"]["nih-cxr-lt"]["mean_auroc"] for name, m in metrics.items()}
     assert auroc["plain"] == pytest.approx(0.5, abs=0.02)  # saturated tanh: constant predictions
     assert auroc["normed"] > 0.6
+    # The saturated DQC is flagged in metrics.json, in the summary table and by a warning line; the
+    # standardized one is not saturated. Saturation recomputed here from the saved parameters.
+    plain = metrics["plain"]["sanity"]
+    assert not plain["ok"] and {"saturated_inputs", "constant_predictions"} <= set(plain["flags"])
+    params = runs.load_params(tmp_path / "runs" / "plain" / "cxr-8" / "dqc" / "seed-1")
+    x = load_features(tmp_path / "f" / "nih-cxr-lt" / "test.zarr").embeddings[:, 0].astype(np.float64)
+    pre = x @ params["pre"]["kernel"] + params["pre"]["bias"]
+    assert plain["details"]["saturated_fraction"] == pytest.approx(np.mean(np.abs(np.tanh(pre)) > 0.99), abs=1e-6)
+    assert plain["details"]["constant_labels"]["nih-cxr-lt"]  # at least one constant label
+    again = invoke("sweep", *common, "--name", "plain")  # finished: skipped, then the summary again
+    flat = " ".join(again.output.split())
+    assert "SATURATED 2/2" in flat and "saturated DQC inputs" in flat
+    for seed in (1, 2):
+        assert f"warning: {tmp_path / 'runs' / 'plain' / 'cxr-8' / 'dqc' / f'seed-{seed}'}: " in flat
+    normed_check = metrics["normed"]["sanity"]
+    assert "saturated_inputs" not in normed_check["flags"] and "constant_predictions" not in normed_check["flags"]
+    assert normed_check["details"]["saturated_fraction"] < 0.5
     bad = invoke("sweep", *common, "--name", "x", "--feature-norm", "l2")
     assert bad.exit_code == 2 and "--feature-norm" in bad.output

@@ -1,0 +1,112 @@
+"""Sanity checks of a trained head, written into its run's `metrics.json` as `sanity` (shared contract, issue 9).
+
+A number from a degenerate head must not pass for a result. Four checks, each a flag:
+
+- `constant_predictions`: a label of a test set whose predicted probabilities do not vary (sd over
+  the test set < `CONSTANT_SD`), or whose AUROC is exactly 0.5 while they barely vary (sd <
+  `HALF_AUROC_SD`): the head says the same thing for every image, whatever its AUROC.
+- `saturated_inputs` (DQC only): the fraction of (test input, qubit) pairs whose pre-circuit angle
+  is saturated, |tanh(pre(x))| > `SATURATION_TANH`, exceeds `SATURATION_THRESHOLD`. Saturated angles
+  are ±π/2 whatever the image (the tanh's gradient vanishes), the usual reason a DQC predicts a constant
+  (e.g. random-backbone embeddings of norm ~800 without `--feature-norm standardize`).
+- `still_improving`: the best validation loss is at the last epoch trained: the run stopped because
+  it reached `--max-epochs`, not because it had converged.
+- `nan_loss`: a loss or a prediction is not finite. Training stops with an error on a non-finite loss,
+  so a finished run carries this flag only when its predictions hold NaN or infinity.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+CONSTANT_SD = 1e-6
+HALF_AUROC_SD = 1e-4
+SATURATION_TANH = 0.99
+SATURATION_THRESHOLD = 0.5
+FLAGS = ("constant_predictions", "saturated_inputs", "still_improving", "nan_loss")
+
+
+def constant_labels(y_prob: np.ndarray, label_names, per_label_auroc: Mapping[str, float | None]) -> list[str]:
+    """The labels (columns of y_prob (N, L)) whose predictions are constant, as the module docstring says."""
+    y_prob = np.asarray(y_prob, np.float64)
+    out = []
+    for j, name in enumerate(label_names):
+        column = y_prob[:, j]
+        sd = float(np.std(column)) if np.isfinite(column).all() else math.nan
+        auroc = per_label_auroc.get(name)
+        if sd < CONSTANT_SD or (auroc == 0.5 and sd < HALF_AUROC_SD):
+            out.append(name)
+    return out
+
+
+def dqc_pre_activations(params: Mapping, x: np.ndarray) -> np.ndarray:
+    """pre(x) = x @ pre/kernel + pre/bias of a DQC's parameters (`heads.models.DQC`) on embeddings x (N, D),
+    already scaled as the head saw them in training (after `--feature-norm`, if any)."""
+    pre = params["pre"]
+    return np.asarray(x, np.float64) @ np.asarray(pre["kernel"], np.float64) + np.asarray(pre["bias"], np.float64)
+
+
+def saturated_fraction(pre_activations: np.ndarray | Iterable[np.ndarray]) -> float | None:
+    """Fraction of entries with |tanh| > SATURATION_TANH (None for no entries)."""
+    arrays = [pre_activations] if isinstance(pre_activations, np.ndarray) else list(pre_activations)
+    total = sum(a.size for a in arrays)
+    if total == 0:
+        return None
+    return float(sum(np.count_nonzero(np.abs(np.tanh(a)) > SATURATION_TANH) for a in arrays) / total)
+
+
+def check(
+    *,
+    predictions: Mapping[str, np.ndarray],
+    reports: Mapping[str, dict],
+    label_names,
+    best_epoch: int,
+    epochs: int,
+    max_epochs: int,
+    saturated: float | None = None,
+    losses: Iterable[float] = (),
+) -> dict:
+    """The `sanity` record of one run (shared contract, issue 9).
+
+    `predictions`: y_prob (N, L) per test set; `reports`: `heads.metrics.auroc_report` per test set;
+    `saturated`: `saturated_fraction` of a DQC (None for a CDL); `losses`: the history's losses.
+    """
+    label_names = list(label_names)
+    constant = {}
+    for key, y_prob in predictions.items():
+        names = constant_labels(y_prob, label_names, reports[key]["per_label"])
+        if names:
+            constant[key] = names
+    nan = any(not np.isfinite(np.asarray(p)).all() for p in predictions.values()) or any(
+        not math.isfinite(float(v)) for v in losses)
+    flags, messages = [], []
+    if constant:
+        flags.append("constant_predictions")
+        where = "; ".join(f"{key}: {', '.join(names)}" for key, names in constant.items())
+        messages.append(f"constant predictions (sd < {CONSTANT_SD:g}, or AUROC exactly 0.5) for {where}")
+    if saturated is not None and saturated > SATURATION_THRESHOLD:
+        flags.append("saturated_inputs")
+        messages.append(f"saturated DQC inputs: {saturated:.0%} of (test image, qubit) angles have |tanh| > "
+                        f"{SATURATION_TANH} (try --feature-norm standardize)")
+    if epochs >= 1 and best_epoch == epochs:
+        flags.append("still_improving")
+        messages.append(f"still improving: the best validation loss is at the last epoch trained ({epochs} of at "
+                        f"most {max_epochs}); train longer (--max-epochs)")
+    if nan:
+        flags.append("nan_loss")
+        messages.append("NaN or infinite values in the losses or predictions")
+    return {
+        "ok": not flags,
+        "flags": flags,
+        "details": {
+            "constant_labels": constant,
+            "saturated_fraction": None if saturated is None else round(float(saturated), 6),
+            "saturation_threshold": SATURATION_THRESHOLD,
+            "best_epoch": int(best_epoch), "epochs": int(epochs), "max_epochs": int(max_epochs),
+            "nan": bool(nan),
+        },
+        "messages": messages,
+    }
