@@ -184,6 +184,8 @@ def mean_auroc_figure(stats_: list[ModelStat], comps: list[Comparison], path: Pa
             level[c.a.task] = y + 0.07
         ax.set_xticklabels([task_name(t) for t in tasks])
         ax.set_title(test_set_name(ts))
+    for ax in axes[0][1:]:
+        ax.set_ylabel("")
     axes[0][0].set_ylabel("Mean AUROC")
     _model_legend(axes[0][-1], models, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     top = titles(fig, "Mean AUROC over seeds (± sd)", marks, fig.get_figheight())
