@@ -115,6 +115,18 @@ def _flag_footnote(items) -> str:
     return "\n".join(f"{flag} — {', '.join(dict.fromkeys(w))}" for flag, w in seen.items())
 
 
+def footnote(fig, text: str, fontsize: float = 7.0) -> float:
+    """Grey notes at the bottom left, wrapped to the figure's width; returns the height they take (fraction)."""
+    if not text:
+        return 0.0
+    import textwrap
+
+    width = max(40, int(fig.get_figwidth() * 72 / (fontsize * 0.56)) - 4)
+    lines = [w for para in text.split("\n") for w in (textwrap.wrap(para, width) or [""])]
+    fig.text(0.01, 0.005, "\n".join(lines), fontsize=fontsize, color="0.3", va="bottom", ha="left")
+    return (len(lines) * fontsize * 1.3 + 4) / (fig.get_figheight() * 72)
+
+
 def save(fig, path: Path) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI)
@@ -145,8 +157,9 @@ def _grouped_bars(ax, groups: list[str], models: list[str], get) -> dict[tuple[s
                    capsize=3, color=_color(model, models.index(model)),
                    hatch="xxx" if flagged else HATCH.get(model), edgecolor=FLAG_COLOR if flagged else "0.25",
                    linewidth=0.8 if flagged else 0.5, error_kw={"lw": 0.8})
-            if flagged:
-                ax.text(x, min(_top(s), 1.0) + 0.01, "⚠", ha="center", va="bottom", fontsize=9, color=FLAG_COLOR)
+            if flagged:  # at the bar's foot: the room above belongs to the significance marks
+                ax.text(x, AUROC_BASE + 0.02, "⚠", ha="center", va="bottom", fontsize=9, color=FLAG_COLOR,
+                        bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none"})
     ax.set_xticks(range(len(groups)))
     return xpos
 
@@ -193,8 +206,8 @@ def mean_auroc_figure(stats_: list[ModelStat], comps: list[Comparison], path: Pa
                           for s in stats_)
     lines = [stats.STAR_LEGEND + ". Dashed line: chance (0.5). Hatched red, ⚠: failed sanity check (no stars)."]
     lines += foot.split("\n") if foot else []
-    fig.text(0.01, 0.01, "\n".join(lines), fontsize=7, color="0.3", va="bottom")
-    fig.tight_layout(rect=(0, 0.02 + 0.025 * len(lines), 1, top))
+    bottom = footnote(fig, "\n".join(lines))
+    fig.tight_layout(rect=(0, bottom, 1, top))
     return save(fig, path)
 
 
@@ -235,9 +248,9 @@ def per_label_figure(comps: list[Comparison], path: Path, title: str, marks=()) 
              + ". Dashed line: chance (0.5)."]
     if foot:
         lines.append("Hatched red, ⚠ (no stars): failed sanity check on that label — " + foot.replace("\n", "; "))
-    fig.text(0.01, 0.01, "\n".join(lines), fontsize=7, color="0.3", va="bottom", wrap=True)
+    bottom = footnote(fig, "\n".join(lines))
     top = titles(fig, None, marks, fig.get_figheight())
-    fig.tight_layout(rect=(0, 0.015 + 0.03 * len(lines), 1, top))
+    fig.tight_layout(rect=(0, bottom, 1, top))
     return save(fig, path)
 
 
@@ -280,7 +293,7 @@ def volcano_figure(points: list[dict], path: Path, title: str, marks=()) -> Path
         for p in pts:
             flagged = bool(p.get("flag"))
             ax.scatter(p["pct_diff"], _neglog(p["p"]), s=30, marker=marker[p["task"]], color=color[p["label"]],
-                       edgecolor=FLAG_COLOR if flagged else "0.2", linewidth=1.4 if flagged else 0.4, zorder=3)
+                       edgecolor=FLAG_COLOR if flagged else "0.2", linewidth=1.0 if flagged else 0.4, zorder=3)
         ax.axhline(-math.log10(stats.ALPHA), ls="--", lw=0.8, color="0.3")
         ax.axvline(0, lw=0.5, color="0.6")
         ax.set_xscale(**scale)
@@ -293,15 +306,6 @@ def volcano_figure(points: list[dict], path: Path, title: str, marks=()) -> Path
         ax.text(0.99, 0.01, "CDL better →", transform=ax.transAxes, ha="right", va="bottom", fontsize=7,
                 color="0.4")
         ax.text(0.01, 0.01, "← DQC better", transform=ax.transAxes, ha="left", va="bottom", fontsize=7, color="0.4")
-    top = titles(fig, title, marks, fig.get_figheight())
-    fig.tight_layout(rect=(0, 0.07, 1, top))
-    for ax, ts in zip(axes[0], test_sets, strict=False):  # after the layout is fixed: placement is in pixels
-        pts = [p for p in ok if p["test_set"] == ts]
-        place_labels(ax, [p["pct_diff"] for p in pts], [_neglog(p["p"]) for p in pts],
-                     [p["label"] + (" ⚠" if p.get("flag") else "") for p in pts], [color[p["label"]] for p in pts])
-    handles = [plt.Line2D([], [], marker=marker[t], ls="", color="0.5", label=task_name(t)) for t in tasks]
-    fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 0.025), ncol=len(handles), fontsize=8,
-               frameon=False)
     skipped = [f"{p['label']} ({task_name(p['task'])}, {test_set_name(p['test_set'])})" for p in points if p not in ok]
     foot = []
     if any(p.get("flag") for p in ok):
@@ -310,8 +314,17 @@ def volcano_figure(points: list[dict], path: Path, title: str, marks=()) -> Path
     if skipped:
         more = f" and {len(skipped) - 4} more" if len(skipped) > 4 else ""
         foot.append("Not shown (no p-value: undefined AUROC or < 2 seed pairs): " + "; ".join(skipped[:4]) + more)
-    if foot:
-        fig.text(0.01, 0.005, "\n".join(foot), fontsize=7, color="0.3", va="bottom")
+    bottom = footnote(fig, "\n".join(foot))
+    top = titles(fig, title, marks, fig.get_figheight())
+    legend_h = 0.3 / fig.get_figheight()
+    fig.tight_layout(rect=(0, bottom + legend_h, 1, top))
+    for ax, ts in zip(axes[0], test_sets, strict=False):  # after the layout is fixed: placement is in pixels
+        pts = [p for p in ok if p["test_set"] == ts]
+        place_labels(ax, [p["pct_diff"] for p in pts], [_neglog(p["p"]) for p in pts],
+                     [p["label"] + (" ⚠" if p.get("flag") else "") for p in pts], [color[p["label"]] for p in pts])
+    handles = [plt.Line2D([], [], marker=marker[t], ls="", color="0.5", label=task_name(t)) for t in tasks]
+    fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, bottom), ncol=len(handles), fontsize=8,
+               frameon=False)
     return save(fig, path)
 
 
@@ -433,8 +446,7 @@ def loss_figure(curves: dict[str, dict[str, dict[str, dict]]], path: Path, marks
     foot = _flag_footnote(((f"{task_name(t)} {model_name(m)}", f) for (t, m), f in flags.items()))
     if foot:
         note += "\n⚠ failed sanity checks: " + foot.replace("\n", "; ")
-    fig.text(0.01, 0.005, note, fontsize=7, color="0.3", va="bottom")
-    fig.tight_layout(rect=(0, 0.02 + 0.02 * note.count("\n"), 1, top))
+    fig.tight_layout(rect=(0, footnote(fig, note), 1, top))
     return save(fig, path)
 
 
@@ -461,6 +473,5 @@ def long_tail_figure(groups: list[GroupStat], path: Path, marks=()) -> Path:
                            for g in groups)
     note = "Dashed line: chance (0.5)." + ("\nHatched red, ⚠: failed sanity check — " + foot.replace("\n", "; ")
                                           if foot else "")
-    fig.text(0.01, 0.005, note, fontsize=7, color="0.3", va="bottom", wrap=True)
-    fig.tight_layout(rect=(0, 0.03 + 0.03 * note.count("\n"), 1, top))
+    fig.tight_layout(rect=(0, footnote(fig, note), 1, top))
     return save(fig, path)

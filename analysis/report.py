@@ -203,7 +203,7 @@ def _write(sweep: Sweep, features: Path | None, bench: list[Path] | None, out: P
     write_text(out / "report.md", scrub_paths("\n".join(doc.md), roots + [Path(p) for p in extra]))
 
 
-_ABS_PATH = re.compile(r"(?<![\w.~])/(?:[^\s`'\"()|<>/]+/)*[^\s`'\"()|<>/]*")
+_ABS_PATH = re.compile(r"(?<![\w.~<>:/])/(?:[^\s`'\"()|<>/]+/)+[^\s`'\"()|<>/]*")
 
 
 def scrub_paths(text: str, roots: list[Path]) -> str:
@@ -270,7 +270,8 @@ def _provenance_section(doc: _Doc, backbones: dict, data: dict, synthetic: bool)
     ds = {}
     for r in sweep.runs:
         d = data[r.path]
-        ds.setdefault((d.dataset, d.synthetic, tuple(sorted(d.rows.items())), d.views, d.limit, d.source), []).append(r)
+        rows = tuple(sorted(d.rows.items(), key=lambda kv: ({"train": 0, "val": 1}.get(kv[0], 2), test_set_key(kv[0]))))
+        ds.setdefault((d.dataset, d.synthetic, rows, d.views, d.limit, d.source), []).append(r)
     for (dataset, syn, rows, views, limit, source), runs in ds.items():
         kind = {True: "**SYNTHETIC** (`cxrfeat synth`)", False: "real (not synthetic)", None: "unknown whether synthetic"}[syn]
         where = "every run" if len(runs) == len(sweep.runs) else f"{len(runs)} runs"

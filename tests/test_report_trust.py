@@ -247,6 +247,7 @@ def test_no_absolute_paths_anywhere(degenerate):
         text = path.read_text()
         assert str(root) not in text, path.name
         assert not re.search(r"(?<![\w.~])/(tmp|home|work|root|Users)/", text), path.name
+    assert "</summary>" in md and "</details>" in md and "…/" not in md  # HTML and relative paths untouched
 
 
 def test_table3_only_this_machines_records(tmp_path, monkeypatch):
