@@ -4,13 +4,20 @@ A file holds either a list of records or an object with the records under `recor
 `rows` or `steps` (its other scalar fields, such as the machine, apply to every record). A record
 names a model, a task or number of qubits, a back end, and the median and standard deviation of
 the seconds per training step; what else is present (peak memory, machine) is shown too.
+
+Which records are "measured here": `heads bench` names its files after the machine
+(`cpu-<cpu model>-<cores>c.json`, `<platform>-<accelerator>.json`) and records `machine_details`
+(cpu, cpu_cores, platform, devices). A file is this machine's when those details (or, for files
+without them, its name) match this machine's CPU model and core count (and, for an accelerator
+file, a visible accelerator of that kind). Notes name files by their name only, never a full path.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +35,7 @@ class BenchRecord:
     machine: str
     peak_memory: str
     source: Path
+    details: dict[str, Any] = field(default_factory=dict)  # the file's machine_details
 
     @property
     def task(self) -> str:
@@ -36,12 +44,17 @@ class BenchRecord:
 
 def load_bench(folder: str | Path) -> tuple[list[BenchRecord], list[str]]:
     """Every readable record of `folder/*.json`, and notes on what could not be read."""
+    return load_bench_files(sorted(Path(folder).glob("*.json")))
+
+
+def load_bench_files(files) -> tuple[list[BenchRecord], list[str]]:
+    """Every readable record of the given `heads bench` JSON files, and notes on what could not be read."""
     records, notes = [], []
-    for path in sorted(Path(folder).glob("*.json")):
+    for path in map(Path, files):
         try:
             data = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            notes.append(f"{path}: unreadable JSON ({e}), left out")
+            notes.append(f"{path.name}: unreadable JSON ({e}), left out")
             continue
         shared: dict[str, Any] = {}
         items = data
@@ -52,17 +65,64 @@ def load_bench(folder: str | Path) -> tuple[list[BenchRecord], list[str]]:
                     shared[k] = ", ".join(f"{a}: {b}" for a, b in data[k].items() if not isinstance(b, list | dict))
             items = next((data[k] for k in _LIST_KEYS if isinstance(data.get(k), list)), [])
         if not isinstance(items, list):
-            notes.append(f"{path}: no list of benchmark records, left out")
+            notes.append(f"{path.name}: no list of benchmark records, left out")
             continue
         kept = 0
+        details = data.get("machine_details") if isinstance(data, dict) and isinstance(data.get("machine_details"), dict) else {}
         for item in items:
             rec = _record({**shared, **item}, path) if isinstance(item, dict) else None
             if rec is not None:
+                rec.details = details
                 records.append(rec)
                 kept += 1
         if items and not kept:
-            notes.append(f"{path}: no record with a model and a median step time, left out")
+            notes.append(f"{path.name}: not a `heads bench` step-time file (no record with a model and a median "
+                         "step time), left out")
     return records, notes
+
+
+def load_bench_paths(paths) -> tuple[list[BenchRecord], list[str]]:
+    """Records of the given files and folders (each folder's *.json), and notes."""
+    records, notes = [], []
+    for p in paths:
+        p = Path(p)
+        r, n = load_bench(p) if p.is_dir() else load_bench_files([p])
+        records += r
+        notes += n
+    return records, notes
+
+
+def this_machine() -> dict[str, Any]:
+    """This machine's CPU model, core count and the file-name stem `heads bench` gives a CPU run here."""
+    from heads.bench import _cpu_model, _slug
+
+    cpu, cores = _cpu_model(), os.cpu_count()
+    return {"cpu": cpu, "cores": cores, "slug": f"cpu-{_slug(cpu)}-{cores}c"}
+
+
+def _accelerators() -> list[str]:
+    try:
+        import jax
+
+        return [d.device_kind for d in jax.devices() if d.platform != "cpu"]
+    except Exception:  # noqa: BLE001 - no accelerator visible
+        return []
+
+
+def is_this_machine(rec: BenchRecord, here: dict[str, Any] | None = None) -> bool:
+    """Whether a record was measured on this machine (see the module docstring)."""
+    here = here or this_machine()
+    d = rec.details or {}
+    if d.get("cpu") is not None or d.get("cpu_cores") is not None:
+        same_cpu = d.get("cpu") == here["cpu"] and d.get("cpu_cores") == here["cores"]
+        if not same_cpu:
+            return False
+        if d.get("platform", "cpu") == "cpu":
+            return True
+        kinds = set(d.get("devices") or [])
+        return bool(kinds) and kinds <= set(_accelerators())
+    stem = rec.source.stem
+    return stem == here["slug"] or stem.startswith(here["slug"] + "-")
 
 
 def _record(d: dict[str, Any], source: Path) -> BenchRecord | None:

@@ -28,11 +28,15 @@ def report(
     runs: Annotated[Path | None, typer.Option(help="Sweep folder runs/<name> (default: the only sweep under runs/).")] = None,
     features: Annotated[Path | None, typer.Option(help="Feature stores for Table I and the label order (default: the sweep's own "
                                                   "features folder, else features/, else the stores its runs name).")] = None,
-    bench: Annotated[Path | None, typer.Option(help="`heads bench` results for Table III (default: bench/ if present).")] = None,
+    bench: Annotated[list[Path] | None, typer.Option(
+        help="`heads bench` results for Table III: a JSON file (used as given) or a folder (only this machine's "
+             "records, matched by CPU model and cores; others are listed as other machines'). Repeatable. "
+             "Default: this machine's records under bench/.")] = None,
     out: Annotated[Path | None, typer.Option(help="Output folder (default: reports/<sweep name>).")] = None,
+    resamples: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% CIs of mean AUROC.")] = 1000,
 ) -> None:
     """Write report.md, tables/*.csv|tex and figures/*.png for a sweep (paper section IV)."""
     from analysis.report import build_report
 
-    path = build_report(runs=runs, features=features, bench=bench, out=out)
+    path = build_report(runs=runs, features=features, bench=bench, out=out, resamples=resamples)
     print(f"wrote {path} (tables in {path.parent / 'tables'}, figures in {path.parent / 'figures'})")

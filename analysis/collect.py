@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from analysis import stats
+from analysis import provenance, stats
 from cxrfeat.errors import UserError
 from cxrfeat.labels import canonical
 
@@ -61,7 +61,16 @@ class Predictions:
         try:
             return stats.auroc(self.y_true, self.y_prob)
         except ValueError as e:
-            raise UserError(f"{self.path}: {e}") from None
+            raise UserError(f"{_shown(self.path)}: {e}") from None
+
+    @cached_property
+    def auprc(self) -> np.ndarray:
+        """Per-label AUPRC (L,) (scikit-learn average precision), NaN where undefined."""
+        return stats.auprc(self.y_true, self.y_prob)
+
+    @property
+    def n(self) -> int:
+        return int(self.y_true.shape[0])
 
 
 @dataclass
@@ -75,6 +84,11 @@ class Run:
     config: dict[str, Any]
     history: list[dict[str, Any]]
     predictions: dict[str, Predictions]
+    metrics: dict[str, Any] | None = None  # metrics.json, None when absent or unreadable
+
+    @cached_property
+    def sanity(self) -> provenance.Sanity:
+        return provenance.run_sanity(self.metrics, self.predictions, self.history)
 
 
 @dataclass
@@ -85,6 +99,35 @@ class Sweep:
     runs: list[Run]
     notes: list[str] = field(default_factory=list)
     meta: dict[str, Any] | None = None
+    store_attrs: list[dict[str, Any]] = field(default_factory=list)  # feature stores' attributes (fallback)
+
+    def backbone(self, run: Run) -> provenance.Backbone:
+        return provenance.run_backbone(run.config, self.store_attrs)
+
+    def data(self, run: Run) -> provenance.Data:
+        return provenance.run_data(run.config, self.store_attrs)
+
+    def settings(self, run: Run) -> dict[str, Any]:
+        return provenance.run_settings(run.config, self.meta)
+
+    def test_sizes(self, task: str, model: str, test_set: str) -> list[int]:
+        """Images in the test set per finished seed (sorted, distinct)."""
+        return sorted({r.predictions[test_set].n for r in self.runs_of(task, model).values()
+                       if test_set in r.predictions})
+
+    def flag_counts(self, task: str, model: str, test_set: str | None = None,
+                    label: str | None = None) -> tuple[dict[str, int], int]:
+        """How many of the row's seeds fail each check (for one test set / label), and the number of seeds."""
+        runs = [r for r in self.runs_of(task, model).values() if test_set is None or test_set in r.predictions]
+        counts: dict[str, int] = {}
+        for r in runs:
+            for f in r.sanity.flags_for(test_set, label):
+                counts[f] = counts.get(f, 0) + 1
+        return counts, len(runs)
+
+    def flag_text(self, task: str, model: str, test_set: str | None = None, label: str | None = None) -> str:
+        """'⚠ constant predictions in 3/5 seeds; ...' or '' when every seed passes every check."""
+        return provenance.describe_flags(*self.flag_counts(task, model, test_set, label))
 
     @property
     def name(self) -> str:
@@ -196,7 +239,23 @@ def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: unreadable JSON ({e})") from None
+        raise UserError(f"{_shown(path)}: unreadable JSON ({e})") from None
+
+
+def _shown(path: Path, sweep: Path | None = None) -> str:
+    """A path as the report shows it: relative to the working folder, else to the sweep's parent, else its name.
+
+    The report never prints an absolute path (it is read elsewhere, by others).
+    """
+    path = Path(path)
+    if not path.is_absolute():
+        return path.as_posix()
+    for base in (Path.cwd(), *([sweep.resolve().parent] if sweep is not None else [])):
+        try:
+            return path.relative_to(base.resolve()).as_posix()
+        except ValueError:
+            continue
+    return path.name
 
 
 def _read_history(path: Path) -> list[dict[str, Any]]:
@@ -223,7 +282,14 @@ def _load_run(seed_dir: Path, task: str, model: str, seed: int) -> Run:
     preds = {}
     for npz in sorted((seed_dir / "predictions").glob("*.npz")):
         preds[npz.stem] = _load_predictions(npz, config)
-    return Run(task, model, seed, seed_dir, config, _read_history(seed_dir / "history.jsonl"), preds)
+    metrics = None
+    if (seed_dir / "metrics.json").is_file():
+        try:
+            metrics = json.loads((seed_dir / "metrics.json").read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            metrics = "unreadable"
+    return Run(task, model, seed, seed_dir, config, _read_history(seed_dir / "history.jsonl"), preds,
+               metrics if isinstance(metrics, dict) or metrics == "unreadable" else None)
 
 
 def _load_predictions(path: Path, config: dict[str, Any]) -> Predictions:
@@ -311,13 +377,13 @@ def _cross_check(sweep: Sweep) -> list[str]:
     """Compare the recomputed mean AUROC with what the runs wrote to metrics.json, where readable."""
     unreadable, differ = [], []
     for run in sweep.runs:
-        path = run.path / "metrics.json"
-        if not path.is_file():
+        path = _shown(run.path / "metrics.json", sweep.path)
+        metrics = run.metrics
+        if metrics is None:
             continue
-        try:
-            metrics = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        if metrics == "unreadable":
             unreadable.append(path)
+            run.metrics = None
             continue
         for test_set, pred in run.predictions.items():
             written = _written_mean(metrics, test_set)

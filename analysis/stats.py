@@ -117,3 +117,127 @@ def stars(p: float) -> str:
     if p < ALPHA:
         return "*"
     return "ns"
+
+
+# --------------------------------------------------------------------------------------- AUPRC
+def auprc(y_true, y_prob) -> np.ndarray:
+    """Per-label AUPRC (scikit-learn `average_precision_score`) over the known images; NaN where one class.
+
+    >>> auprc([[1, 0], [0, -1], [1, 0]], [[0.9, 0.2], [0.1, 0.7], [0.8, 0.4]])
+    array([ 1., nan])
+    """
+    from sklearn.metrics import average_precision_score
+
+    y_true = np.asarray(y_true)
+    y_prob = np.asarray(y_prob, dtype=np.float64)
+    if y_true.ndim == 1:
+        y_true, y_prob = y_true[:, None], y_prob[:, None]
+    out = np.full(y_true.shape[1], np.nan)
+    for j in range(y_true.shape[1]):
+        known = y_true[:, j] >= 0
+        t = y_true[known, j]
+        if t.size and t.min() != t.max():
+            out[j] = float(average_precision_score(t, y_prob[known, j]))
+    return out
+
+
+# --------------------------------------------------------------------------------------- bootstrap
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
+CI_LEVEL = 0.95
+BOOTSTRAP_METHOD = (
+    "stratified bootstrap over test images: for every label, its positive and its negative (known) images are "
+    "resampled with replacement separately (numpy `default_rng((seed, label index))`, positives drawn first), "
+    "the same resample for every seed of a row; per resample the mean AUROC over the defined labels is taken "
+    "per seed and then averaged over seeds; the interval is the 2.5th-97.5th percentile of those averages"
+)
+
+
+@dataclass(frozen=True)
+class BootstrapCI:
+    low: float
+    high: float
+    resamples: int
+    seed: int
+
+
+def _resample_counts(rng, n: int, size: int) -> np.ndarray:
+    """(size, n) multiplicities of `size` resamples of n items with replacement (indices drawn, then counted)."""
+    idx = rng.integers(0, n, size=(size, n)) + n * np.arange(size)[:, None]
+    return np.bincount(idx.ravel(), minlength=size * n).reshape(size, n).astype(np.float64)
+
+
+def _weighted_auroc(pos: np.ndarray, neg: np.ndarray, wpos: np.ndarray, wneg: np.ndarray) -> np.ndarray:
+    """AUROC (ties count 1/2) of positives `pos` against negatives `neg` under (B, n) multiplicities."""
+    order = np.argsort(neg, kind="stable")
+    qs = neg[order]
+    lo = np.searchsorted(qs, pos, side="left")
+    hi = np.searchsorted(qs, pos, side="right")
+    cum = np.concatenate([np.zeros((wneg.shape[0], 1)), np.cumsum(wneg[:, order], axis=1)], axis=1)
+    below = cum[:, lo]
+    ties = cum[:, hi] - below
+    return ((below + 0.5 * ties) * wpos).sum(axis=1) / (pos.size * neg.size)
+
+
+def bootstrap_mean_auroc(y_true, y_probs, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+                         level: float = CI_LEVEL, chunk: int = 250) -> BootstrapCI:
+    """Percentile CI of the seed-averaged mean AUROC (see BOOTSTRAP_METHOD).
+
+    `y_true`: (N, L) in {1, 0, -1}, shared by the seeds; `y_probs`: a list of (N, L) scores, one per seed.
+    Labels with one class among their known images are left out (as in the mean AUROC).
+    """
+    y_true = np.asarray(y_true)
+    probs = [np.asarray(p, dtype=np.float64) for p in y_probs]
+    if not probs or any(p.shape != y_true.shape for p in probs):
+        raise ValueError("y_probs must be one (N, L) array per seed, each shaped like y_true")
+    total = np.zeros((len(probs), resamples))
+    used = 0
+    for j in range(y_true.shape[1]):
+        pos_i, neg_i = np.flatnonzero(y_true[:, j] == 1), np.flatnonzero(y_true[:, j] == 0)
+        if not pos_i.size or not neg_i.size:
+            continue
+        used += 1
+        rng = np.random.default_rng((seed, j))
+        wpos, wneg = _resample_counts(rng, pos_i.size, resamples), _resample_counts(rng, neg_i.size, resamples)
+        for k, p in enumerate(probs):
+            for a in range(0, resamples, chunk):
+                total[k, a:a + chunk] += _weighted_auroc(p[pos_i, j], p[neg_i, j], wpos[a:a + chunk], wneg[a:a + chunk])
+    if not used:
+        return BootstrapCI(math.nan, math.nan, resamples, seed)
+    dist = (total / used).mean(axis=0)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(dist, [tail, 100 - tail])
+    return BootstrapCI(float(low), float(high), resamples, seed)
+
+
+# --------------------------------------------------------------------------------------- corrections
+CORRECTIONS = ("Holm (family-wise error)", "Benjamini–Hochberg (false discovery rate)")
+
+
+def holm(pvalues) -> np.ndarray:
+    """Holm step-down adjusted p-values; NaN entries stay NaN and are not counted in the family."""
+    p = np.asarray(pvalues, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    m = ok.size
+    if not m:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    adj = np.maximum.accumulate((m - np.arange(m)) * p[order])
+    out[order] = np.minimum(adj, 1.0)
+    return out
+
+
+def benjamini_hochberg(pvalues) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (q-values); NaN entries stay NaN and are not counted."""
+    p = np.asarray(pvalues, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    m = ok.size
+    if not m:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    adj = p[order] * m / np.arange(1, m + 1)
+    adj = np.minimum.accumulate(adj[::-1])[::-1]
+    out[order] = np.minimum(adj, 1.0)
+    return out

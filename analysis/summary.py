@@ -31,13 +31,17 @@ class _OverSeeds:
 
 @dataclass(frozen=True)
 class ModelStat(_OverSeeds):
-    """Mean ± sd over seeds of one model's AUROC (mean over labels, or one label)."""
+    """Mean ± sd over seeds of one model's AUROC (mean over labels, or one label).
+
+    `flag`: the failed sanity checks of its seeds ('⚠ constant predictions in 3/5 seeds'), '' if none.
+    """
 
     task: str
     model: str
     test_set: str
     label: str | None  # None: mean AUROC over the labels
     per_seed: dict[int, float]
+    flag: str = ""
 
 
 @dataclass(frozen=True)
@@ -56,14 +60,24 @@ class Comparison:
         return stats.paired_ttest(self.a.per_seed, self.b.per_seed)
 
     @property
+    def flagged(self) -> bool:
+        return bool(self.a.flag or self.b.flag)
+
+    @property
+    def flag(self) -> str:
+        """Why the comparison carries no stars: the failed checks of either side ('' when none)."""
+        return "; ".join(f"{s.model}: {s.flag}" for s in (self.a, self.b) if s.flag)
+
+    @property
     def stars(self) -> str:
-        return stats.stars(self.test.p)
+        """Significance stars, or '⚠ flagged' when either side failed a sanity check (p is kept, no stars)."""
+        return "⚠ flagged" if self.flagged else stats.stars(self.test.p)
 
 
 def mean_auroc(sweep: Sweep) -> list[ModelStat]:
     """Every task × model × test set, in report order."""
     return [
-        ModelStat(task, model, ts, None, sweep.mean_aurocs(task, model, ts))
+        ModelStat(task, model, ts, None, sweep.mean_aurocs(task, model, ts), sweep.flag_text(task, model, ts))
         for ts in sweep.test_sets()
         for task in sweep.tasks
         if ts in sweep.test_sets(task)
@@ -74,9 +88,39 @@ def mean_auroc(sweep: Sweep) -> list[ModelStat]:
 def label_auroc(sweep: Sweep, task: str, model: str, test_set: str, labels) -> dict[str, ModelStat]:
     per_seed = sweep.label_aurocs(task, model, test_set)
     return {
-        lab: ModelStat(task, model, test_set, lab, {s: v[lab] for s, v in per_seed.items() if lab in v})
+        lab: ModelStat(task, model, test_set, lab, {s: v[lab] for s, v in per_seed.items() if lab in v},
+                       sweep.flag_text(task, model, test_set, lab))
         for lab in labels
     }
+
+
+def label_auprc(sweep: Sweep, task: str, model: str, test_set: str) -> dict[int, dict[str, float]]:
+    """seed -> {label: AUPRC} (scikit-learn average precision; NaN where one class)."""
+    out = {}
+    for seed, run in sweep.runs_of(task, model).items():
+        pred = run.predictions.get(test_set)
+        if pred is not None:
+            out[seed] = dict(zip(pred.label_names, pred.auprc.tolist(), strict=True))
+    return out
+
+
+def mean_auprc(sweep: Sweep, task: str, model: str, test_set: str) -> dict[int, float]:
+    """seed -> mean AUPRC over the labels where it is defined."""
+    return {s: stats.nanmean(list(v.values())) for s, v in label_auprc(sweep, task, model, test_set).items()}
+
+
+def auroc_ci(sweep: Sweep, task: str, model: str, test_set: str, resamples: int = stats.BOOTSTRAP_RESAMPLES,
+             seed: int = stats.BOOTSTRAP_SEED) -> stats.BootstrapCI | None:
+    """95 % CI of the row's seed-averaged mean AUROC (stats.BOOTSTRAP_METHOD); None when the seeds were
+    tested on different images (then no shared resample exists)."""
+    preds = [r.predictions[test_set] for _, r in sorted(sweep.runs_of(task, model).items()) if test_set in r.predictions]
+    if not preds:
+        return None
+    y = preds[0].y_true
+    if any(p.y_true.shape != y.shape or not np.array_equal(p.y_true, y) or p.label_names != preds[0].label_names
+           for p in preds[1:]):
+        return None
+    return stats.bootstrap_mean_auroc(y, [p.y_prob for p in preds], resamples=resamples, seed=seed)
 
 
 def mean_comparisons(sweep: Sweep) -> list[Comparison]:
@@ -100,10 +144,16 @@ def label_comparisons(sweep: Sweep, task: str, test_set: str, pair: tuple[str, s
 
 def test_positives(sweep: Sweep, task: str, test_set: str) -> dict[str, int]:
     """Positives per label in a test set (from the first run's predictions; all runs share y_true)."""
+    return {lab: pos for lab, (pos, _) in test_counts(sweep, task, test_set).items()}
+
+
+def test_counts(sweep: Sweep, task: str, test_set: str) -> dict[str, tuple[int, int]]:
+    """label -> (positives, known images) in a test set, from the first run's predictions."""
     for run in sorted(sweep.runs, key=lambda r: (r.model, r.seed)):
         if run.task == task and test_set in run.predictions:
             p = run.predictions[test_set]
-            return {lab: int((p.y_true[:, j] == 1).sum()) for j, lab in enumerate(p.label_names)}
+            return {lab: (int((p.y_true[:, j] == 1).sum()), int((p.y_true[:, j] >= 0).sum()))
+                    for j, lab in enumerate(p.label_names)}
     return {}
 
 
@@ -140,16 +190,25 @@ def convergence(sweep: Sweep) -> list[Convergence]:
     return out
 
 
-def loss_curves(sweep: Sweep, task: str, model: str, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Epoch numbers, mean, sd and count of `key` (train_loss/val_loss) over the seeds still training."""
-    series = {}
-    for run in sweep.runs_of(task, model).values():
+def loss_curves(sweep: Sweep, task: str, model: str, key: str) -> dict:
+    """Per-seed curves of `key` (train_loss/val_loss) and their mean over the seeds still training.
+
+    Returns {"seeds": {seed: (epochs, values)}, "epochs", "mean", "n"}: `n` is the number of seeds
+    with a value at that epoch (a figure draws the mean only where n >= 2).
+    """
+    seeds, series = {}, {}
+    for seed, run in sorted(sweep.runs_of(task, model).items()):
+        ep, vals = [], []
         for i, h in enumerate(run.history):
-            epoch = h.get("epoch", i + 1)
-            series.setdefault(int(epoch), []).append(_num(h.get(key)))
+            epoch, v = int(h.get("epoch", i + 1)), _num(h.get(key))
+            ep.append(epoch)
+            vals.append(v)
+            series.setdefault(epoch, []).append(v)
+        if ep:
+            seeds[seed] = (np.array(ep), np.array(vals, dtype=float))
     epochs = np.array(sorted(series), dtype=int)
-    mean, sd, n = (np.array([stats.mean_sd(series[e])[k] for e in epochs], dtype=float) for k in range(3))
-    return epochs, mean, sd, n
+    mean, _, n = (np.array([stats.mean_sd(series[e])[k] for e in epochs], dtype=float) for k in range(3))
+    return {"seeds": seeds, "epochs": epochs, "mean": mean, "n": n}
 
 
 def _num(x) -> float:
@@ -170,6 +229,7 @@ class GroupStat(_OverSeeds):
     group: str
     labels: tuple[str, ...]
     per_seed: dict[int, float]
+    flag: str = ""
 
 
 def long_tail(sweep: Sweep, groups: dict[str, list[str]]) -> list[GroupStat]:
@@ -184,5 +244,5 @@ def long_tail(sweep: Sweep, groups: dict[str, list[str]]) -> list[GroupStat]:
                     if not labs:
                         continue
                     vals = {s: stats.nanmean([v.get(lab, math.nan) for lab in labs]) for s, v in per_seed.items()}
-                    out.append(GroupStat(task, model, ts, group, labs, vals))
+                    out.append(GroupStat(task, model, ts, group, labs, vals, sweep.flag_text(task, model, ts)))
     return out

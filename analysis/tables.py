@@ -1,13 +1,16 @@
 """The report's tables: raw numbers to CSV, formatted cells to Markdown and LaTeX.
 
 In the CSV files numbers are written at full precision and an undefined value (an AUROC of a
-label with one class, a p-value with fewer than two seed pairs) is an empty cell.
+label with one class, a p-value with fewer than two seed pairs) is an empty cell. The `.md` and
+`.tex` forms hold the same rows as the `.csv` (one formatted row per CSV row, in the same order),
+and every column has one number format.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +21,7 @@ from analysis import stats
 from analysis.bench import BenchRecord
 from analysis.collect import Sweep, model_key, task_key
 from analysis.features import StoreCounts, label_key, split_key
+from analysis.provenance import WARN
 from analysis.summary import Comparison, Convergence, GroupStat, ModelStat
 from cxrfeat.atomic import write_text
 
@@ -34,6 +38,12 @@ class Table:
     csv_rows: list[list]
     note: str = ""
     align: str = field(default="")
+
+    def __post_init__(self):
+        if self.columns and not self.display and self.csv_rows:  # raw tables: format the CSV rows themselves
+            self.display = [[_cell(v) for v in row] for row in self.csv_rows]
+        if self.columns and len(self.display) != len(self.csv_rows):
+            raise AssertionError(f"table {self.name}: {len(self.display)} formatted rows for {len(self.csv_rows)} CSV rows")
 
     def markdown(self) -> str:
         align = self.align or "l" + "r" * (len(self.columns) - 1)
@@ -64,8 +74,16 @@ class Table:
 
     def write(self, folder: Path) -> None:
         write_text(folder / f"{self.name}.csv", self.csv())
-        if self.columns:  # tables kept only as raw numbers have no formatted form
-            write_text(folder / f"{self.name}.tex", self.latex())
+        write_text(folder / f"{self.name}.tex", self.latex())
+
+
+def _cell(v) -> str:
+    """A raw CSV value formatted for the .md/.tex of a raw table (floats: 4 decimals; undefined: empty)."""
+    if v is None:
+        return ""
+    if isinstance(v, float | np.floating):
+        return f"{v:.4f}" if np.isfinite(v) else ""
+    return str(v)
 
 
 def _raw(v):
@@ -81,28 +99,37 @@ def _md(s: str) -> str:
 def _tex(s: str) -> str:
     s = str(s)
     for a, b in (("\\", "\\textbackslash{}"), ("&", "\\&"), ("%", "\\%"), ("_", "\\_"), ("#", "\\#"),
-                 ("±", "$\\pm$"), ("≥", "$\\geq$"), ("<", "$<$"), ("−", "$-$")):
+                 ("±", "$\\pm$"), ("≥", "$\\geq$"), ("<", "$<$"), ("−", "$-$"), ("⚠", "(!)"),
+                 ("…", "\\ldots{}"), ("×", "$\\times$")):
         s = s.replace(a, b)
     return s
 
 
 # ------------------------------------------------------------------------------------ formatting
 def fmt_auroc(mean: float, sd: float, n: int) -> str:
+    """'0.812 ± 0.010' (one seed: '0.812'; the seed count is its own column); 'undefined' without a value."""
     if not np.isfinite(mean):
         return "undefined"
     if n < 2 or not np.isfinite(sd):
-        return f"{mean:.3f} (n={n})"
+        return f"{mean:.3f}"
     return f"{mean:.3f} ± {sd:.3f}"
 
 
 def fmt_p(p: float) -> str:
-    if not np.isfinite(p):
+    """Fixed point with 4 decimals ('< 0.0001' below); 'n/a' without a test."""
+    if p is None or not np.isfinite(p):
         return "n/a"
-    return f"{p:.1e}" if p < 0.001 else f"{p:.3f}"
+    return "< 0.0001" if p < 0.0001 else f"{p:.4f}"
 
 
 def fmt_pct(x: float) -> str:
     return f"{x:+.2f}%" if np.isfinite(x) else "undefined"
+
+
+def fmt_ci(ci) -> str:
+    if ci is None or not np.isfinite(ci.low):
+        return "n/a"
+    return f"{ci.low:.3f}–{ci.high:.3f}"
 
 
 def fmt_mean_sd(values: dict[int, float], digits: int = 3) -> str:
@@ -110,6 +137,13 @@ def fmt_mean_sd(values: dict[int, float], digits: int = 3) -> str:
     if n == 0:
         return "n/a"
     return f"{mean:.{digits}f}" + (f" ± {sd:.{digits}f}" if n > 1 else "")
+
+
+def fmt_sizes(sizes: list[int]) -> str:
+    """Test images of a row's seeds: '120', or '16–120' when its seeds were tested on different sets."""
+    if not sizes:
+        return "–"
+    return str(sizes[0]) if len(sizes) == 1 else f"{min(sizes)}–{max(sizes)}"
 
 
 def _seeds(seeds) -> str:
@@ -145,8 +179,9 @@ PARAM_PARTS = ("backbone", "classical_preprocess", "quantum", "classical_postpro
 
 
 def table_params(sweep: Sweep) -> Table:
-    """Table II: parameter counts by component, from each task × model's config.json."""
+    """Table II: parameter counts by component, from each task × model's config.json, with the backbone's weights."""
     rows, notes = [], []
+    any_random = False
     for task in sweep.tasks:
         for model in sweep.models(task):
             runs = sweep.runs_of(task, model)
@@ -154,135 +189,230 @@ def table_params(sweep: Sweep) -> Table:
             pc = counts[0]
             if any(c != pc for c in counts[1:]):
                 notes.append(f"{task}/{model}: seeds disagree on parameter counts")
+            backbones = {sweep.backbone(r).describe() for r in runs.values()}
+            any_random |= any(sweep.backbone(r).random for r in runs.values())
+            weights = "; ".join(sorted(backbones)).replace("`", "")
             parts = [pc.get(k) for k in PARAM_PARTS]
             head = sum(v for v in parts[1:] if isinstance(v, int))
-            rows.append([task, model, len(sweep.label_names(task)), *parts, head if pc else None])
-    display = [[r[0], r[1], str(r[2])] + [f"{v:,}" if isinstance(v, int) else "–" for v in r[3:]] for r in rows]
+            rows.append([task, model, len(sweep.label_names(task)), *parts, head if pc else None, weights])
+    display = [[r[0], r[1], str(r[2])] + [f"{v:,}" if isinstance(v, int) else "–" for v in r[3:8]] + [r[8]]
+               for r in rows]
     note = ("From each run's config.json (`param_counts`). The backbone is frozen for the heads trained "
             "on cached features and trained only by `heads finetune`. Head = preprocess + quantum + postprocess.")
+    if any_random:
+        note += (" **The backbone parameters were RANDOM (untrained) weights** in the rows marked so: its "
+                 "parameter count is the architecture's, not a pretrained ResNet-50's.")
     if notes:
         note += " " + "; ".join(notes) + "."
-    cols = ["Task", "Model", "# Labels", "Backbone", "Classical preprocess", "Quantum", "Classical postprocess", "Head"]
+    cols = ["Task", "Model", "# Labels", "Backbone", "Classical preprocess", "Quantum", "Classical postprocess", "Head",
+            "Backbone weights"]
     return Table("table2_params", "Table II: number of parameters by component", cols, display,
-                 ["task", "model", "labels", *PARAM_PARTS, "head"], rows, note, align="lllrrrrrr"[:len(cols)])
+                 ["task", "model", "labels", *PARAM_PARTS, "head", "backbone_weights"], rows, note,
+                 align="lllrrrrrl")
 
 
 # ------------------------------------------------------------------------------------ Table III
-def table_bench(records: list[BenchRecord]) -> Table:
-    """Table III: median ± sd seconds per training step, rows task × model, one column per back end."""
+def table_bench(records: list[BenchRecord], where: str) -> Table:
+    """Table III: median ± sd milliseconds per training step, rows machine × qubits × model, one column per back end.
+
+    One number format per back-end column: milliseconds with as many decimals as its smallest time needs
+    for two significant digits (at most 3).
+    """
     backends = sorted({r.backend for r in records}, key=lambda b: (b in ("-", "?"), b))
-    unit, scale = ("ms", 1e3) if max(r.median_s for r in records) < 1 else ("s", 1.0)
-    cells: dict[tuple[str, int, str, str], str] = {}
+    by: dict[tuple[str, int, str], dict[str, BenchRecord]] = defaultdict(dict)
     for r in records:
-        sd = f" ± {_sig(r.sd_s * scale)}" if np.isfinite(r.sd_s) else ""
-        cells[(r.machine, r.qubits or 0, r.model, r.backend)] = f"{_sig(r.median_s * scale)}{sd}"
-    keys = sorted({(r.machine, r.qubits or 0, r.model) for r in records}, key=lambda k: (k[0], k[1], model_key(k[2])))
-    display = [[m or "?", f"cxr-{q}" if q else "?", model] + [cells.get((m, q, model, b), "") for b in backends]
-               for m, q, model in keys]
-    raw = [[r.source.name, r.machine, r.model, r.qubits, r.backend, r.median_s, r.sd_s, r.peak_memory]
-           for r in records]
-    note = (f"Median ± sd of the time per training step in {'milliseconds' if unit == 'ms' else 'seconds'} "
-            "(value and gradient, batch 32, after warm-up), as recorded by `heads bench` (the CSV keeps seconds); "
-            "times from different machines are not comparable.")
+        by[(r.machine or "?", r.qubits or 0, r.model)][r.backend] = r
+    keys = sorted(by, key=lambda k: (k[0], k[1], model_key(k[2])))
+    digits = {}
+    for b in backends:
+        ms = [r.median_s * 1e3 for r in records if r.backend == b and r.median_s > 0]
+        digits[b] = min(3, max(0, 1 - math.floor(math.log10(min(ms))))) if ms else 1
+
+    def cell(r: BenchRecord | None, b: str) -> str:
+        if r is None:
+            return ""
+        d = digits[b]
+        sd = f" ± {r.sd_s * 1e3:.{d}f}" if np.isfinite(r.sd_s) else ""
+        return f"{r.median_s * 1e3:.{d}f}{sd}"
+
+    display, rows = [], []
+    for m, q, model in keys:
+        recs = by[(m, q, model)]
+        display.append([m, _qubits(q), model] + [cell(recs.get(b), b) for b in backends])
+        rows.append([m, q or None, model] + [v for b in backends for v in (
+            (recs[b].median_s, recs[b].sd_s, recs[b].peak_memory, recs[b].source.name) if b in recs else
+            (None, None, None, None))])
+    note = (f"Median ± sd of the time per training step in milliseconds (value and gradient, batch 32, after "
+            f"warm-up), as recorded by `heads bench` (the CSV keeps seconds, peak memory and the file). {where} "
+            "Times from different machines are not comparable.")
     header = [{"-": "no circuit", "?": "back end not named"}.get(b, b) for b in backends]
-    return Table("table3_bench", "Table III: time per training step", ["Machine", "Task", "Model"] + header,
-                 display, ["file", "machine", "model", "qubits", "backend", "median_s", "sd_s", "peak_memory"],
-                 raw, note, align="lll" + "r" * len(backends))
+    csv_cols = ["machine", "qubits", "model"] + [f"{b}_{k}" for b in backends
+                                                 for k in ("median_s", "sd_s", "peak_memory", "file")]
+    return Table("table3_bench", "Table III: time per training step (ms)", ["Machine", "Qubits", "Model"] + header,
+                 display, csv_cols, rows, note, align="lll" + "r" * len(backends))
 
 
-def _sig(x: float) -> str:
-    return f"{x:.3g}" if abs(x) >= 0.001 or x == 0 else f"{x:.2e}"
+def _qubits(q: int) -> str:
+    if not q:
+        return "?"
+    return f"{q} (CXR-{q})" if q in (8, 14, 19) else f"{q} (no paper task)"
 
 
 # ------------------------------------------------------------------------------------ AUROC
-def table_mean_auroc(model_stats: list[ModelStat]) -> Table:
-    rows = [[s.test_set, s.task, s.model, s.mean, s.sd, s.n, _seeds(s.per_seed)] for s in model_stats]
-    display = [[s.test_set, s.task, s.model, fmt_auroc(s.mean, s.sd, s.n), str(s.n)] for s in model_stats]
-    return Table("mean_auroc", "Mean AUROC over seeds", ["Test set", "Task", "Model", "Mean AUROC", "Seeds"],
-                 display, ["test_set", "task", "model", "mean", "sd", "n_seeds", "seeds"], rows, align="lllrr")
+def _settings_cell(settings: dict[tuple[str, str], str] | None, task: str, model: str) -> list[str]:
+    return [settings.get((task, model), "")] if settings is not None else []
 
 
-def table_comparisons(comps: list[Comparison]) -> Table:
+def table_mean_auroc(model_stats: list[ModelStat], sweep: Sweep, cis: dict, auprc: dict,
+                     settings: dict[tuple[str, str], str] | None = None) -> Table:
+    """Every task × model × test set: seeds, test images, mean AUROC ± sd, its 95 % CI, mean AUPRC, sanity."""
+    rows, display = [], []
+    for s in model_stats:
+        key = (s.task, s.model, s.test_set)
+        ci, ap = cis.get(key), auprc.get(key, {})
+        am, asd, _ = stats.mean_sd(list(ap.values()))
+        sizes = sweep.test_sizes(s.task, s.model, s.test_set)
+        rows.append([s.test_set, s.task, s.model, s.n, _seeds(s.per_seed), fmt_sizes(sizes), s.mean, s.sd,
+                     ci.low if ci else None, ci.high if ci else None, ci.resamples if ci else None, am, asd, s.flag,
+                     *_settings_cell(settings, s.task, s.model)])
+        display.append([s.test_set, s.task, s.model, str(s.n), fmt_sizes(sizes), fmt_auroc(s.mean, s.sd, s.n),
+                        fmt_ci(ci), fmt_auroc(am, asd, s.n), s.flag or "ok",
+                        *_settings_cell(settings, s.task, s.model)])
+    extra = ["Settings"] if settings is not None else []
+    return Table("mean_auroc", "Mean AUROC and AUPRC over seeds",
+                 ["Test set", "Task", "Model", "Seeds", "Test images", "Mean AUROC", "95% CI", "Mean AUPRC",
+                  "Sanity", *extra], display,
+                 ["test_set", "task", "model", "n_seeds", "seeds", "test_images", "mean", "sd", "ci_low", "ci_high",
+                  "ci_resamples", "auprc_mean", "auprc_sd", "sanity", *[e.lower() for e in extra]], rows,
+                 align="lllrrrrrl" + "l" * len(extra),
+                 note="Mean ± sd over seeds of the mean over labels. 95% CI: stratified bootstrap over the test "
+                      f"images ({stats.BOOTSTRAP_RESAMPLES} resamples, seed {stats.BOOTSTRAP_SEED}; see "
+                      "\"How the numbers are computed\"). Sanity: the seeds that failed a check.")
+
+
+def table_comparisons(comps: list[Comparison], sweep: Sweep, settings: dict[tuple[str, str], str] | None = None) -> Table:
     rows, display = [], []
     for c in comps:
         t = c.test
+        sizes = sorted(set(sweep.test_sizes(c.a.task, c.a.model, c.a.test_set))
+                       | set(sweep.test_sizes(c.b.task, c.b.model, c.b.test_set)))
+        st = [f"{settings.get((c.a.task, c.a.model), '')} / {settings.get((c.b.task, c.b.model), '')}"] \
+            if settings is not None else []
         rows.append([c.a.test_set, c.a.task, c.a.model, c.b.model, c.a.mean, c.a.sd, c.a.n, c.b.mean, c.b.sd, c.b.n,
-                     c.pct_diff, t.t, t.p, c.stars, t.n, _seeds(t.seeds)])
-        display.append([c.a.test_set, c.a.task, f"{c.a.model} vs {c.b.model}", fmt_auroc(c.a.mean, c.a.sd, c.a.n),
-                        fmt_auroc(c.b.mean, c.b.sd, c.b.n), fmt_pct(c.pct_diff), fmt_p(t.p), c.stars, str(t.n)])
+                     fmt_sizes(sizes), c.pct_diff, t.t, t.p, c.stars, t.n, _seeds(t.seeds), c.flag, *st])
+        display.append([c.a.test_set, c.a.task, f"{c.a.model} vs {c.b.model}", f"{c.a.n}/{c.b.n}", fmt_sizes(sizes),
+                        fmt_auroc(c.a.mean, c.a.sd, c.a.n), fmt_auroc(c.b.mean, c.b.sd, c.b.n), fmt_pct(c.pct_diff),
+                        fmt_p(t.p), c.stars, str(t.n), c.flag or "", *st])
+    extra = ["Settings"] if settings is not None else []
     return Table(
         "comparisons", "Mean AUROC, classical vs quantum (paired t-test over seeds)",
-        ["Test set", "Task", "Comparison", "Classical", "Quantum", "% diff", "p", "Sig.", "Pairs"], display,
-        ["test_set", "task", "model_a", "model_b", "mean_a", "sd_a", "n_a", "mean_b", "sd_b", "n_b",
-         "pct_diff", "t", "p", "stars", "n_pairs", "paired_seeds"], rows, align="lllrrrrlr")
+        ["Test set", "Task", "Comparison", "Seeds", "Test images", "Classical", "Quantum", "% diff", "p", "Sig.",
+         "Pairs", "Note", *extra], display,
+        ["test_set", "task", "model_a", "model_b", "mean_a", "sd_a", "n_a", "mean_b", "sd_b", "n_b", "test_images",
+         "pct_diff", "t", "p", "stars", "n_pairs", "paired_seeds", "flag", *[e.lower() for e in extra]], rows,
+        align="lllrrrrrrlrl" + "l" * len(extra),
+        note="Seeds: classical/quantum. A comparison involving a row that failed a sanity check shows "
+             "`⚠ flagged` instead of stars (its p-value is kept) and says why in Note.")
 
 
 PER_LABEL_COLUMNS = ["task", "test_set", "model_a", "model_b", "rank", "label", "train_positives", "test_positives",
-                     "mean_a", "sd_a", "n_a", "mean_b", "sd_b", "n_b", "pct_diff", "t", "p", "stars", "n_pairs"]
+                     "test_known", "mean_a", "sd_a", "n_a", "mean_b", "sd_b", "n_b", "auprc_a", "auprc_b", "pct_diff",
+                     "t", "p", "p_holm", "p_bh", "stars", "n_pairs", "flag"]
 
 
-def per_label_rows(comps: list[Comparison], train: dict[str, int] | None, test: dict[str, int]) -> list[list]:
+def per_label_rows(comps: list[Comparison], train: dict[str, int] | None, test: dict[str, tuple[int, int]],
+                   auprc: tuple[dict, dict] = ({}, {})) -> list[list]:
+    """Rows of PER_LABEL_COLUMNS; Holm and BH adjust the p-values of these comparisons (one family)."""
+    ps = [c.test.p for c in comps]
+    holm, bh = stats.holm(ps), stats.benjamini_hochberg(ps)
     rows = []
     for rank, c in enumerate(comps, start=1):
         t, lab = c.test, c.a.label
-        rows.append([c.a.task, c.a.test_set, c.a.model, c.b.model, rank, lab, (train or {}).get(lab), test.get(lab),
-                     c.a.mean, c.a.sd, c.a.n, c.b.mean, c.b.sd, c.b.n, c.pct_diff, t.t, t.p, c.stars, t.n])
+        pos, known = test.get(lab, (None, None))
+        ap_a = stats.mean_sd([v.get(lab, math.nan) for v in auprc[0].values()])[0]
+        ap_b = stats.mean_sd([v.get(lab, math.nan) for v in auprc[1].values()])[0]
+        rows.append([c.a.task, c.a.test_set, c.a.model, c.b.model, rank, lab, (train or {}).get(lab), pos, known,
+                     c.a.mean, c.a.sd, c.a.n, c.b.mean, c.b.sd, c.b.n, ap_a, ap_b, c.pct_diff, t.t, t.p,
+                     float(holm[rank - 1]), float(bh[rank - 1]), c.stars, t.n, c.flag])
     return rows
 
 
 def table_per_label(name: str, title: str, comps: list[Comparison], train: dict[str, int] | None,
-                    test: dict[str, int]) -> Table:
-    rows = per_label_rows(comps, train, test)
-    display = [[c.a.label, str((train or {}).get(c.a.label, "–")), str(test.get(c.a.label, "–")),
-                fmt_auroc(c.a.mean, c.a.sd, c.a.n), fmt_auroc(c.b.mean, c.b.sd, c.b.n), fmt_pct(c.pct_diff),
-                fmt_p(c.test.p), c.stars] for c in comps]
+                    test: dict[str, tuple[int, int]], auprc: tuple[dict, dict] = ({}, {})) -> Table:
+    rows = per_label_rows(comps, train, test, auprc)
+    display = []
+    for c, r in zip(comps, rows, strict=True):
+        pos, known = r[7], r[8]
+        display.append([c.a.label, str(r[6]) if r[6] is not None else "–",
+                        f"{pos}/{known}" if pos is not None else "–",
+                        fmt_auroc(c.a.mean, c.a.sd, c.a.n), fmt_auroc(c.b.mean, c.b.sd, c.b.n),
+                        f"{r[15]:.3f}" if np.isfinite(r[15]) else "undefined",
+                        f"{r[16]:.3f}" if np.isfinite(r[16]) else "undefined",
+                        fmt_pct(c.pct_diff), fmt_p(c.test.p), fmt_p(r[20]), fmt_p(r[21]), c.stars, c.flag])
     a, b = (comps[0].a.model, comps[0].b.model) if comps else ("a", "b")
-    return Table(name, title, ["Label", "Train +", "Test +", a, b, "% diff", "p", "Sig."], display,
-                 PER_LABEL_COLUMNS, rows, align="lrrrrrrl")
+    return Table(name, title, ["Label", "Train +", "Test +/known", f"AUROC {a}", f"AUROC {b}", f"AUPRC {a}",
+                               f"AUPRC {b}", "% diff", "p", "p Holm", "p BH", "Sig.", "Note"], display,
+                 PER_LABEL_COLUMNS, rows, align="lrrrrrrrrrrll")
 
 
-def table_convergence(conv: list[Convergence]) -> Table:
+def table_convergence(conv: list[Convergence], sweep: Sweep) -> Table:
     rows, display = [], []
     for c in conv:
         rec = []
         for d in (c.epochs_run, c.epochs_to_best, c.best_val_loss, c.seconds):
             m, sd, n = stats.mean_sd(list(d.values()))
             rec += [m, sd]
-        rows.append([c.task, c.model, len(c.epochs_run), *rec])
+        counts, n = sweep.flag_counts(c.task, c.model)
+        improving = counts.get("still_improving", 0)
+        rows.append([c.task, c.model, len(c.epochs_run), *rec, improving])
         display.append([c.task, c.model, str(len(c.epochs_run)), fmt_mean_sd(c.epochs_run, 1),
-                        fmt_mean_sd(c.epochs_to_best, 1), fmt_mean_sd(c.best_val_loss, 4), fmt_mean_sd(c.seconds, 1)])
+                        fmt_mean_sd(c.epochs_to_best, 1), fmt_mean_sd(c.best_val_loss, 4), fmt_mean_sd(c.seconds, 1),
+                        f"{WARN} {improving}/{n}" if improving else f"0/{n}"])
     return Table(
         "convergence", "Training: epochs, epochs to the best validation loss, best validation loss",
-        ["Task", "Model", "Seeds", "Epochs run", "Epochs to best", "Best val loss", "Train time (s)"], display,
+        ["Task", "Model", "Seeds", "Epochs run", "Epochs to best", "Best val loss", "Train time (s)",
+         "Still improving"], display,
         ["task", "model", "n_seeds", "epochs_run_mean", "epochs_run_sd", "epochs_to_best_mean", "epochs_to_best_sd",
-         "best_val_loss_mean", "best_val_loss_sd", "seconds_mean", "seconds_sd"], rows, align="llrrrrr",
+         "best_val_loss_mean", "best_val_loss_sd", "seconds_mean", "seconds_sd", "seeds_still_improving"], rows,
+        align="llrrrrrr",
         note="Mean ± sd over seeds. Epochs to best counts the epochs up to and including the one with the lowest "
-             "validation loss (the kept parameters). Train time sums the history's per-epoch seconds "
-             "(seeds trained together in one program share that time).")
+             "validation loss (the kept parameters). Still improving: seeds whose best epoch was their last, i.e. "
+             "stopped by the epoch limit while the validation loss still fell (undertrained). Train time sums the "
+             "history's per-epoch seconds (seeds trained together in one program share that time).")
 
 
-def table_long_tail(groups: list[GroupStat]) -> Table:
+def table_long_tail(groups: list[GroupStat], sweep: Sweep) -> Table:
     names = list(dict.fromkeys(g.group for g in groups))
     by_key: dict[tuple[str, str, str], dict[str, GroupStat]] = defaultdict(dict)
     for g in groups:
         by_key[(g.test_set, g.task, g.model)][g.group] = g
-    display = []
+    display, rows = [], []
     for (ts, task, model), gs in by_key.items():
-        display.append([ts, task, model] + [fmt_auroc(gs[n].mean, gs[n].sd, gs[n].n) if n in gs else "–"
-                                            for n in names])
-    rows = [[g.test_set, g.task, g.model, g.group, ";".join(g.labels), g.mean, g.sd, g.n] for g in groups]
-    return Table("long_tail", "Mean AUROC by label frequency group", ["Test set", "Task", "Model"] + names, display,
-                 ["test_set", "task", "model", "group", "labels", "mean", "sd", "n_seeds"], rows,
-                 align="lll" + "r" * len(names))
+        first = next(iter(gs.values()))
+        sizes = fmt_sizes(sweep.test_sizes(task, model, ts))
+        display.append([ts, task, model, str(first.n), sizes] + [fmt_auroc(gs[n].mean, gs[n].sd, gs[n].n) if n in gs
+                                                                   else "–" for n in names] + [first.flag or "ok"])
+        rows.append([ts, task, model, first.n, sizes] + [v for n in names for v in (
+            (gs[n].mean, gs[n].sd, ";".join(gs[n].labels)) if n in gs else (None, None, None))] + [first.flag])
+    return Table("long_tail", "Mean AUROC by label frequency group",
+                 ["Test set", "Task", "Model", "Seeds", "Test images"] + names + ["Sanity"], display,
+                 ["test_set", "task", "model", "n_seeds", "test_images"]
+                 + [f"{n}_{k}" for n in names for k in ("mean", "sd", "labels")] + ["sanity"], rows,
+                 align="lllrr" + "r" * len(names) + "l")
 
 
 def per_seed_rows(sweep: Sweep) -> Table:
-    """Every run's recomputed AUROC (mean and per label) — the raw numbers behind every other table."""
+    """Every run's recomputed AUROC and AUPRC (mean and per label), with its test-set counts and failed checks."""
     rows = []
     for run in sorted(sweep.runs, key=lambda r: (task_key(r.task), model_key(r.model), r.seed)):
         for ts, pred in run.predictions.items():
-            rows.append([run.task, run.model, run.seed, ts, "mean", stats.nanmean(pred.auroc)])
-            rows += [[run.task, run.model, run.seed, ts, lab, float(v)] for lab, v in zip(pred.label_names, pred.auroc,
-                                                                                          strict=True)]
-    cols = ["task", "model", "seed", "test_set", "label", "auroc"]
-    return Table("per_seed_auroc", "AUROC of every run", cols, [], cols, rows)
+            flags = ";".join(sorted(run.sanity.flags_for(ts)))
+            rows.append([run.task, run.model, run.seed, ts, "mean", stats.nanmean(pred.auroc),
+                         stats.nanmean(pred.auprc), None, pred.n, flags])
+            for j, lab in enumerate(pred.label_names):
+                rows.append([run.task, run.model, run.seed, ts, lab, float(pred.auroc[j]), float(pred.auprc[j]),
+                             int((pred.y_true[:, j] == 1).sum()), int((pred.y_true[:, j] >= 0).sum()),
+                             ";".join(sorted(run.sanity.flags_for(ts, lab)))])
+    cols = ["task", "model", "seed", "test_set", "label", "auroc", "auprc", "positives", "known", "flags"]
+    return Table("per_seed_auroc", "AUROC and AUPRC of every run", cols, [], cols, rows,
+                 align="llrll" + "rrrr" + "l")

@@ -13,7 +13,7 @@ from scipy.stats import ttest_rel
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
-from analysis.bench import load_bench
+from analysis.bench import load_bench, this_machine
 from analysis.cli import app
 from analysis.features import SYNTHETIC_SENTENCE, synthetic_note
 from cxrfeat.labels import LABELS, NO_FINDING, TASKS
@@ -128,12 +128,17 @@ def make_features(root: Path, synthetic: bool = True) -> Path:
 
 
 def make_bench(root: Path) -> Path:
+    """This machine's `heads bench` file (as heads.bench names and describes it), another machine's, a broken one."""
     bench = root / "bench"
     bench.mkdir()
     recs = [{"model": m, "qubits": q, "backend": b, "median_s": 0.001 * q * (3 if b == "reference" else 1),
              "sd_s": 1e-5, "peak_memory_bytes": 1000 * q}
             for q in (8, 14, 19) for m, b in (("cdl", None), ("dqc", "fast"), ("dqc", "reference"))]
-    (bench / "cpu.json").write_text(json.dumps({"machine": "test-cpu", "records": recs}))
+    here = this_machine()
+    (bench / f"{here['slug']}.json").write_text(json.dumps({"machine": "test-cpu", "machine_details": {
+        "platform": "cpu", "cpu": here["cpu"], "cpu_cores": here["cores"]}, "records": recs}))
+    (bench / "cpu-elsewhere-8c.json").write_text(json.dumps({"machine": "elsewhere", "machine_details": {
+        "platform": "cpu", "cpu": "Elsewhere CPU", "cpu_cores": 8}, "records": recs}))
     (bench / "broken.json").write_text("{not json")
     return bench
 
@@ -281,10 +286,13 @@ def test_tables_one_to_three(built):
     assert int(t2[("cxr-14", "dqc")]["classical_preprocess"]) == 28_686
     assert int(t2[("cxr-14", "dqc")]["quantum"]) == 42 and int(t2[("cxr-14", "dqc")]["head"]) == 28_686 + 42 + 210
     t3 = _csv(out / "tables" / "table3_bench.csv")
-    assert len(t3) == 9 and {r["machine"] for r in t3} == {"test-cpu"}
+    assert len(t3) == 6 and {r["machine"] for r in t3} == {"test-cpu"}  # machine × qubits × model, back ends as columns
+    dqc19 = next(r for r in t3 if r["qubits"] == "19" and r["model"] == "dqc")
+    assert float(dqc19["fast_median_s"]) == pytest.approx(0.019) and float(dqc19["reference_median_s"]) == pytest.approx(0.057)
     md = (out / "report.md").read_text()
     assert "broken.json: unreadable JSON" in md
-    assert "| test-cpu | cxr-19 | dqc |" in md
+    assert "| test-cpu | 19 (CXR-19) | dqc |" in md
+    assert "elsewhere: `cpu-elsewhere-8c.json`" in md  # another machine's file: listed, not tabled
 
 
 def test_report_says_synthetic_and_scales(built, tmp_path, monkeypatch):

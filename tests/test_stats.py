@@ -106,3 +106,74 @@ def test_mean_sd_is_sample_sd_over_finite_values():
     m1, sd1, n1 = stats.mean_sd([0.7])
     assert m1 == 0.7 and math.isnan(sd1) and n1 == 1
     assert stats.mean_sd([])[2] == 0
+
+
+# --------------------------------------------------------------------------- AUPRC, bootstrap, corrections
+def test_auprc_matches_sklearn_with_unknowns_left_out():
+    from sklearn.metrics import average_precision_score
+
+    rng = np.random.default_rng(4)
+    y = rng.integers(-1, 2, size=(150, 4))
+    y[:, 3] = np.where(y[:, 3] == 1, 0, y[:, 3])  # one class only: undefined
+    p = rng.random((150, 4)) + 0.4 * (y == 1)
+    got = stats.auprc(y, p)
+    for j in range(3):
+        known = y[:, j] != -1
+        assert got[j] == pytest.approx(average_precision_score(y[known, j], p[known, j]), abs=1e-15)
+    assert math.isnan(got[3])
+
+
+def test_bootstrap_ci_equals_naive_resampling_with_ties():
+    """The counted, vectorised bootstrap equals resampling the arrays and calling scikit-learn each time."""
+    rng = np.random.default_rng(11)
+    y = (rng.random((70, 3)) < [0.4, 0.2, 0.1]).astype(int)
+    y[:2], y[2:4] = 1, 0
+    y[rng.random(y.shape) < 0.1] = -1
+    probs = [np.round(rng.random(y.shape) + 0.3 * (y == 1), 1) for _ in range(2)]  # rounded: many ties
+    B = 120
+    ci = stats.bootstrap_mean_auroc(y, probs, resamples=B, seed=5)
+    total = np.zeros((2, B))
+    for j in range(3):
+        pos, neg = np.flatnonzero(y[:, j] == 1), np.flatnonzero(y[:, j] == 0)
+        r = np.random.default_rng((5, j))
+        ip, ineg = r.integers(0, pos.size, (B, pos.size)), r.integers(0, neg.size, (B, neg.size))
+        t = np.r_[np.ones(pos.size), np.zeros(neg.size)]
+        for k, p in enumerate(probs):
+            for b in range(B):
+                total[k, b] += roc_auc_score(t, np.r_[p[pos[ip[b]], j], p[neg[ineg[b]], j]])
+    lo, hi = np.percentile((total / 3).mean(axis=0), [2.5, 97.5])
+    assert (ci.low, ci.high) == (pytest.approx(lo, abs=1e-12), pytest.approx(hi, abs=1e-12))
+    assert ci.resamples == B and ci.seed == 5
+    # Seeded: the same call gives the same interval; another seed another one.
+    assert stats.bootstrap_mean_auroc(y, probs, resamples=B, seed=5) == ci
+    assert stats.bootstrap_mean_auroc(y, probs, resamples=B, seed=6) != ci
+
+
+def test_bootstrap_narrows_with_more_images():
+    rng = np.random.default_rng(2)
+
+    def width(n):
+        y = (rng.random((n, 2)) < 0.3).astype(int)
+        p = rng.random((n, 2)) + 0.5 * y
+        ci = stats.bootstrap_mean_auroc(y, [p], resamples=300)
+        return ci.high - ci.low
+
+    assert width(2000) < width(100) / 2
+
+
+def test_holm_and_bh_by_hand_and_scipy():
+    from scipy.stats import false_discovery_control
+
+    p = [0.01, 0.04, 0.03, 0.005, math.nan, 0.2]
+    # Holm by hand over the 5 finite values: sorted 0.005, 0.01, 0.03, 0.04, 0.2 times 5, 4, 3, 2, 1, running max.
+    expected = {3: 0.025, 0: 0.04, 2: 0.09, 1: 0.09, 5: 0.2}
+    got = stats.holm(p)
+    for i, v in expected.items():
+        assert got[i] == pytest.approx(v, abs=1e-15)
+    assert math.isnan(got[4])
+    finite = [x for x in p if not math.isnan(x)]
+    bh = stats.benjamini_hochberg(p)
+    np.testing.assert_allclose([bh[i] for i in (0, 1, 2, 3, 5)], false_discovery_control(finite, method="bh"),
+                               atol=1e-15)
+    assert math.isnan(bh[4])
+    assert np.isnan(stats.holm([math.nan])).all() and stats.holm([0.9, 0.8]).tolist() == [1.0, 1.0]

@@ -1,0 +1,311 @@
+"""Where a run's numbers come from, and whether its head is degenerate, read from the run itself.
+
+Provenance (issue 9 contract): a run's `config.json` keys `data`, `backbone` and `settings`; runs
+written before them are read from the older keys (`provenance` with the feature stores'
+attributes, `training`, `head`, `feature_norm`, `features`, `finetune`) and, last, from the
+feature stores the report was pointed at. What none of them says is "unknown", never guessed.
+
+Sanity: a run's `metrics.json` `sanity` block (flags constant_predictions, saturated_inputs,
+still_improving, nan_loss); independently of it, every run's predictions are checked for
+constant labels (sd of y_prob over the test set < 1e-6, or AUROC exactly 0.5 with sd < 1e-4) and
+its history for NaN losses and a best epoch equal to the last one, so runs without the block (or
+with a wrong one) are flagged too.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+CONSTANT_SD = 1e-6
+HALF_SD = 1e-4
+FLAG_TEXT = {
+    "constant_predictions": "constant predictions",
+    "saturated_inputs": "saturated circuit inputs",
+    "still_improving": "still improving at its last epoch",
+    "nan_loss": "NaN loss",
+}
+FLAG_ORDER = tuple(FLAG_TEXT)
+WARN = "⚠"
+
+
+# ------------------------------------------------------------------------------------ backbone
+@dataclass(frozen=True)
+class Backbone:
+    name: str  # "random", a hub name, a local folder's name, or "unknown"
+    random: bool | None
+    seed: int | None = None
+    revision: str | None = None
+    sha256: str | None = None
+    source: str = "unknown"  # where it was read: config.json backbone / config.json provenance / feature store
+
+    def describe(self) -> str:
+        if self.random:
+            return "RANDOM weights" + (f" (seed {self.seed})" if self.seed is not None else "")
+        if self.random is None and self.name == "unknown":
+            return "unknown"
+        out = f"pretrained `{self.name}`"
+        if self.revision:
+            out += f" revision `{self.revision[:12]}`"
+        if self.sha256:
+            out += f" sha256 `{self.sha256[:12]}…`"
+        return out
+
+    @property
+    def key(self) -> tuple:
+        return (self.name, self.random, self.seed, self.revision, self.sha256)
+
+
+def _name(v: Any) -> str:
+    """A backbone name for display: a local folder's last component, never an absolute path."""
+    s = str(v)
+    if s.startswith("/") or (len(s) > 2 and s[1] == ":"):
+        s = s.rstrip("/").rsplit("/", 1)[-1] + " (local folder)"
+    return s
+
+
+def _backbone_from(d: Any, source: str) -> Backbone | None:
+    if not isinstance(d, dict) or not (d.get("name") or "random" in d):
+        return None
+    name = d.get("name")
+    rnd = d.get("random")
+    if not isinstance(rnd, bool):
+        rnd = True if name == "random" else (None if name is None else False)
+    seed = d.get("seed") if isinstance(d.get("seed"), int) and not isinstance(d.get("seed"), bool) else None
+    return Backbone("random" if rnd else _name(name or "unknown"), rnd, seed,
+                    str(d["revision"]) if d.get("revision") else None,
+                    str(d["sha256"]) if d.get("sha256") else None, source)
+
+
+def run_backbone(config: dict, store_attrs: list[dict] | None = None) -> Backbone:
+    """The contract's `backbone`, else the older `provenance.<store>.backbone`, else the feature stores'."""
+    found = _backbone_from(config.get("backbone"), "config.json `backbone`")
+    if found:
+        return found
+    prov = config.get("provenance")
+    if isinstance(prov, dict):
+        for key in ("train", *sorted(k for k in prov if k != "train")):
+            found = _backbone_from((prov.get(key) or {}).get("backbone") if isinstance(prov.get(key), dict) else None,
+                                   "config.json `provenance`")
+            if found:
+                return found
+    dataset = _train_dataset(config)
+    for attrs in store_attrs or []:
+        if attrs.get("split") == "train" and (dataset is None or attrs.get("dataset") == dataset):
+            found = _backbone_from(attrs.get("backbone"), "feature store")
+            if found:
+                return found
+    return Backbone("unknown", None)
+
+
+# ------------------------------------------------------------------------------------ data
+@dataclass(frozen=True)
+class Data:
+    dataset: str | None
+    synthetic: bool | None
+    rows: dict[str, int] = field(default_factory=dict)
+    views: int | None = None
+    limit: int | None = None
+    source: str = "unknown"
+
+
+def _int(v: Any) -> int | None:
+    return int(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def _train_dataset(config: dict) -> str | None:
+    data = config.get("data")
+    if isinstance(data, dict) and isinstance(data.get("dataset"), str):
+        return data["dataset"]
+    for key in ("features", "provenance"):
+        d = config.get(key)
+        if isinstance(d, dict):
+            if isinstance(d.get("dataset"), str):
+                return d["dataset"]
+            t = d.get("train")
+            if isinstance(t, dict) and isinstance(t.get("dataset"), str):
+                return t["dataset"]
+    if isinstance(data, dict) and isinstance(data.get("train"), dict) and isinstance(data["train"].get("dataset"), str):
+        return data["train"]["dataset"]
+    return None
+
+
+def run_data(config: dict, store_attrs: list[dict] | None = None) -> Data:
+    """The contract's `data`, else what older keys and the feature stores say (synthetic None = unknown)."""
+    data = config.get("data")
+    if isinstance(data, dict) and ("synthetic" in data or "rows" in data or "sources" in data):
+        syn = data.get("synthetic")
+        rows = {str(k): v for k, v in (data.get("rows") or {}).items() if _int(v) is not None}
+        return Data(data.get("dataset"), syn if isinstance(syn, bool) else None, rows, _int(data.get("views")),
+                    _int(data.get("limit")), "config.json `data`")
+    dataset = _train_dataset(config)
+    rows: dict[str, int] = {}
+    flags: list[bool | None] = []
+    source = "unknown"
+    if isinstance(data, dict):  # `heads finetune` before the contract: role -> {dataset, split, rows, synthetic}
+        for role, d in data.items():
+            if isinstance(d, dict):
+                if _int(d.get("rows")) is not None:
+                    rows[str(role)] = _int(d["rows"])
+                if "synthetic" in d:
+                    flags.append(d["synthetic"] if isinstance(d["synthetic"], bool) else None)
+        source = "config.json `data` (per split)" if flags else source
+    feats = config.get("features")
+    if isinstance(feats, dict):
+        for key, role in (("train_rows", "train"), ("val_rows", "val")):
+            if _int(feats.get(key)) is not None:
+                rows.setdefault(role, _int(feats[key]))
+    prov = config.get("provenance")
+    prov_stores = [v for v in prov.values() if isinstance(v, dict)] if isinstance(prov, dict) else []
+    for p in prov_stores:
+        if "synthetic" in p:
+            flags.append(p["synthetic"] if isinstance(p["synthetic"], bool) else None)
+            source = "config.json `provenance`"
+    if not flags and store_attrs:
+        # The stores the runs were trained and tested on, matched by dataset and split.
+        wanted = {(p.get("dataset"), p.get("split")) for p in prov_stores} or {(dataset, "train")}
+        matched = [a for a in store_attrs if (a.get("dataset"), a.get("split")) in wanted]
+        if matched:
+            flags = [a.get("synthetic") if isinstance(a.get("synthetic"), bool) else None for a in matched]
+            source = "feature stores"
+    if any(f is True for f in flags):
+        synthetic = True
+    elif flags and all(f is False for f in flags):
+        synthetic = False
+    else:
+        synthetic = None
+    views = _int(feats.get("views")) if isinstance(feats, dict) else None
+    ft = config.get("finetune")
+    limit = _int(ft.get("limit")) if isinstance(ft, dict) else None
+    return Data(dataset, synthetic, rows, views, limit, source)
+
+
+# ------------------------------------------------------------------------------------ settings
+SETTING_KEYS = ("mode", "lr", "batch_size", "max_epochs", "patience", "feature_norm", "layers", "backend",
+                "circuit_init", "freeze_backbone", "limit")
+SETTING_NAMES = {"mode": "mode", "lr": "lr", "batch_size": "batch", "max_epochs": "max epochs",
+                 "patience": "patience", "feature_norm": "feature norm", "layers": "layers", "backend": "backend",
+                 "circuit_init": "circuit init", "freeze_backbone": "frozen backbone", "limit": "limit",
+                 "seeds": "seeds requested"}
+
+
+def run_settings(config: dict, sweep_meta: dict | None = None) -> dict[str, Any]:
+    """The training settings of a run: the contract's `settings`, completed from the older keys.
+
+    Keys: SETTING_KEYS plus `seeds` (requested); None where a setting does not apply or is unknown.
+    """
+    out: dict[str, Any] = dict.fromkeys((*SETTING_KEYS, "seeds"))
+    s = config.get("settings")
+    contract = isinstance(s, dict) and "mode" in s
+    training = config.get("training") if isinstance(config.get("training"), dict) else {}
+    head = config.get("head") if isinstance(config.get("head"), dict) else {}
+    ft = config.get("finetune") if isinstance(config.get("finetune"), dict) else None
+    for k in ("lr", "batch_size", "max_epochs", "patience"):
+        out[k] = training.get(k)
+    quantum = str(config.get("model", head.get("model", ""))).startswith("dqc") or head.get("model") == "dqc"
+    for k in ("layers", "backend", "circuit_init"):
+        out[k] = head.get(k) if quantum else None
+    out["feature_norm"] = config.get("feature_norm")
+    out["mode"] = "finetune" if ft is not None else ("features" if config else None)
+    if ft is not None:
+        out["freeze_backbone"] = (not ft["backbone_trained"]) if isinstance(ft.get("backbone_trained"), bool) else None
+        out["limit"] = ft.get("limit")
+    seeds = (sweep_meta or {}).get("seeds")
+    out["seeds"] = seeds if isinstance(seeds, int) and not isinstance(seeds, bool) else None
+    if contract:
+        out.update({k: s[k] for k in (*SETTING_KEYS, "seeds") if k in s})
+    elif isinstance(s, dict):  # `heads finetune` before the contract: its resume settings
+        for k in ("lr", "batch_size", "max_epochs", "patience", "limit", "freeze_backbone"):
+            if out.get(k) is None and k in s:
+                out[k] = s[k]
+    return out
+
+
+def fmt_setting(key: str, value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+# ------------------------------------------------------------------------------------ sanity
+@dataclass(frozen=True)
+class Sanity:
+    """A run's failed checks: run-level flags and, per test set, its constant labels."""
+
+    flags: frozenset[str]
+    constant_labels: dict[str, tuple[str, ...]]  # test set -> labels with constant predictions
+    messages: tuple[str, ...] = ()
+    source: str = "recomputed"
+
+    def flags_for(self, test_set: str | None = None, label: str | None = None) -> set[str]:
+        """The flags that concern one test set (and one label): constant predictions only where they occur."""
+        out = set(self.flags) - {"constant_predictions"}
+        if "constant_predictions" in self.flags:
+            if test_set is None:
+                out.add("constant_predictions")
+            else:
+                labs = self.constant_labels.get(test_set)
+                if labs is None:
+                    if not self.constant_labels:  # recorded without details: assume every test set
+                        out.add("constant_predictions")
+                elif label is None or label in labs:
+                    out.add("constant_predictions")
+        return out
+
+
+def constant_labels(y_true: np.ndarray, y_prob: np.ndarray, label_names, auroc: np.ndarray) -> list[str]:
+    """Labels whose predictions are constant over the test set (the contract's definition)."""
+    out = []
+    sd = np.asarray(y_prob, dtype=np.float64).std(axis=0)
+    for j, name in enumerate(label_names):
+        if not np.isfinite(sd[j]) or sd[j] < CONSTANT_SD or (auroc[j] == 0.5 and sd[j] < HALF_SD):
+            out.append(str(name))
+    return out
+
+
+def run_sanity(metrics: dict | None, predictions: dict, history: list[dict]) -> Sanity:
+    """Recorded flags (metrics.json `sanity`) united with what the predictions and history show.
+
+    `predictions`: test set -> object with label_names, y_true, y_prob, auroc.
+    """
+    flags: set[str] = set()
+    const: dict[str, set[str]] = {}
+    messages: list[str] = []
+    recorded = metrics.get("sanity") if isinstance(metrics, dict) else None
+    source = "recomputed"
+    if isinstance(recorded, dict):
+        source = "metrics.json + recomputed"
+        flags |= {str(f) for f in recorded.get("flags") or [] if isinstance(f, str)}
+        details = recorded.get("details") if isinstance(recorded.get("details"), dict) else {}
+        for ts, labs in (details.get("constant_labels") or {}).items():
+            if isinstance(labs, list):
+                const.setdefault(str(ts), set()).update(str(x) for x in labs)
+        messages += [str(m) for m in recorded.get("messages") or [] if isinstance(m, str)]
+    for ts, p in predictions.items():
+        labs = constant_labels(p.y_true, p.y_prob, p.label_names, p.auroc)
+        if labs:
+            const.setdefault(ts, set()).update(labs)
+    if any(const.values()):
+        flags.add("constant_predictions")
+    losses = [h.get(k) for h in history for k in ("train_loss", "val_loss")]
+    if any(isinstance(v, float) and not math.isfinite(v) for v in losses):
+        flags.add("nan_loss")
+    val = [h.get("val_loss") for h in history]
+    val = [float(v) if isinstance(v, int | float) else math.nan for v in val]
+    if len(val) >= 2 and np.isfinite(val).any() and int(np.nanargmin(val)) == len(val) - 1:
+        flags.add("still_improving")
+    return Sanity(frozenset(flags), {k: tuple(sorted(v)) for k, v in const.items() if v}, tuple(messages), source)
+
+
+def describe_flags(counts: dict[str, int], n: int) -> str:
+    """'⚠ constant predictions in 3/5 seeds; still improving at its last epoch in 5/5 seeds' ('' if none)."""
+    parts = [f"{FLAG_TEXT.get(f, f)} in {counts[f]}/{n} seeds" for f in FLAG_ORDER if counts.get(f)]
+    parts += [f"{f} in {c}/{n} seeds" for f, c in counts.items() if f not in FLAG_TEXT and c]
+    return f"{WARN} " + "; ".join(parts) if parts else ""
