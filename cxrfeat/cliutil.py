@@ -42,7 +42,8 @@ def friendly(fn):
         except KeyboardInterrupt:
             print("interrupted: re-run the same command to resume", file=sys.stderr)
             raise typer.Exit(130) from None
-        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort, SystemExit):
+        except (typer.Exit, typer.Abort, click.exceptions.Exit, click.ClickException, click.exceptions.Abort,
+                SystemExit):
             raise
         except OSError as e:
             print(f"error: {os_error_message(e)}", file=sys.stderr)

@@ -247,10 +247,13 @@ def _fill(store: FeatureStore, path: Path, *, paths, ids, rows_in_csv, source, v
         redo = {d.chunk for d in damage}
         if redo:
             say(f"{path}: redoing {len(redo)} damaged chunk(s): {', '.join(str(d) for d in damage[:5])}")
-        valid = store.valid
+        try:
+            valid = store.valid
+        except UserError:  # a chunk to be redone cannot be read: then read the done ones one by one
+            valid = None
         for i in np.nonzero(done)[0]:
             a, b = store.chunk_bounds(int(i))
-            if not valid[a:b].all():
+            if int(i) not in redo and not (valid[a:b] if valid is not None else store.read("valid", slice(a, b))).all():
                 redo.add(int(i))
         for i in redo:
             done[i] = False

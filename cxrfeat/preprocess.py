@@ -14,7 +14,6 @@ per channel with the same rounding, so this equals resizing the RGB image, at a 
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -47,8 +46,10 @@ PREPROCESSING: dict = {
 # Set the environment variable CXR_MAX_IMAGE_PIXELS to change it.
 MAX_PIXELS_ENV = "CXR_MAX_IMAGE_PIXELS"
 DEFAULT_MAX_PIXELS = 8192 * 8192
-# Pillow's own guard (a warning above 89 M pixels, an error above twice that) is replaced by ours.
-warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+# Pillow's own guard (a warning above 89 M pixels, an error above twice that, raised inside
+# `Image.open`) is replaced by ours, which runs on the header before any pixel is decoded and names
+# the size and the setting.
+Image.MAX_IMAGE_PIXELS = None
 
 
 def max_pixels() -> int:
@@ -72,8 +73,6 @@ def _open(path: str | Path) -> Image.Image:
     """Decode fully (so truncation shows here) and reduce to mode 'L' (grey) or 'RGB'."""
     path = Path(path)
     limit = max_pixels()
-    if Image.MAX_IMAGE_PIXELS is not None and limit > Image.MAX_IMAGE_PIXELS:
-        Image.MAX_IMAGE_PIXELS = limit  # Pillow errors at twice this: ours is the check that counts
     try:
         with Image.open(path) as im:
             w, h = im.size
