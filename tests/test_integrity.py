@@ -107,7 +107,7 @@ def test_zarr_group_with_our_attribute_but_not_our_arrays(tmp_path):
     (path / "labels/c/0/0").write_bytes(b"\x28\xb5\x2f\xfd garbage")
     store = FeatureStore.open(path, require_complete=False)
     with pytest.raises(UserError, match=r"array 'labels' cannot be read"):
-        store.labels
+        _ = store.labels
 
 
 def test_completion_marker_is_a_separate_file_and_zarr_json_is_never_rewritten(tmp_path):
@@ -398,8 +398,9 @@ def test_two_concurrent_extractions_of_one_store(data, tmp_path):
     # One did the work, the other waited for it (naming the owner) and found the store complete.
     assert sorted(int(o.split("images")[-1]) for o, _ in results) == [0, 6], said
     assert "waiting: feature store" in said and "pid" in said
-    from cxrfeat.backbone import load_backbone
     from transformers import ResNetConfig
+
+    from cxrfeat.backbone import load_backbone
 
     ref, _ = _run(data / "nih-cxr-lt", tmp_path / "ref", load_backbone("random", seed=0, config=ResNetConfig(**TINY_RESNET)))
     np.testing.assert_array_equal(_emb(out / "nih-cxr-lt" / "val.zarr"), _emb(ref))
