@@ -32,19 +32,21 @@ def extract(
     limit: int = typer.Option(None, "--limit", help="Only the first N rows (quick looks)."),
     dtype: str = typer.Option("float16", "--dtype", help="Embedding dtype in the store: float16 or float32."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip missing/corrupt images (recorded in the store) instead of stopping."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store made with different settings."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store (e.g. one made with different settings): the new one is built beside it and swapped in only when complete."),
+    repair: bool = typer.Option(False, "--repair", help="Recompute only the damaged chunks of a store that `cxrfeat verify` refuses (same options as the command that made it)."),
     seed: int = typer.Option(0, "--seed", help="Augmentation seed: view v of row r is drawn from (seed, r, v)."),
 ):
     """Embed a dataset split with the ResNet50 backbone into a resumable Zarr store.
 
-    Kill it at any time and run the same command again: it continues where it stopped.
+    Kill it at any time and run the same command again: it continues where it stopped. One
+    process at a time works on a store (a second one waits for the first).
     """
     from cxrfeat.extract import extract as run_extract
 
     path, timing = run_extract(
         dataset=dataset, split=split, data_dir=data_dir, out=out, csv=csv, views=views, weights=weights,
         batch_size=batch_size, workers=workers, limit=limit, dtype=dtype, skip_bad=skip_bad,
-        overwrite=overwrite, seed=seed, announce=_announce,
+        overwrite=overwrite, repair=repair, seed=seed, announce=_announce,
     )
     if timing.images:
         t = timing.as_dict()
@@ -65,6 +67,32 @@ def export(
     from cxrfeat.extract import export_h5
 
     typer.echo(f"wrote {export_h5(store, out)}")
+
+
+@app.command()
+@friendly
+def verify(
+    paths: list[Path] = typer.Argument(..., help="Feature stores or image caches (.zarr), or folders of them (e.g. features)."),
+):
+    """Check that every chunk file of every array exists and matches the checksum recorded when it was written.
+
+    Exit status 0 when all are intact, 2 when any is damaged or incomplete (each damaged chunk is named,
+    with the command that repairs it). Readers run the same check before using a store.
+    """
+    import sys
+
+    from cxrfeat.verify import stores_under, verify_store
+
+    stores = [s for p in paths for s in stores_under(p)]
+    bad = 0
+    for path in stores:
+        verdict = verify_store(path)
+        for line in verdict.lines():
+            stream = sys.stdout if line.startswith(("ok:", "damaged:")) else sys.stderr
+            print(line, file=stream)
+        bad += verdict.state != "ok"
+    if bad:
+        raise typer.Exit(2)
 
 
 def _announce(message: str) -> None:

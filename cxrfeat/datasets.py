@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import csv as csvmod
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +55,7 @@ class Dataset:
     label_names: list[str]
     source: Path
     rows: list[int]  # the CSV line number of each row (header = line 1)
+    missing_labels: list[str] = field(default_factory=list)  # task labels without a column in the CSV
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -104,7 +105,7 @@ def _load_nih(data_dir: Path, split: str) -> Dataset:
     index = image_index(data_dir)
     paths = [index.get(i, data_dir / i) for i in ids]
     names, labels = _labels(table, all_tasks=False)
-    return Dataset("nih-cxr-lt", split, ids, paths, labels, names, source, table.lines)
+    return Dataset("nih-cxr-lt", split, ids, paths, labels, names, source, table.lines, _missing(table))
 
 
 def _load_mimic(data_dir: Path, split: str, csv: str | Path | None) -> Dataset:
@@ -127,7 +128,7 @@ def _load_mimic(data_dir: Path, split: str, csv: str | Path | None) -> Dataset:
         ]
     paths = [data_dir / r for r in rel]
     names, labels = _labels(table, all_tasks=True)
-    return Dataset("mimic-cxr-lt", split, ids, paths, labels, names, source, table.lines)
+    return Dataset("mimic-cxr-lt", split, ids, paths, labels, names, source, table.lines, _missing(table))
 
 
 def _load_generic(data_dir: Path, split: str, csv: str | Path | None) -> Dataset:
@@ -144,7 +145,7 @@ def _load_generic(data_dir: Path, split: str, csv: str | Path | None) -> Dataset
         paths = [index.get(i, data_dir / i) for i in ids]
     _check_unique(ids, table, "id" if "id" in table.header else "path")
     names, labels = _labels(table, all_tasks=False)
-    return Dataset("csv", split, ids, paths, labels, names, source, table.lines)
+    return Dataset("csv", split, ids, paths, labels, names, source, table.lines, _missing(table))
 
 
 # ------------------------------------------------------------------------------------------ images
@@ -215,9 +216,32 @@ def _read_csv(path: Path) -> _Table:
                     raise UserError(f"{path} line {reader.line_num}: {len(rec)} fields, the header has {len(header)}")
                 records.append(rec)
                 lines.append(reader.line_num)
-    except (UnicodeDecodeError, csvmod.Error) as e:
+    except UnicodeDecodeError:
+        raise UserError(_not_utf8(path)) from None
+    except csvmod.Error as e:
         raise UserError(f"{path}: not a readable CSV ({e})") from e
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the label CSV ({e.strerror})") from None
     return _Table(path, header, records, lines)
+
+
+def _missing(table: _Table) -> list[str]:
+    """The task labels (of the 19) that no column of the CSV names: extraction warns about them."""
+    present = {canonical(col) for col in table.header}
+    return [name for name in LABELS if name not in present]
+
+
+def _not_utf8(path: Path) -> str:
+    """Where the first non-UTF-8 byte of a file is: its line (and column), not a byte offset."""
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        return (f"{path} line {line}, column {col}: byte 0x{raw[e.start]:02x} is not UTF-8 ({e.reason}); "
+                f"save the CSV as UTF-8")
+    return f"{path}: not valid UTF-8; save the CSV as UTF-8"
 
 
 def _check_unique(ids: list[str], table: _Table, column: str) -> None:

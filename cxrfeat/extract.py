@@ -24,8 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cxrfeat.errors import UserError
-from cxrfeat.store import DEFAULT_CHUNK_ROWS, FeatureStore, ids_digest
+from cxrfeat import locks
+from cxrfeat.errors import UserError, os_error_message
+from cxrfeat.store import COMPLETE, DEFAULT_CHUNK_ROWS, FeatureStore, ids_digest, lock_path
 
 DEFAULT_SEED = 0
 
@@ -92,6 +93,7 @@ def extract(
     dtype: str = "float16",
     skip_bad: bool = False,
     overwrite: bool = False,
+    repair: bool = False,
     seed: int = DEFAULT_SEED,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     backbone=None,
@@ -102,10 +104,15 @@ def extract(
 
     `batch_size` is the number of backbone forward passes per call (images x views); `backbone`
     may be given to reuse a loaded one (tests); `announce` receives loud notices (random weights).
+
+    One process at a time works on a store (its lock file `<split>.zarr.lock`; a second one waits,
+    naming the owner). A complete store is verified: a damaged one is refused, or with `repair`
+    only its damaged chunks are recomputed (equal bit for bit to the original). `overwrite` builds
+    the new store as `<split>.zarr.new` beside the old one and swaps it in only when complete.
     """
     from cxrfeat.augment import AUGMENTATION
     from cxrfeat.datasets import load_split
-    from cxrfeat.preprocess import PREPROCESSING, ImageError, load_and_preprocess
+    from cxrfeat.preprocess import PREPROCESSING
 
     say = announce or (lambda msg: print(msg, file=sys.stderr))
     views = default_views(split) if views is None else views
@@ -117,14 +124,22 @@ def extract(
         raise UserError(f"--limit must be >= 1, got {limit}")
     if dtype not in ("float16", "float32"):
         raise UserError(f"--dtype must be float16 or float32, not {dtype!r}")
-    workers = workers or min(16, (os.cpu_count() or 2) * 2)
-    if workers < 1:
-        raise UserError(f"--workers must be >= 1, got {workers}")
+    if workers is None:
+        workers = min(16, (os.cpu_count() or 2) * 2)
+    elif workers < 1:
+        raise UserError(f"--workers must be >= 1 (decode threads), got {workers}")
+    if chunk_rows < 1:
+        raise UserError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    if repair and overwrite:
+        raise UserError("--repair and --overwrite exclude each other: --repair redoes only the damaged chunks, "
+                        "--overwrite rebuilds the whole store")
     data_dir = Path(data_dir) if data_dir is not None else Path("data") / dataset
     ds = load_split(dataset, data_dir, split, csv=csv)
     n = len(ds.ids) if limit is None else min(limit, len(ds.ids))
     if n == 0:
         raise UserError(f"{ds.source}: no rows to extract")
+    if ds.missing_labels:
+        say(missing_labels_notice(ds))
     ids, paths, rows_in_csv = ds.ids[:n], ds.paths[:n], ds.rows[:n]
 
     if backbone is None:
@@ -133,7 +148,7 @@ def extract(
         backbone = load_backbone(weights, seed=seed)
         if backbone.description.get("random"):
             say(RANDOM_WEIGHTS_WARNING)
-    settings = {
+    settings = _jsonable({
         "dataset": dataset,
         "split": split,
         "rows": n,
@@ -146,11 +161,14 @@ def extract(
         "preprocessing": PREPROCESSING,
         "augmentation": AUGMENTATION,
         "chunk_rows": chunk_rows,
-    }
+    })
     path = Path(out) / dataset / f"{split}.zarr"
-    store = _open_or_create(
-        path, settings, overwrite, ids=ids, labels=ds.labels[:n], label_names=ds.label_names, views=views,
-        dim=backbone.dim, dtype=dtype, chunk_rows=chunk_rows,
+    args = {"dataset": dataset, "split": split, "data_dir": str(data_dir), "csv": str(csv) if csv else None,
+            "out": str(out), "views": views, "weights": weights, "limit": limit, "dtype": dtype, "seed": seed,
+            "skip_bad": skip_bad}
+    create = dict(
+        ids=ids, labels=ds.labels[:n], label_names=ds.label_names, views=views, dim=backbone.dim, dtype=dtype,
+        chunk_rows=chunk_rows, settings=settings,
         attrs={
             "dataset": dataset,
             "split": split,
@@ -160,19 +178,88 @@ def extract(
             "preprocessing": PREPROCESSING,
             "augmentation": AUGMENTATION if views > 1 else {"views": "view 0 only (no augmentation)"},
             "seed": seed,
+            "extract_args": args,
         },
     )
     timing = ExtractTiming()
-    if store.complete:
-        say(f"{path}: already complete, nothing to do")
-        return path, timing
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the output folder: {os_error_message(e, path.parent)}") from None
+    with locks.acquire(lock_path(path), what=f"feature store {path}"):
+        _recover_swap(path)
+        target = path.with_name(path.name + NEW) if overwrite and path.exists() else path
+        store = _open_or_create(target, settings, overwrite=overwrite and target == path, create=create)
+        if store.complete:
+            if overwrite and target != path:
+                _swap(path, target)
+                return path, timing
+            damage = store.verify()
+            if not damage:
+                say(f"{path}: already complete and verified, nothing to do"
+                    + (" (--repair: nothing damaged)" if repair else ""))
+                return path, timing
+            if not repair:
+                raise UserError(store.damage_message(damage))
+            if any(d.chunk is None for d in damage):
+                raise UserError(f"{path}: damage outside the row chunks ({'; '.join(str(d) for d in damage if d.chunk is None)}) "
+                                f"cannot be repaired chunk by chunk: {store.repair_hint(rebuild=True)}")
+            bad = sorted({d.chunk for d in damage})
+            say(f"{path}: repairing {len(bad)} damaged chunk(s) {', '.join(map(str, bad))}: "
+                + "; ".join(str(d) for d in damage[:5]))
+            store.mark_for_repair(bad)
+        elif repair and not store.done_chunks().any():
+            pass  # a store just created: --repair simply builds it
+        _fill(store, target, paths=paths, ids=ids, rows_in_csv=rows_in_csv, source=ds.source, views=views,
+              batch_size=batch_size, workers=workers, seed=seed, backbone=backbone, skip_bad=skip_bad,
+              progress=progress, say=say, timing=timing)
+        if target != path:
+            _swap(path, target)
+    if timing.skipped:
+        say(f"{len(timing.skipped)} image(s) skipped and recorded in {path} (skipped_ids): {', '.join(timing.skipped)}")
+    return path, timing
+
+
+def missing_labels_notice(ds) -> str:
+    """Which of the 19 task labels a dataset's CSV lacks, and what the store will then not serve."""
+    from cxrfeat.labels import TASKS
+
+    lost = [f"CXR-{k}" for k, names in TASKS.items() if any(n in ds.missing_labels for n in names)]
+    how = ("are stored as unknown (-1) in every row" if ds.name == "mimic-cxr-lt"
+           else "will be absent from the store")
+    return (f"warning: {ds.source} has no column for {len(ds.missing_labels)} of the 19 task labels: "
+            f"{', '.join(ds.missing_labels)}; they {how}, so task(s) {', '.join(lost) or 'none'} "
+            f"cannot be trained or tested on it")
+
+
+def _fill(store: FeatureStore, path: Path, *, paths, ids, rows_in_csv, source, views: int, batch_size: int,
+          workers: int, seed: int, backbone, skip_bad: bool, progress: bool, say, timing: ExtractTiming) -> None:
+    """Compute every chunk not yet done (and redo damaged or skipped-row ones), then finalise."""
+    from cxrfeat.preprocess import ImageError, load_and_preprocess
 
     done = store.done_chunks()
+    if done.any():
+        # Resuming: redo a chunk whose files do not match their checksums (damaged since), and retry a
+        # chunk with skipped rows (the image may have been fixed; the chunk's other rows come out the same).
+        damage = store.verify([int(i) for i in np.nonzero(done)[0]])
+        if any(d.chunk is None for d in damage):
+            raise UserError(store.damage_message([d for d in damage if d.chunk is None]))
+        redo = {d.chunk for d in damage}
+        if redo:
+            say(f"{path}: redoing {len(redo)} damaged chunk(s): {', '.join(str(d) for d in damage[:5])}")
+        try:
+            valid = store.valid
+        except UserError:  # a chunk to be redone cannot be read: then read the done ones one by one
+            valid = None
+        for i in np.nonzero(done)[0]:
+            a, b = store.chunk_bounds(int(i))
+            if int(i) not in redo and not (valid[a:b] if valid is not None else store.read("valid", slice(a, b))).all():
+                redo.add(int(i))
+        for i in redo:
+            done[i] = False
     todo = [i for i in range(store.n_chunks) if not done[i]]
     per_call = max(1, batch_size // views)
     embed = _embed_views_fn(backbone, views, seed)
-    # A resumed run re-finds the rows skipped before the interruption from the store's `valid` mask.
-    skipped = [str(i) for i, ok in zip(store.ids, store.valid, strict=True) if not ok]
 
     def decode(row: int):
         t0 = time.perf_counter()
@@ -214,13 +301,12 @@ def extract(
                 row = a + j
                 if not skip_bad:
                     raise UserError(
-                        f"{paths[row]}: {err} (id {ids[row]}, {ds.source} line {rows_in_csv[row]}). "
+                        f"{err} (id {ids[row]}, {source} line {rows_in_csv[row]}). "
                         f"Fix or remove the image, or pass --skip-bad to record it as skipped. "
                         f"Chunks already written are kept; rerun the same command to resume."
                     )
                 valid[j] = False
-                skipped.append(str(ids[row]))
-                say(f"skipped {ids[row]} ({paths[row]}, line {rows_in_csv[row]}): {err}")
+                say(f"skipped {ids[row]} ({source} line {rows_in_csv[row]}): {err}")
             t1 = time.perf_counter()
             out_chunk = np.zeros((b - a, views, backbone.dim), np.float32)
             for s in range(0, b - a, per_call):
@@ -238,32 +324,68 @@ def extract(
             if prog:
                 prog.update(task, advance=b - a)
     timing.wall_s = time.perf_counter() - start_wall
-    timing.skipped = skipped
-    store.group.attrs["timing"] = timing.as_dict()
-    store.finalize(skipped)
-    if skipped:
-        say(f"{len(skipped)} image(s) skipped and recorded in {path} (attribute skipped_ids): {', '.join(skipped)}")
-    return path, timing
+    # The skipped list is computed once, from `valid`, when the store is finalised.
+    timing.skipped = store.finalize(timing=timing.as_dict())
 
 
-def _open_or_create(path: Path, settings: dict, overwrite: bool, **create_kwargs) -> FeatureStore:
-    leftover = path.with_name(path.name + ".creating")
-    if leftover.exists():
-        shutil.rmtree(leftover)
+NEW = ".new"  # `--overwrite` builds `<name>.zarr.new` beside the old store and swaps it in when complete
+OLD = ".old"
+
+
+def _swap(path: Path, new: Path) -> None:
+    """Put the complete store `new` in place of `path` (two renames; `_recover_swap` finishes a cut one)."""
+    old = path.with_name(path.name + OLD)
+    try:
+        if old.exists():
+            shutil.rmtree(old)
+        os.rename(path, old)
+        os.rename(new, path)
+        shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:
+        raise UserError(f"cannot replace {path} by {new}: {os_error_message(e, path)}") from None
+
+
+def _recover_swap(path: Path) -> None:
+    """Finish (or undo) a swap cut between its two renames, so that `path` exists again if it did."""
+    new, old = path.with_name(path.name + NEW), path.with_name(path.name + OLD)
+    if path.exists() or not old.exists():
+        return
+    if (new / COMPLETE).exists():
+        os.rename(new, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(old, path)
+
+
+def _open_or_create(path: Path, settings: dict, *, overwrite: bool, create: dict) -> FeatureStore:
+    """Under the store's lock: resume the store at `path` (same settings), or create it."""
+    if path.exists() and path.name.endswith(NEW):
+        # A previous --overwrite that did not finish: resume it if it is the same extraction.
+        try:
+            store = FeatureStore.open(path, mode="r+", require_complete=False)
+            if store.attrs.get("settings") == settings:
+                return store
+        except UserError:
+            pass
+        shutil.rmtree(path)
     if path.exists():
-        if overwrite:
+        if overwrite:  # `--overwrite` of a store that is not there any more in full: nothing to keep
             shutil.rmtree(path)
         else:
             store = FeatureStore.open(path, mode="r+", require_complete=False)
             old = store.attrs.get("settings")
-            if old != _jsonable(settings):
-                diff = sorted(k for k in set(old or {}) | set(settings) if (old or {}).get(k) != _jsonable(settings).get(k))
+            if old != settings:
+                diff = sorted(k for k in set(old or {}) | set(settings) if (old or {}).get(k) != settings.get(k))
                 raise UserError(
                     f"{path} exists with different settings ({', '.join(diff)}); refusing to mix them. "
                     f"Use another --out, or pass --overwrite to replace it."
                 )
             return store
-    return FeatureStore.create(path, settings=_jsonable(settings), **create_kwargs)
+    FeatureStore.create(path, **create)
+    store = FeatureStore.open(path, mode="r+", require_complete=False)
+    if store.attrs.get("settings") != settings:  # another process created it at the same moment
+        raise UserError(f"{path} was just created by another process with different settings")
+    return store
 
 
 def _jsonable(obj):

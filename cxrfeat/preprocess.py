@@ -13,6 +13,7 @@ per channel with the same rounding, so this equals resizing the RGB image, at a 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -39,19 +40,58 @@ PREPROCESSING: dict = {
 }
 
 
+# The largest image decoded: 8192 x 8192 pixels, twice the side of the largest plausible radiograph
+# (digital detectors give at most ~4300 x 4300; NIH PNGs are 1024 x 1024). A bigger file is refused
+# before its pixels are decoded (a "decompression bomb" would exhaust memory); `--skip-bad` skips it.
+# Set the environment variable CXR_MAX_IMAGE_PIXELS to change it.
+MAX_PIXELS_ENV = "CXR_MAX_IMAGE_PIXELS"
+DEFAULT_MAX_PIXELS = 8192 * 8192
+# Pillow's own guard (a warning above 89 M pixels, an error above twice that, raised inside
+# `Image.open`) is replaced by ours, which runs on the header before any pixel is decoded and names
+# the size and the setting.
+Image.MAX_IMAGE_PIXELS = None
+
+
+def max_pixels() -> int:
+    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(float(raw))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise UserError(f"{MAX_PIXELS_ENV}={raw!r}: must be a positive number of pixels (default {DEFAULT_MAX_PIXELS})")
+    return value
+
+
 class ImageError(UserError):
-    """A missing, unreadable, truncated or corrupt image file (the message names the file)."""
+    """A missing, unreadable, truncated, corrupt or oversized image file (the message names the file)."""
 
 
 def _open(path: str | Path) -> Image.Image:
     """Decode fully (so truncation shows here) and reduce to mode 'L' (grey) or 'RGB'."""
     path = Path(path)
+    limit = max_pixels()
     try:
         with Image.open(path) as im:
+            w, h = im.size
+            if w * h > limit:
+                raise ImageError(f"{path}: image of {w} x {h} = {w * h:,} pixels is larger than the limit of "
+                                 f"{limit:,} (a decompression bomb, or not a radiograph); set {MAX_PIXELS_ENV} "
+                                 f"to allow it")
             im.load()
             return _to_l_or_rgb(im)
     except FileNotFoundError:
         raise ImageError(f"{path}: image file not found") from None
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{path}: image too large to decode safely ({e})") from None
+    except IsADirectoryError:
+        raise ImageError(f"{path}: is a folder, not an image file") from None
+    except PermissionError:
+        raise ImageError(f"{path}: image file not readable (permission denied)") from None
+    except MemoryError:
+        raise ImageError(f"{path}: out of memory decoding the image") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise ImageError(f"{path}: unreadable or corrupt image ({e})") from e
 

@@ -12,8 +12,10 @@ The cache follows the feature store's conventions (`cxrfeat.store`) and reuses i
   read); rows are grouped into shards of `chunk_rows` rows (one file each) so that a 78,506-image
   split is ~1,200 files, not 78,506. A shard is the unit of writing and of progress.
 - `labels` int8 (N, L), `ids`, `valid`, `progress` (one flag per shard, set after the shard is
-  written), the attributes of a store (`complete`, `settings`, `preprocessing`, ...), and
+  written), the attributes of a store (`settings`, `preprocessing`, ...), and
   `kind: "image-cache"` so that neither kind of store can be mistaken for the other.
+- Integrity as a feature store: `checksums/` (sha256 of each shard file, recorded when written) and
+  the `COMPLETE` marker; a complete cache is verified when opened or reused.
 - Building is resumable: an interrupted build continues at the first unwritten shard, and the result
   equals an uninterrupted build; a reader refuses an incomplete cache with the command that finishes it.
 
@@ -27,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -36,8 +37,9 @@ from typing import Any
 import numpy as np
 import zarr
 
-from cxrfeat.errors import UserError
-from cxrfeat.store import FORMAT_VERSION, FeatureStore, build_group, ids_digest, open_group
+from cxrfeat import locks
+from cxrfeat.errors import UserError, os_error_message
+from cxrfeat.store import FORMAT_VERSION, WRITE_ALL, FeatureStore, build_group, ids_digest, lock_path
 
 KIND = "image-cache"
 SIZE = 224
@@ -56,7 +58,15 @@ def labels_digest(labels: np.ndarray) -> str:
 
 
 class ImageCache(FeatureStore):
-    """An open image cache (complete or being built); a `FeatureStore` whose array is `images`."""
+    """An open image cache (complete or being built); a `FeatureStore` whose array is `images`.
+
+    It has the store's integrity machinery: per-shard checksums, the `COMPLETE` marker, and
+    verification when opened complete (a damaged cache is refused; `build_cache` redoes its damaged shards).
+    """
+
+    DATA = "images"
+    WHAT = "image cache"
+    ROW_ARRAYS = ("images", "valid", "progress")
 
     @classmethod
     def create(
@@ -71,49 +81,57 @@ class ImageCache(FeatureStore):
         dtype: str = "float16",
         chunk_rows: int = DEFAULT_SHARD_ROWS,
     ) -> ImageCache:
-        """Create an empty cache for N images; shards are filled by `write_chunk` afterwards."""
+        """Create an empty cache for N images (race-free, see `build_group`); shards are filled by `write_chunk`."""
 
         def data(g: zarr.Group, n: int, rows: int) -> None:
             g.create_array("images", shape=(n, SIZE, SIZE, 3), chunks=(1, SIZE, SIZE, 3),
-                           shards=(rows, SIZE, SIZE, 3), dtype=dtype)
+                           shards=(rows, SIZE, SIZE, 3), dtype=dtype, config=WRITE_ALL)
 
-        return cls(path, build_group(path, ids=ids, labels=labels, label_names=label_names, dtype=dtype,
-                                     chunk_rows=chunk_rows, settings=settings, meta={"kind": KIND, **attrs},
-                                     make_data=data))
+        build_group(path, ids=ids, labels=labels, label_names=label_names, dtype=dtype, chunk_rows=chunk_rows,
+                    settings=settings, meta={"kind": KIND, **attrs}, make_data=data)
+        return cls.open(path, mode="r+", require_complete=False)
 
     @classmethod
-    def open(cls, path: str | Path, *, mode: str = "r", require_complete: bool = True) -> ImageCache:
-        """Open a cache; refuse a missing, foreign or (by default) incomplete one with a clear message."""
-        path = Path(path)
-        g = open_group(path, mode, what="image cache", hint="`heads finetune` builds it")
-        if g.attrs.get("kind") != KIND or g.attrs.get("format_version") != FORMAT_VERSION or "images" not in g:
+    def _check_kind(cls, path: Path, g: zarr.Group) -> None:
+        if g.attrs.get("kind") != KIND or g.attrs.get("format_version") != FORMAT_VERSION:
             raise UserError(f"{path}: not an image cache of this toolkit (kind {g.attrs.get('kind')!r})")
-        cache = cls(path, g)
-        if require_complete and not cache.complete:
-            done = int(np.asarray(g["progress"][:]).sum())
-            raise UserError(
-                f"{path}: incomplete image cache ({done}/{cache.n_chunks} shards written). Run the same "
-                f"`heads finetune` command again: it finishes the cache first."
-            )
-        return cache
+
+    @classmethod
+    def _hint(cls) -> str:
+        return "`heads finetune` builds it"
+
+    def incomplete_message(self) -> str:
+        done = int(self.done_chunks().sum())
+        return (f"{self.path}: incomplete image cache ({done}/{self.n_chunks} shards written). Run the same "
+                f"`heads finetune` command again: it finishes the cache first.")
+
+    def repair_hint(self, *, rebuild: bool = False) -> str:
+        if rebuild:
+            return f"Delete {self.path} and re-run the same `heads finetune` command: it rebuilds the cache."
+        return "Re-run the same `heads finetune` command: it rebuilds the damaged shards first."
 
     @property
     def images(self) -> zarr.Array:
-        return self.group["images"]
+        return self._array("images")
 
-    def write_chunk(self, i: int, images: np.ndarray, valid: np.ndarray | None = None) -> None:
-        """Write shard i's images (rows of the shard, 224, 224, 3), then mark it done."""
-        del valid  # a cache never skips images: a bad image stops the build
+    def _check_chunk(self, i: int, images: np.ndarray) -> None:
         start, stop = self.chunk_bounds(i)
         if images.shape != (stop - start, SIZE, SIZE, 3):
             raise ValueError(f"shard {i} expects {(stop - start, SIZE, SIZE, 3)}, got {images.shape}")
-        self.images[start:stop] = images.astype(self.group.attrs["dtype"])
-        self.group["progress"][i] = True
+
+    def write_chunk(self, i: int, images: np.ndarray, valid: np.ndarray | None = None) -> None:
+        """Write shard i's images (rows of the shard, 224, 224, 3), record its checksums, then mark it done."""
+        del valid  # a cache never skips images: a bad image stops the build
+        super().write_chunk(i, images)
 
     def read_rows(self, rows: Iterable[int]) -> np.ndarray:
         """Images of the given rows, in that order (one read per row: rows are single chunks)."""
         arr = self.images
-        return np.stack([arr[int(r)] for r in rows])
+        try:
+            return np.stack([arr[int(r)] for r in rows])
+        except Exception as e:  # noqa: BLE001 - a shard damaged after the cache was verified
+            raise UserError(f"{self.path}: damaged image cache: {type(e).__name__}: {e}. "
+                            f"{self.repair_hint()}") from None
 
 
 def build_cache(
@@ -127,10 +145,12 @@ def build_cache(
     say: Callable[[str], None] | None = None,
 ) -> ImageCache:
     """Decode and preprocess the first `limit` rows (all by default) of a `cxrfeat.datasets.Dataset`
-    into the cache at `path` (resuming an unfinished one); return the complete cache.
+    into the cache at `path` (resuming an unfinished one); return the complete, verified cache.
 
     A missing or corrupt image stops the build with a message naming the file, its id and CSV line;
-    the shards already written are kept, so the same command resumes after the image is fixed.
+    the shards already written are kept, so the same command resumes after the image is fixed. One
+    process at a time builds a cache (lock file `<cache>.lock`; another waits). Shards of a complete
+    cache found damaged are rebuilt (the cache is derived data), with a message.
     """
     from cxrfeat.extract import _is_synthetic
     from cxrfeat.preprocess import PREPROCESSING, ImageError, load_and_preprocess
@@ -139,6 +159,10 @@ def build_cache(
     n = len(dataset.ids) if limit is None else min(limit, len(dataset.ids))
     if n == 0:
         raise UserError(f"{dataset.source}: no rows")
+    if workers is None:
+        workers = min(16, (os.cpu_count() or 2) * 2)
+    elif workers < 1:
+        raise UserError(f"--workers must be >= 1 (decode threads), got {workers}")
     ids, paths, lines, labels = dataset.ids[:n], dataset.paths[:n], dataset.rows[:n], dataset.labels[:n]
     settings = json.loads(json.dumps({
         "dataset": dataset.name,
@@ -151,48 +175,59 @@ def build_cache(
         "dtype": dtype,
         "chunk_rows": chunk_rows,
     }))
-    leftover = path.with_name(path.name + ".creating")
-    if leftover.exists():
-        shutil.rmtree(leftover)
-    if path.exists():
-        cache = ImageCache.open(path, mode="r+", require_complete=False)
-        old = cache.attrs.get("settings") or {}
-        if old != settings:
-            diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-            raise UserError(
-                f"{path} is an image cache made with different settings ({', '.join(diff)}; e.g. the label CSV "
-                f"changed); delete it to rebuild, or pass another --cache folder"
+    say = say or (lambda msg: None)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the image cache folder: {os_error_message(e, path.parent)}") from None
+    with locks.acquire(lock_path(path), what=f"image cache {path}"):
+        if path.exists():
+            cache = ImageCache.open(path, mode="r+", require_complete=False)
+            old = cache.attrs.get("settings") or {}
+            if old != settings:
+                diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+                raise UserError(
+                    f"{path} is an image cache made with different settings ({', '.join(diff)}; e.g. the label CSV "
+                    f"changed); delete it to rebuild, or pass another --cache folder"
+                )
+        else:
+            ImageCache.create(
+                path, ids=ids, labels=labels, label_names=dataset.label_names, dtype=dtype, chunk_rows=chunk_rows,
+                settings=settings,
+                attrs={"dataset": dataset.name, "split": dataset.split, "source": str(dataset.source),
+                       "synthetic": _is_synthetic(Path(dataset.source).parent), "preprocessing": PREPROCESSING},
             )
-        if cache.complete:
+            cache = ImageCache.open(path, mode="r+", require_complete=False)
+        done = cache.done_chunks()
+        damage = cache.verify() if cache.complete else cache.verify([int(i) for i in np.nonzero(done)[0]])
+        if any(d.chunk is None for d in damage):
+            raise UserError(cache.damage_message(damage))
+        if cache.complete and not damage:
             return cache
-    else:
-        cache = ImageCache.create(
-            path, ids=ids, labels=labels, label_names=dataset.label_names, dtype=dtype, chunk_rows=chunk_rows,
-            settings=settings,
-            attrs={"dataset": dataset.name, "split": dataset.split, "source": str(dataset.source),
-                   "synthetic": _is_synthetic(Path(dataset.source).parent), "preprocessing": PREPROCESSING},
-        )
-    done = cache.done_chunks()
-    todo = [i for i in range(cache.n_chunks) if not done[i]]
-    if say is not None and todo:
-        say(f"caching preprocessed images of {dataset.name}/{dataset.split} ({n} rows) in {path}")
+        redo = sorted({d.chunk for d in damage})
+        if redo:
+            say(f"{path}: rebuilding {len(redo)} damaged shard(s): {'; '.join(str(d) for d in damage[:5])}")
+            cache.mark_for_repair(redo)
+            done = cache.done_chunks()
+        todo = [i for i in range(cache.n_chunks) if not done[i]]
+        if todo:
+            say(f"caching preprocessed images of {dataset.name}/{dataset.split} ({n} rows) in {path}")
 
-    def decode(row: int) -> np.ndarray:
-        try:
-            return load_and_preprocess(paths[row])
-        except ImageError as e:
-            raise UserError(
-                f"{e} (id {ids[row]}, {dataset.source} line {lines[row]}). Fix or remove the image; the "
-                f"images cached so far are kept and the same command resumes"
-            ) from None
+        def decode(row: int) -> np.ndarray:
+            try:
+                return load_and_preprocess(paths[row])
+            except ImageError as e:
+                raise UserError(
+                    f"{e} (id {ids[row]}, {dataset.source} line {lines[row]}). Fix or remove the image; the "
+                    f"images cached so far are kept and the same command resumes"
+                ) from None
 
-    workers = workers or min(16, (os.cpu_count() or 2) * 2)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cache-decode") as pool:
-        for shard in todo:
-            a, b = cache.chunk_bounds(shard)
-            cache.write_chunk(shard, np.stack(list(pool.map(decode, range(a, b)))))
-    cache.finalize([])
-    return cache
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cache-decode") as pool:
+            for shard in todo:
+                a, b = cache.chunk_bounds(shard)
+                cache.write_chunk(shard, np.stack(list(pool.map(decode, range(a, b)))))
+        cache.finalize()
+        return cache
 
 
 def prefetch(load: Callable[[Any], Any], items: Iterable[Any], *, depth: int = 3, workers: int = 2) -> Iterator[Any]:
