@@ -361,8 +361,7 @@ def width(z: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> dict:
     z = np.asarray(z, np.float64)
     sd = z.std(axis=0)
     noise = (1.0 - z**2).mean(axis=0)
-    with np.errstate(divide="ignore"):
-        resolve = np.where(sd > 0, noise / np.maximum(sd**2, 1e-300), np.inf)
+    resolve = np.where(sd > 1e-12, noise / np.maximum(sd, 1e-12) ** 2, np.inf)  # a constant is never resolved
     return {
         "qubits": int(z.shape[1]), "threshold": float(threshold), "above": int((sd > threshold).sum()),
         "qubits_above": [int(k) for k in np.flatnonzero(sd > threshold)],
