@@ -240,6 +240,9 @@ def test_refusals_name_the_fault(trained, tmp_path):
     assert r.exit_code != 0 and "unfinished run" in r.output
     r = invoke("shots", sweep / "dqc" / "seed-1", "--features", tmp_path / "nowhere")
     assert r.exit_code != 0 and "no feature store" in r.output and "--features" in r.output
+    other = make_stores(tmp_path / "other", seed=1)  # same ids, other embeddings: not the run's store
+    r = invoke("shots", sweep / "dqc" / "seed-1", "--features", other)
+    assert r.exit_code != 0 and "differ from its saved predictions" in r.output
     (unfinished / "feature_norm.npz").unlink()
     runs.finish(unfinished)
     r = invoke("shots", unfinished)
