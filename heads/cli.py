@@ -389,7 +389,7 @@ def shots(
         for p in paths:
             progress.update(bar, description=str(p))
             outcomes.append(sh.evaluate_run(p, settings, step=lambda: progress.advance(bar)))
-    out = Console(width=max(Console().width, 110))
+    out = Console(width=max(Console().width, 50 + 18 * len(settings.shots)))
     if not width_only:
         table = Table(title=f"AUROC with finite shots ({settings.sampling} sampling, readout error {readout_error:g}, "
                             f"mean ± sd over {repeats} draws)")
