@@ -348,3 +348,72 @@ def bench(
     path = b.write(doc, out, machine["slug"])
     Console(width=max(Console().width, 130)).print(b.table(doc))
     typer.echo(f"wrote {path} and {path.with_suffix('.md')}")
+
+
+# ---------------------------------------------------------------- shots (finite measurement shots, effective width)
+@app.command()
+@friendly
+def shots(
+    run_dirs: Annotated[list[Path], typer.Argument(help="DQC run folders (runs/<sweep>/cxr-<task>/dqc/seed-<s>) or folders holding them (a sweep: every finished DQC seed under it).", show_default=False)],
+    shots: Annotated[str, typer.Option("--shots", help="Shot counts per example, comma-separated.")] = "10,100,1000,10000",
+    repeats: Annotated[int, typer.Option("--repeats", help="Independent draws per shot count (AUROC mean ± sd over them).")] = 5,
+    readout_error: Annotated[float, typer.Option("--readout-error", help="Probability p that a measured outcome is flipped (0 <= p < 0.5).")] = 0.0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the shot draws (with the run's seed, the repeat, the shot count and the test set).")] = 0,
+    sampling: Annotated[str, typer.Option("--sampling", help="marginal: each qubit's counts drawn on its own (ignores correlations between qubits); joint: whole bit strings from the exact output distribution (at most 14 qubits).")] = "marginal",
+    width_threshold: Annotated[float, typer.Option("--width-threshold", help="A qubit carries signal when the sd of its exact <Z> over the test set exceeds this.")] = 1e-2,
+    width_only: Annotated[bool, typer.Option("--width-only", help="Only the effective width (width.json); no shot sampling.")] = False,
+    features: Annotated[Path, typer.Option("--features", help="Features folder (default: the one recorded in each run's config.json).")] = None,
+):
+    """Evaluate trained DQCs with <Z_i> estimated from N shots per example; writes shots.json and width.json.
+
+    Training stays exact; here each qubit's outcome is +-1 with P(-1) = (1 - <Z_i>)/2 (flipped with
+    probability --readout-error), the estimates go through the trained post layer and sigmoid, and
+    AUROC (mean ± sd over --repeats draws) is set beside the exact AUROC. width.json records, per test
+    set, the sd over the examples of every exact <Z_k> and how many qubits exceed --width-threshold.
+    """
+    import sys
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.table import Table
+
+    from heads import shots as sh
+
+    settings = sh.ShotSettings(shots=sh.parse_shots(shots), repeats=repeats, readout_error=readout_error, seed=seed,
+                               sampling=sampling, threshold=width_threshold, width_only=width_only, features=features)
+    settings.check()
+    err = Console(stderr=True)
+    paths = sh.find_dqc_runs(run_dirs, warn=lambda m: err.print(m, markup=False))
+    total = sum(sh.steps_per_run(p, settings) for p in paths)
+    outcomes = []
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                        console=err, transient=True, disable=total < 50 or not err.is_terminal)
+    with progress:
+        bar = progress.add_task("shot draws", total=total)
+        for p in paths:
+            progress.update(bar, description=str(p))
+            outcomes.append(sh.evaluate_run(p, settings, step=lambda: progress.advance(bar)))
+    out = Console(width=max(Console().width, 50 + 18 * len(settings.shots)))
+    if not width_only:
+        table = Table(title=f"AUROC with finite shots ({settings.sampling} sampling, readout error {readout_error:g}, "
+                            f"mean ± sd over {repeats} draws)")
+        for col in ("Run", "Test set", "Exact", *(f"{n:,} shots" for n in settings.shots)):
+            table.add_column(col, justify="left" if col in ("Run", "Test set") else "right", no_wrap=True)
+        for o in outcomes:
+            for key, entry in o.shots["test_sets"].items():
+                cells = []
+                for row in entry["shots"]:
+                    m, s = row["auroc_mean"], row["auroc_sd"]
+                    cells.append("undefined" if m is None else f"{m:.4f}" + ("" if s is None else f" ± {s:.4f}"))
+                exact = entry["exact"]["mean_auroc"]
+                table.add_row(f"CXR-{o.task} seed {o.seed}", key, "undefined" if exact is None else f"{exact:.4f}", *cells)
+        out.print(table)
+    wtable = Table(title=f"Effective width: qubits whose exact <Z_k> varies over the test set by sd > {width_threshold:g}")
+    for col in ("Run", "Test set", "Qubits above", "sd of <Z_k>, k = 0..n-1"):
+        wtable.add_column(col, justify="left" if col != "Qubits above" else "right")
+    for o in outcomes:
+        for key, w in o.width["test_sets"].items():
+            wtable.add_row(f"CXR-{o.task} seed {o.seed}", key, f"{w['above']}/{w['qubits']}", " ".join(f"{v:.1e}" for v in w["sd"]))
+    out.print(wtable)
+    files = "width.json" if width_only else "shots.json and width.json"
+    print(f"wrote {files} into {len(outcomes)} run folder(s)", file=sys.stderr)

@@ -1,0 +1,180 @@
+"""Measurement shots and effective width of a sweep's DQCs, for the report (files of `heads shots`).
+
+`heads shots` writes `shots.json` and `width.json` into DQC run folders (see `heads.shots`). These
+functions collect them under a sweep folder:
+
+- `shots_table(sweep_dir)` — one row per (task, configuration, test set, sampling, readout error,
+  shot count): AUROC mean ± sd over all draws of all seeds (seeds × repeats pooled), the shot
+  noise alone (mean over seeds of the sd over repeats), mean AUPRC, and the exact AUROC (mean ± sd
+  over the same seeds).
+- `shots_figure(rows, path)` — AUROC against shots (log x), one panel per test set, one line per
+  task, the exact AUROC as a dashed line of the same colour.
+- `width_table(sweep_dir)` — one row per (task, configuration, test set, threshold): qubits, how
+  many qubits carry signal (sd of the exact ⟨Z_k⟩ over the test set above the threshold) per seed
+  and on average, and the per-qubit sd averaged over seeds.
+
+`configuration` is the folder path between the model folder and the seed folder (empty for a
+single-configuration sweep; a grid's configuration folder otherwise), so grid members never mix.
+Runs are found at any depth: every `shots.json` / `width.json` beside a `config.json`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import statistics
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from cxrfeat import atomic
+from cxrfeat.errors import UserError
+
+SHOTS_FILE = "shots.json"
+WIDTH_FILE = "width.json"
+
+
+def _documents(sweep_dir: str | Path, name: str) -> Iterator[tuple[Path, dict]]:
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise UserError(f"{sweep_dir}: no such sweep folder")
+    for f in sorted(sweep_dir.rglob(name)):
+        if not (f.parent / "config.json").exists():
+            continue
+        try:
+            yield f.parent, json.loads(f.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise UserError(f"{f}: unreadable ({e}); re-run `heads shots {f.parent}`") from None
+
+
+def _configuration(sweep_dir: Path, run: Path) -> str:
+    """Folders between <task>/<model>/ and seed-<s>/ ('' for the plain layout)."""
+    try:
+        parts = run.relative_to(sweep_dir).parts
+    except ValueError:
+        return ""
+    # parts: [cxr-<task>, <model>, *configuration, seed-<s>] (or fewer when sweep_dir is deeper)
+    if len(parts) >= 3 and parts[0].startswith("cxr-"):
+        return "/".join(parts[2:-1])
+    return "/".join(parts[:-1])
+
+
+def _task(doc: dict) -> int | None:
+    t = doc.get("run", {}).get("task")
+    return int(t) if t is not None else None
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return float(statistics.fmean(values)) if values else None
+
+
+def _sd(values: Sequence[float]) -> float | None:
+    return float(statistics.stdev(values)) if len(values) > 1 else None
+
+
+def shots_table(sweep_dir: str | Path) -> list[dict]:
+    """Rows of AUROC against shots over the sweep's DQC runs (module doc); [] when none has shots.json."""
+    sweep_dir = Path(sweep_dir)
+    groups: dict[tuple, dict] = {}
+    for run, doc in _documents(sweep_dir, SHOTS_FILE):
+        settings = doc.get("settings", {})
+        seed = doc.get("run", {}).get("seed")
+        for test_set, entry in doc.get("test_sets", {}).items():
+            for cell in entry.get("shots", []):
+                key = (_task(doc), _configuration(sweep_dir, run), test_set, settings.get("sampling", "marginal"),
+                       float(settings.get("readout_error", 0.0)), int(cell["shots"]))
+                g = groups.setdefault(key, {"draws": [], "auprc": [], "shot_sd": [], "exact": [], "exact_auprc": [],
+                                            "seeds": [], "task_name": doc.get("run", {}).get("task_name")})
+                draws = [v for v in cell.get("auroc", []) if v is not None]
+                g["draws"].extend(draws)
+                g["auprc"].extend(v for v in cell.get("auprc", []) if v is not None)
+                if len(draws) > 1:
+                    g["shot_sd"].append(statistics.stdev(draws))
+                exact = entry.get("exact", {})
+                if exact.get("mean_auroc") is not None:
+                    g["exact"].append(exact["mean_auroc"])
+                if exact.get("mean_auprc") is not None:
+                    g["exact_auprc"].append(exact["mean_auprc"])
+                g["seeds"].append(seed)
+    rows = []
+    for (task, config, test_set, sampling, readout, shots), g in sorted(
+            groups.items(), key=lambda kv: (-1 if kv[0][0] is None else kv[0][0],) + kv[0][1:]):
+        rows.append({
+            "task": task, "task_name": g["task_name"] or (f"cxr-{task}" if task is not None else None),
+            "configuration": config, "test_set": test_set, "sampling": sampling, "readout_error": readout,
+            "shots": shots, "seeds": len(g["seeds"]), "draws": len(g["draws"]),
+            "auroc_mean": _mean(g["draws"]), "auroc_sd": _sd(g["draws"]),
+            "shot_sd": _mean(g["shot_sd"]), "auprc_mean": _mean(g["auprc"]),
+            "exact_auroc": _mean(g["exact"]), "exact_auroc_sd": _sd(g["exact"]),
+            "exact_auprc": _mean(g["exact_auprc"]),
+        })
+    return rows
+
+
+def shots_figure(rows: Sequence[dict], path: str | Path, *, title: str | None = None) -> Path | None:
+    """AUROC against shots (log x) per test set and task, exact AUROC dashed; None when no rows."""
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    test_sets = list(dict.fromkeys(r["test_set"] for r in rows))
+    fig, axes = plt.subplots(1, len(test_sets), figsize=(5.2 * len(test_sets), 4.0), squeeze=False, sharey=True)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    lines = list(dict.fromkeys((r["task"], r["configuration"], r["sampling"], r["readout_error"]) for r in rows))
+    for ax, test_set in zip(axes[0], test_sets, strict=True):
+        for i, line in enumerate(lines):
+            pts = sorted((r for r in rows if r["test_set"] == test_set
+                          and (r["task"], r["configuration"], r["sampling"], r["readout_error"]) == line
+                          and r["auroc_mean"] is not None), key=lambda r: r["shots"])
+            if not pts:
+                continue
+            task, config, sampling, readout = line
+            label = f"CXR-{task}" + (f" {config}" if config else "")
+            if len({ln[2:] for ln in lines}) > 1:
+                label += f" ({sampling}, p={readout:g})"
+            colour = colours[i % len(colours)]
+            ax.errorbar([r["shots"] for r in pts], [r["auroc_mean"] for r in pts],
+                        yerr=[r["auroc_sd"] or 0.0 for r in pts], marker="o", capsize=3, color=colour, label=label)
+            exact = pts[0]["exact_auroc"]
+            if exact is not None:
+                ax.axhline(exact, linestyle="--", color=colour, linewidth=1)
+        ax.set_xscale("log")
+        ax.set_xlabel("shots per example")
+        ax.set_title(test_set)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].set_ylabel("mean AUROC (dashed: exact ⟨Z⟩)")
+    axes[0][-1].legend(fontsize="small")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png", dpi=150)
+    plt.close(fig)
+    atomic.write_bytes(path, buf.getvalue())
+    return Path(path)
+
+
+def width_table(sweep_dir: str | Path) -> list[dict]:
+    """Rows of effective width over the sweep's DQC runs (module doc); [] when none has width.json."""
+    sweep_dir = Path(sweep_dir)
+    groups: dict[tuple, dict] = {}
+    for run, doc in _documents(sweep_dir, WIDTH_FILE):
+        for test_set, w in doc.get("test_sets", {}).items():
+            key = (_task(doc), _configuration(sweep_dir, run), test_set, float(w["threshold"]))
+            g = groups.setdefault(key, {"above": [], "sd": [], "seeds": [], "qubits": w["qubits"],
+                                        "task_name": doc.get("run", {}).get("task_name")})
+            g["above"].append(int(w["above"]))
+            g["sd"].append(w["sd"])
+            g["seeds"].append(doc.get("run", {}).get("seed"))
+    rows = []
+    for (task, config, test_set, threshold), g in sorted(groups.items(), key=lambda kv: (-1 if kv[0][0] is None else kv[0][0],) + kv[0][1:]):
+        n = g["qubits"]
+        rows.append({
+            "task": task, "task_name": g["task_name"], "configuration": config, "test_set": test_set,
+            "threshold": threshold, "qubits": n, "seeds": g["seeds"],
+            "above_mean": _mean(g["above"]), "above_per_seed": g["above"],
+            "sd_per_qubit": [statistics.fmean(sd[k] for sd in g["sd"]) for k in range(n)],
+        })
+    return rows

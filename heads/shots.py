@@ -1,0 +1,502 @@
+"""A trained DQC measured with finitely many shots, and the effective width of its quantum layer.
+
+The paper (and `heads train`) uses exact expectation values ⟨Z_i⟩. Hardware estimates them from N
+shots per example: every shot measures qubit i as ±1, with P(−1) = (1 − ⟨Z_i⟩)/2, and the estimate
+is the mean of the N outcomes. `heads shots RUN_DIR` evaluates a finished DQC run that way:
+
+    embedding → (standardize, if the run did) → pre Dense → tanh → ×π/2 → circuit → ⟨Z⟩ exact
+              → ẑ from N sampled shots (optionally with readout error) → post Dense → sigmoid
+
+and writes `shots.json` (AUROC and AUPRC per test set and shot count, mean ± sd over repeated
+draws, beside the exact values) and `width.json` (below) into the run folder. Training is exact;
+only evaluation is sampled.
+
+Sampling (`sampling=`):
+- `marginal` (the default, as issue 13 states it): each qubit's count of −1 outcomes is drawn on
+  its own, k_i ~ Binomial(N, q_i), ẑ_i = 1 − 2 k_i / N. With readout error p every outcome is
+  flipped with probability p, so q_i = p + (1 − 2p)(1 − ⟨Z_i⟩)/2 and E[ẑ_i] = (1 − 2p)⟨Z_i⟩.
+  This ignores the correlations between qubits. Precisely: on hardware all n qubits are read in
+  the same shot, so the n estimates from one set of N shots are correlated,
+  Cov(ẑ_i, ẑ_j) = (⟨Z_i Z_j⟩ − ⟨Z_i⟩⟨Z_j⟩)/N (times (1 − 2p)² with independent readout flips).
+  Marginal sampling gets every ẑ_i's distribution exactly right (mean and variance
+  (1 − ⟨Z_i⟩²)/N, with p: 1 − (1 − 2p)²⟨Z_i⟩²) but sets these covariances to zero. Because the
+  post layer is linear, logit_j = Σ_k W_kj ẑ_k + b_j keeps the exact mean whatever the
+  correlations, but its shot noise Var(logit_j) = Σ_k Σ_l W_kj W_lj Cov(ẑ_k, ẑ_l) has cross terms
+  that marginal sampling drops: the logits' noise, and so the AUROC at finite N, can be over- or
+  under-estimated (a per-label AUROC depends on its own logit only, so only correlations *within*
+  one logit's qubit mixture matter, not those between labels). Correlations change nothing in
+  the N → ∞ limit. The ring makes ⟨Z_k⟩ a prefix parity, so these correlations are not small.
+- `joint`: whole n-bit strings are drawn from the circuit's exact output distribution (one
+  multinomial over 2^n outcomes per example, from a small float64 state-vector simulation here,
+  checked against `heads.quantum`), then readout flips are applied to the per-qubit counts
+  (given the true count m_i, the observed one is Binomial(m_i, 1 − p) + Binomial(N − m_i, p),
+  independently per qubit). This is what hardware does; it costs 2^n per example, so it is
+  limited to `JOINT_MAX_QUBITS` qubits.
+
+Readout mitigation (dividing every ẑ_i by 1 − 2p) is not offered: it turns each logit
+Σ_k W_kj ẑ_k + b_j into Σ_k W_kj ẑ_k/(1 − 2p) + b_j, a positive affine map of the unmitigated
+logit, and AUROC and AUPRC are rank statistics of one label's scores, so neither would change.
+
+Draws are seeded: repeat r of shot count N on test set t of the run with seed s uses
+`numpy.random.default_rng([seed, s, r, N, crc32(t)])`, so every number is reproducible and no two
+cells share a stream.
+
+Effective width (`width.json`): for the ring ansatz ⟨Z_k⟩ after the last ring is the expectation
+of a parity of k+1 bits before it, so later qubits may carry exponentially little signal. Per
+test set we record the standard deviation over the test examples (population sd, ddof=0) of each
+exact ⟨Z_k⟩, its mean, and how many qubits have sd > `threshold` (default 1e-2). A qubit with
+sd ≈ 0 is a constant the post layer folds into its bias. `shots_to_resolve` is, per qubit, the
+shot count at which the mean shot-noise variance E[1 − ⟨Z_k⟩²]/N equals the signal variance sd²:
+fewer shots than that and the qubit's variation across examples is mostly noise.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cxrfeat import __version__, atomic
+from cxrfeat.errors import UserError
+from heads import runs
+
+DEFAULT_SHOTS = (10, 100, 1000, 10000)
+DEFAULT_REPEATS = 5
+DEFAULT_THRESHOLD = 1e-2
+SAMPLINGS = ("marginal", "joint")
+JOINT_MAX_QUBITS = 14
+SHOTS_FILE = "shots.json"
+WIDTH_FILE = "width.json"
+FORMAT = 1
+# Saved predictions and the ones recomputed here come from the same float32 arithmetic in a
+# different batching; anything beyond this means the feature store is not the one the run used.
+_PREDICTION_TOLERANCE = 1e-4
+
+
+# ---------------------------------------------------------------- sampling
+def readout_probability(z: np.ndarray, readout_error: float = 0.0) -> np.ndarray:
+    """P(an outcome reads −1) for exact ⟨Z⟩ = z when each outcome is flipped with probability p."""
+    z = np.asarray(z, np.float64)
+    q = (1.0 - z) / 2.0
+    return readout_error + (1.0 - 2.0 * readout_error) * q
+
+
+def sample_marginal(z: np.ndarray, shots: int, rng: np.random.Generator, readout_error: float = 0.0) -> np.ndarray:
+    """ẑ (same shape as z) from `shots` outcomes per entry, every qubit drawn on its own (see module doc)."""
+    q = np.clip(readout_probability(z, readout_error), 0.0, 1.0)
+    k = rng.binomial(shots, q)
+    return 1.0 - 2.0 * k / shots
+
+
+def flip_counts(minus: np.ndarray, shots: int, rng: np.random.Generator, readout_error: float) -> np.ndarray:
+    """Observed −1 counts when each of `shots` outcomes per entry (true −1 count `minus`) flips with p."""
+    if readout_error == 0.0:
+        return minus
+    minus = np.asarray(minus, np.int64)
+    return rng.binomial(minus, 1.0 - readout_error) + rng.binomial(shots - minus, readout_error)
+
+
+def sample_joint(probs: np.ndarray, shots: int, rng: np.random.Generator, readout_error: float = 0.0) -> np.ndarray:
+    """ẑ (B, n) from `shots` whole bit strings per example drawn from probs (B, 2^n), qubit 0 = MSB."""
+    probs = np.asarray(probs, np.float64)
+    b, size = probs.shape
+    n = int(round(math.log2(size)))
+    probs = np.clip(probs, 0.0, None)
+    probs /= probs.sum(axis=1, keepdims=True)
+    counts = rng.multinomial(shots, probs)  # (B, 2^n)
+    bits = (np.arange(size)[:, None] >> np.arange(n - 1, -1, -1)) & 1  # (2^n, n): 1 means outcome −1
+    minus = counts @ bits
+    minus = flip_counts(minus, shots, rng, readout_error)
+    return 1.0 - 2.0 * minus / shots
+
+
+def shot_rng(seed: int, run_seed: int, repeat: int, shots: int, test_set: str) -> np.random.Generator:
+    """The generator of one draw (module doc: every cell its own reproducible stream)."""
+    return np.random.default_rng([seed, run_seed, repeat, shots, zlib.crc32(test_set.encode())])
+
+
+# ---------------------------------------------------------------- a small exact state vector (joint sampling)
+def circuit_probabilities(angles: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    """|amplitude|² of the 2^n outcomes (B, 2^n) of the DQC circuit, qubit 0 most significant.
+
+    Plain float64 state vector: H and RY(angles) per qubit, then per layer RY(θ_l) and the CNOT
+    ring of `heads.quantum.ring_pairs` (PennyLane's `BasicEntanglerLayers`).
+    """
+    from heads.quantum import ring_pairs
+
+    angles = np.asarray(angles, np.float64)
+    theta = np.asarray(theta, np.float64)
+    b, n = angles.shape
+    # RY(a)H|0> = (cos(a/2 + π/4), sin(a/2 + π/4))
+    phi = angles / 2 + math.pi / 4
+    psi = np.ones((b, 1))
+    for i in range(n):
+        q = np.stack([np.cos(phi[:, i]), np.sin(phi[:, i])], axis=1)
+        psi = (psi[:, :, None] * q[:, None, :]).reshape(b, -1)
+    psi = psi.reshape((b,) + (2,) * n)
+    for layer in theta:
+        for i, t in enumerate(layer):
+            c, s = math.cos(t / 2), math.sin(t / 2)
+            ry = np.array([[c, -s], [s, c]])
+            psi = np.moveaxis(np.tensordot(psi, ry, axes=([i + 1], [1])), -1, i + 1)
+        for control, target in ring_pairs(n):
+            sel = [slice(None)] * (n + 1)
+            sel[control + 1] = 1
+            sub = psi[tuple(sel)]  # target axis index shifts by one if it comes after control
+            axis = target + 1 - (1 if target > control else 0)
+            psi[tuple(sel)] = np.flip(sub, axis=axis).copy()
+    return (psi**2).reshape(b, -1)
+
+
+# ---------------------------------------------------------------- a finished DQC run
+@dataclass
+class DQCRun:
+    path: Path
+    config: dict
+    params: dict
+    norm: dict | None
+
+    @property
+    def seed(self) -> int:
+        return int(self.config.get("seed", 0))
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.config["labels"])
+
+    @property
+    def n(self) -> int:
+        return len(self.labels)
+
+
+def open_run(path: str | Path) -> DQCRun:
+    """A finished DQC run folder, or a one-line error saying why it cannot be evaluated."""
+    path = Path(path)
+    cfg_path = path / "config.json"
+    if not cfg_path.exists():
+        raise UserError(f"{path}: not a run folder (no config.json); give runs/<sweep>/cxr-<task>/dqc/seed-<s> or a sweep folder")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{cfg_path}: unreadable ({e})") from None
+    model = config.get("model")
+    if model != "dqc":
+        raise UserError(f"{path}: a {str(model).upper()} run; measurement shots apply to DQC runs only")
+    if not runs.is_done(path):
+        raise UserError(f"{path}: unfinished run (no {runs.DONE}); finish it by re-running its `heads sweep` command")
+    if not (path / "best.safetensors").exists():
+        raise UserError(f"{path}: no best.safetensors")
+    params = runs.load_params(path)
+    missing = [k for k in ("pre", "circuit", "post") if k not in params]
+    if missing:
+        raise UserError(f"{path / 'best.safetensors'}: not DQC parameters (missing {', '.join(missing)})")
+    norm = None
+    if config.get("feature_norm", "none") == "standardize":
+        npz = path / "feature_norm.npz"
+        if not npz.exists():
+            raise UserError(f"{path}: the run used --feature-norm standardize but has no feature_norm.npz")
+        with np.load(npz) as z:
+            norm = {"mean": z["mean"].astype(np.float32), "sd": z["sd"].astype(np.float32)}
+    return DQCRun(path, config, params, norm)
+
+
+def find_dqc_runs(paths: Iterable[str | Path], *, warn: Callable[[str], None] | None = None) -> list[Path]:
+    """Run folders to evaluate: each path is a run folder (kept as given: errors come from
+    `open_run`) or a folder holding runs (every finished DQC seed folder under it; unfinished ones
+    are skipped with a warning)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise UserError(f"{p}: no such folder")
+        if (p / "config.json").exists():
+            out.append(p)
+            continue
+        found = []
+        for cfg in sorted(p.rglob("config.json")):
+            d = cfg.parent
+            if not d.name.startswith("seed-"):
+                continue
+            try:
+                model = json.loads(cfg.read_text()).get("model")
+            except (OSError, json.JSONDecodeError):
+                continue
+            if model != "dqc":
+                continue
+            if not runs.is_done(d):
+                if warn:
+                    warn(f"warning: {d}: unfinished run (no {runs.DONE}), skipped")
+                continue
+            found.append(d)
+        if not found:
+            raise UserError(f"{p}: no finished DQC run under it (looked for */dqc/**/seed-*/ with DONE)")
+        out.extend(found)
+    return list(dict.fromkeys(out))
+
+
+def _test_store(run: DQCRun, test_set: str, features: Path | None) -> Path:
+    from heads.sweep import store_path
+
+    feats = run.config.get("features", {})
+    root = Path(features) if features is not None else Path(feats.get("dir", "features"))
+    dataset = feats.get("dataset")
+    return store_path(root, dataset if test_set == dataset else test_set, "test")
+
+
+def test_sets(run: DQCRun) -> list[str]:
+    sets = run.config.get("features", {}).get("test_sets")
+    if not sets:
+        pred = run.path / "predictions"
+        sets = sorted(p.stem for p in pred.glob("*.npz")) if pred.exists() else []
+    if not sets:
+        raise UserError(f"{run.path}: no test sets recorded (config.json features.test_sets) and no predictions/")
+    return list(sets)
+
+
+@dataclass
+class TestInputs:
+    """One test set of a run: its exact circuit outputs and what the post layer needs."""
+
+    name: str
+    store: Path
+    y_true: np.ndarray  # (N, L) int8, -1 unknown
+    angles: np.ndarray  # (N, n) circuit inputs
+    z: np.ndarray  # (N, n) exact ⟨Z⟩ (float64 from float32 simulation)
+    exact_prob: np.ndarray  # (N, L)
+
+
+def _exact_z(angles: np.ndarray, theta: np.ndarray, backend: str, chunk: int = 1024) -> np.ndarray:
+    import jax
+    import jax.numpy as jnp
+
+    from heads.quantum import expvals
+
+    fn = jax.jit(lambda a, t: expvals(a, t, backend=backend))
+    out = []
+    for start in range(0, angles.shape[0], chunk):
+        out.append(np.asarray(fn(jnp.asarray(angles[start:start + chunk]), jnp.asarray(theta))))
+    return np.concatenate(out).astype(np.float64)
+
+
+def circuit_inputs(run: DQCRun, x: np.ndarray) -> np.ndarray:
+    """The circuit's input angles (N, n) for embeddings x (N, D), as `heads.models.DQC` computes them."""
+    x = np.asarray(x, np.float32)
+    if run.norm is not None:
+        x = (x - run.norm["mean"]) / run.norm["sd"]
+    pre = run.params["pre"]
+    return np.tanh(x @ np.asarray(pre["kernel"], np.float32) + np.asarray(pre["bias"], np.float32)) * np.float32(math.pi / 2)
+
+
+def post(run: DQCRun, z: np.ndarray) -> np.ndarray:
+    """Probabilities (N, L) from ⟨Z⟩ estimates (N, n): the post Dense and the sigmoid."""
+    p = run.params["post"]
+    logits = np.asarray(z, np.float64) @ np.asarray(p["kernel"], np.float64) + np.asarray(p["bias"], np.float64)
+    return 1.0 / (1.0 + np.exp(-logits))
+
+
+def load_test(run: DQCRun, test_set: str, features: Path | None = None) -> TestInputs:
+    """Embeddings of one test set through the pre layer and the exact circuit; checked against the
+    run's saved predictions (same rows, same probabilities), so a changed store is refused."""
+    from cxrfeat.store import FeatureStore
+
+    store = _test_store(run, test_set, features)
+    if not (store / "zarr.json").exists():
+        raise UserError(f"{store}: no feature store for test set {test_set!r} of {run.path} "
+                        f"(give the features folder the run was trained on with --features)")
+    f = FeatureStore.open(store).load()
+    pred_file = run.path / "predictions" / f"{test_set}.npz"
+    if not pred_file.exists():
+        raise UserError(f"{pred_file}: missing (the run has no predictions for {test_set!r})")
+    saved = runs.load_predictions(run.path, test_set)
+    if len(saved["ids"]) != len(f.ids) or not np.array_equal(saved["ids"], np.asarray(f.ids, dtype=str)):
+        raise UserError(f"{store}: its rows are not those of {pred_file} (another store than the run was evaluated on)")
+    angles = circuit_inputs(run, f.embeddings[:, 0])
+    head = run.config.get("head", {})
+    theta = np.asarray(run.params["circuit"], np.float32)
+    if theta.shape != (int(head.get("layers", theta.shape[0])), run.n):
+        raise UserError(f"{run.path / 'best.safetensors'}: circuit shape {theta.shape} does not fit config.json")
+    z = _exact_z(angles, theta, "fast")  # exact whatever back end trained the run
+    prob = post(run, z)
+    worst = float(np.max(np.abs(prob - saved["y_prob"]))) if prob.size else 0.0
+    if not worst <= _PREDICTION_TOLERANCE:
+        raise UserError(f"{store}: the run's parameters on this store differ from its saved predictions by {worst:.2g} "
+                        f"(another store, or other feature normalisation, than the run was trained with)")
+    return TestInputs(test_set, store, np.asarray(saved["y_true"]), angles, z, prob)
+
+
+# ---------------------------------------------------------------- metrics
+def _label_metrics(y_true: np.ndarray, prob: np.ndarray) -> tuple[list[float | None], list[float | None]]:
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    aurocs, auprcs = [], []
+    for j in range(y_true.shape[1]):
+        known = y_true[:, j] >= 0
+        t = y_true[known, j]
+        if t.size == 0 or t.min() == t.max():
+            aurocs.append(None)
+            auprcs.append(None)
+            continue
+        aurocs.append(float(roc_auc_score(t, prob[known, j])))
+        auprcs.append(float(average_precision_score(t, prob[known, j])))
+    return aurocs, auprcs
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    used = [v for v in values if v is not None]
+    return float(np.mean(used)) if used else None
+
+
+def _sd(values: Sequence[float]) -> float | None:
+    return float(statistics.stdev(values)) if len(values) > 1 else None
+
+
+def width(z: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> dict:
+    """Effective width of the quantum layer from exact ⟨Z⟩ (N, n) over a test set (module doc)."""
+    z = np.asarray(z, np.float64)
+    sd = z.std(axis=0)
+    noise = (1.0 - z**2).mean(axis=0)
+    resolve = np.where(sd > 1e-12, noise / np.maximum(sd, 1e-12) ** 2, np.inf)  # a constant is never resolved
+    return {
+        "qubits": int(z.shape[1]), "threshold": float(threshold), "above": int((sd > threshold).sum()),
+        "qubits_above": [int(k) for k in np.flatnonzero(sd > threshold)],
+        "sd": [float(v) for v in sd], "mean": [float(v) for v in z.mean(axis=0)],
+        "shots_to_resolve": [float(v) if math.isfinite(v) else None for v in resolve],
+    }
+
+
+@dataclass
+class ShotSettings:
+    shots: Sequence[int] = DEFAULT_SHOTS
+    repeats: int = DEFAULT_REPEATS
+    readout_error: float = 0.0
+    seed: int = 0
+    sampling: str = "marginal"
+    threshold: float = DEFAULT_THRESHOLD
+    width_only: bool = False
+    features: Path | None = None
+
+    def check(self) -> None:
+        if not self.shots or any(int(s) < 1 for s in self.shots):
+            raise UserError(f"--shots: give positive shot counts, e.g. 10,100,1000 (got {list(self.shots)})")
+        if self.repeats < 1:
+            raise UserError(f"--repeats must be at least 1, not {self.repeats}")
+        if not 0.0 <= self.readout_error < 0.5:
+            raise UserError(f"--readout-error must be in [0, 0.5), not {self.readout_error} (at 0.5 outcomes carry no information)")
+        if self.sampling not in SAMPLINGS:
+            raise UserError(f"--sampling {self.sampling!r}: choose from {', '.join(SAMPLINGS)}")
+        if not self.threshold >= 0:
+            raise UserError(f"--width-threshold must be non-negative, not {self.threshold}")
+        if self.seed < 0:
+            raise UserError(f"--seed must be non-negative, not {self.seed}")
+
+    def record(self) -> dict:
+        return {"shots": [int(s) for s in self.shots], "repeats": self.repeats, "readout_error": self.readout_error,
+                "seed": self.seed, "sampling": self.sampling}
+
+
+def parse_shots(spec: str) -> list[int]:
+    """'10,100,1e3' -> [10, 100, 1000] (sorted, unique)."""
+    out = []
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            value = float(part)
+        except ValueError:
+            raise UserError(f"--shots {spec!r}: {part!r} is not a number") from None
+        if value < 1 or value != int(value):
+            raise UserError(f"--shots {spec!r}: {part!r} is not a positive whole number")
+        out.append(int(value))
+    if not out:
+        raise UserError("--shots is empty: give e.g. 10,100,1000,10000")
+    return sorted(set(out))
+
+
+def evaluate_test(run: DQCRun, t: TestInputs, settings: ShotSettings, *, step: Callable[[], None] | None = None) -> dict:
+    """shots.json's entry for one test set: exact metrics and, per shot count, metrics over repeats."""
+    exact_auroc, exact_auprc = _label_metrics(t.y_true, t.exact_prob)
+    probs = None
+    if settings.sampling == "joint":
+        if run.n > JOINT_MAX_QUBITS:
+            raise UserError(f"--sampling joint: {run.n} qubits is above {JOINT_MAX_QUBITS} (2^n outcomes per example); use marginal")
+        probs = circuit_probabilities(t.angles, np.asarray(run.params["circuit"], np.float64))
+    rows = []
+    for shots in settings.shots:
+        aurocs, auprcs, per_label = [], [], []
+        for r in range(settings.repeats):
+            rng = shot_rng(settings.seed, run.seed, r, shots, t.name)
+            if probs is None:
+                zhat = sample_marginal(t.z, shots, rng, settings.readout_error)
+            else:
+                zhat = sample_joint(probs, shots, rng, settings.readout_error)
+            a, p = _label_metrics(t.y_true, post(run, zhat))
+            aurocs.append(_mean(a))
+            auprcs.append(_mean(p))
+            per_label.append(a)
+            if step:
+                step()
+        per = {name: _mean([pl[j] for pl in per_label]) for j, name in enumerate(run.labels)}
+        am = [v for v in aurocs if v is not None]
+        pm = [v for v in auprcs if v is not None]
+        rows.append({"shots": int(shots), "auroc_mean": float(np.mean(am)) if am else None, "auroc_sd": _sd(am),
+                     "auroc": aurocs, "auprc_mean": float(np.mean(pm)) if pm else None, "auprc_sd": _sd(pm),
+                     "auprc": auprcs, "per_label_auroc_mean": per})
+    return {"n": int(t.y_true.shape[0]), "store": str(t.store),
+            "labels_used": sum(v is not None for v in exact_auroc),
+            "exact": {"mean_auroc": _mean(exact_auroc), "mean_auprc": _mean(exact_auprc),
+                      "per_label_auroc": dict(zip(run.labels, exact_auroc, strict=True))},
+            "shots": rows}
+
+
+@dataclass
+class RunOutcome:
+    path: Path
+    task: int
+    seed: int
+    shots: dict | None = None
+    width: dict = field(default_factory=dict)
+
+
+def _header(run: DQCRun) -> dict:
+    c = run.config
+    return {"task": c.get("task"), "task_name": c.get("task_name"), "model": "dqc", "seed": run.seed,
+            "labels": run.labels, "head": c.get("head"), "feature_norm": c.get("feature_norm", "none"),
+            "sweep": c.get("sweep")}
+
+
+def evaluate_run(path: str | Path, settings: ShotSettings, *, step: Callable[[], None] | None = None) -> RunOutcome:
+    """Evaluate one finished DQC run; writes width.json and (unless width_only) shots.json into it."""
+    settings.check()
+    run = open_run(path)
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    inputs = {key: load_test(run, key, settings.features) for key in test_sets(run)}
+    width_doc = {"format": FORMAT, "run": _header(run), "created": now, "package_version": __version__,
+                 "test_sets": {key: width(t.z, settings.threshold) for key, t in inputs.items()}}
+    atomic.write_json(run.path / WIDTH_FILE, width_doc)
+    out = RunOutcome(run.path, int(run.config.get("task", run.n)), run.seed, width=width_doc)
+    if settings.width_only:
+        return out
+    doc = {"format": FORMAT, "run": _header(run), "settings": settings.record(), "created": now,
+           "package_version": __version__,
+           "test_sets": {key: evaluate_test(run, t, settings, step=step) for key, t in inputs.items()}}
+    atomic.write_json(run.path / SHOTS_FILE, doc)
+    out.shots = doc
+    return out
+
+
+def steps_per_run(path: Path, settings: ShotSettings) -> int:
+    """Progress units (draws) of one run: test sets × shot counts × repeats (0 when width only)."""
+    if settings.width_only:
+        return 0
+    try:
+        n_sets = len(json.loads((Path(path) / "config.json").read_text()).get("features", {}).get("test_sets") or [1])
+    except (OSError, json.JSONDecodeError):
+        n_sets = 1
+    return n_sets * len(settings.shots) * settings.repeats
