@@ -101,6 +101,9 @@ class FinetuneOptions:
         if self.limit is not None and self.limit < 1:
             raise UserError(f"--limit must be at least 1, not {self.limit}")
         self.train.check()
+        head = self.init_head_from  # checked here, before any image cache is built (fully in load_head)
+        if head is not None and not (Path(head) / "best.safetensors").is_file():
+            raise UserError(f"--init-head-from {head}: not a run folder (needs config.json and best.safetensors)")
 
     @property
     def run_model(self) -> str:
