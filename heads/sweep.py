@@ -409,9 +409,7 @@ def run_sweep(spec: SweepSpec, *, reporter=None) -> list[GroupOutcome]:
             outcomes[(t, m)] = run_group(spec, stores, t, m, reporter=reporter, device_cache=cache, lock=lock)
     for t, m in held:  # wait for the other process, then do what it left (nothing, unless it stopped)
         path = runs.group_lock_path(spec.runs, spec.name, t, m)
-        _say(f"{task_name(t)} {m}: waiting for {locks.describe(locks.read_owner(path))} to finish it "
-             f"(lock {path}; delete that file only if that process is gone)")
-        with locks.acquire(path, what=f"run group {task_name(t)}/{m} of {sweep_dir}", quiet=True) as lock:
+        with locks.acquire(path, what=f"run group {task_name(t)}/{m} of {sweep_dir}") as lock:
             outcomes[(t, m)] = run_group(spec, stores, t, m, reporter=reporter, device_cache=cache, lock=lock)
     return [outcomes[p] for p in pairs]
 
