@@ -105,6 +105,9 @@ class FinetuneOptions:
 
             check_name(self.weights)  # a typo of `random` fails now, not after the image cache is built
         self.train.check()
+        head = self.init_head_from  # checked here, before any image cache is built (fully in load_head)
+        if head is not None and not (Path(head) / "best.safetensors").is_file():
+            raise UserError(f"--init-head-from {head}: not a run folder (needs config.json and best.safetensors)")
 
     @property
     def run_model(self) -> str:

@@ -6,9 +6,12 @@
 - `best.safetensors` — the best-validation-loss parameters, keys '/'-joined (`pre/kernel`, ...).
 - `predictions/<test-set>.npz` — `ids`, `y_true` (int8, -1 unknown), `y_prob`, `label_names`.
 - `metrics.json` — per test set, mean and per-label AUROC (`heads.metrics.auroc_report`).
-- `DONE` — written last: a run folder without it is unfinished and is redone by a sweep.
+- `DONE` — written last: a run folder without it is unfinished and is redone by a sweep. A run
+  with `DONE` whose other files are not all there is damaged (`damage`): a sweep says so and redoes it.
 
 `runs/<sweep>/sweep.json` records the grid and the settings. Every file is written atomically.
+`runs/<sweep>/cxr-<task>/<model>/.lock` is held (`cxrfeat.locks`) by the process working on that
+run group; only its holder may clear an unfinished run folder (`start`).
 """
 
 from __future__ import annotations
@@ -27,21 +30,58 @@ from safetensors.numpy import save as st_save
 
 from cxrfeat import atomic
 from cxrfeat.labels import task_name
+from cxrfeat.locks import Lock
 
 DONE = "DONE"
+GROUP_LOCK = ".lock"
+RUN_FILES = ("config.json", "history.jsonl", "best.safetensors", "metrics.json")
 
 
 def seed_dir(runs: str | Path, name: str, task: int, model: str, seed: int) -> Path:
     return Path(runs) / name / task_name(task) / model / f"seed-{seed}"
 
 
+def group_lock_path(runs: str | Path, name: str, task: int, model: str) -> Path:
+    """The lock file of one run group (task, model) of a sweep."""
+    return Path(runs) / name / task_name(task) / model / GROUP_LOCK
+
+
 def is_done(path: str | Path) -> bool:
     return (Path(path) / DONE).exists()
 
 
-def start(path: str | Path, config: dict) -> None:
-    """Begin (or begin again) a run: clear what an unfinished earlier attempt left, write config.json."""
+def damage(path: str | Path, test_sets=()) -> list[str]:
+    """The files a finished run (one with `DONE`) should have but has not (empty: intact, or unfinished)."""
     path = Path(path)
+    if not is_done(path):
+        return []
+    wanted = [*RUN_FILES, *(f"predictions/{t}.npz" for t in test_sets)]
+    missing = [f for f in wanted if not (path / f).is_file()]
+    if "metrics.json" not in missing:
+        try:
+            if not json.loads((path / "metrics.json").read_text()).get("complete"):
+                missing.append("metrics.json (incomplete)")
+        except (OSError, ValueError):
+            missing.append("metrics.json (unreadable)")
+    return missing
+
+
+def invalidate(path: str | Path) -> None:
+    """Mark a (damaged) finished run unfinished again, so that `start` may clear it."""
+    (Path(path) / DONE).unlink(missing_ok=True)
+
+
+def start(path: str | Path, config: dict, *, lock: Lock | None = None) -> None:
+    """Begin (or begin again) a run: clear what an unfinished earlier attempt left, write config.json.
+
+    A finished run is never cleared (`invalidate` it first). A sweep passes the group's held lock
+    (`group_lock_path`), so that no other process can be training the run folder it clears.
+    """
+    path = Path(path)
+    if lock is not None and not (lock.held and Path(lock.path) == path.parent / GROUP_LOCK):
+        raise RuntimeError(f"{path}: runs.start needs the held lock {path.parent / GROUP_LOCK}, not {lock.path}")
+    if is_done(path):
+        raise RuntimeError(f"{path}: a finished run is never cleared by runs.start")
     if path.exists():
         shutil.rmtree(path)
     atomic.write_json(path / "config.json", config)

@@ -10,6 +10,16 @@
 
 `--shard i/N` (1 <= i <= N) keeps the (task, model) pairs whose position in the grid (tasks
 outer, models inner) is i-1 modulo N, so N cluster jobs share one sweep folder without overlap.
+A shard with no pair is refused (exit 2: more slices than cells is a mistake in the job script).
+
+Concurrency: each (task, model) is worked on under its lock file (`runs.group_lock_path`,
+`cxrfeat.locks`). A process that finds a group locked by a live process moves on to the next one
+with a message, and at the end waits for the groups others held, then finishes what they left
+(normally nothing). So overlapping jobs (a requeued job, `heads train` during a shard, two sweeps
+started together) never clear each other's run folders and end with the same files as one job.
+`sweep.json` is read, merged and rewritten under its own lock. Within a group, a seed's results
+do not depend on which seeds are trained with it (`heads.train`), so resuming, sharding or
+splitting the work between processes gives the same bits.
 """
 
 from __future__ import annotations
@@ -27,18 +37,19 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from cxrfeat import __version__, atomic
+from cxrfeat import __version__, atomic, locks
 from cxrfeat.errors import UserError
 from cxrfeat.labels import task_labels, task_name
 from cxrfeat.store import Features, FeatureStore, check_compatible
 from heads import runs, sanity
 from heads.metrics import auroc_report
 from heads.models import MODELS, make_model, param_counts
-from heads.train import TrainConfig, TrainData, predict, seed_mesh, train_seeds
+from heads.train import SEED_BLOCK, TrainConfig, TrainData, predict, seed_mesh, train_seeds
 
 DEFAULT_NAME = "sweep"
 DEFAULT_DATASET = "nih-cxr-lt"
 DEFAULT_EXTERNAL = "mimic-cxr-lt"
+SWEEP_LOCK = ".sweep.json.lock"
 
 
 # `standardize`: z-score every embedding dimension with the training split's mean and sd (over all
@@ -71,6 +82,10 @@ class SweepSpec:
     shard: tuple[int, int] = (1, 1)
     feature_norm: str = "none"
 
+    def __post_init__(self) -> None:  # `--tasks 8,8` is task 8 once, everywhere (sweep.json too)
+        object.__setattr__(self, "tasks", list(dict.fromkeys(self.tasks)))
+        object.__setattr__(self, "models", list(dict.fromkeys(self.models)))
+
     def check(self) -> None:
         if self.seeds < 1:
             raise UserError(f"--seeds must be at least 1, not {self.seeds}")
@@ -92,13 +107,17 @@ class SweepSpec:
         i, n = self.shard
         if not (n >= 1 and 1 <= i <= n):
             raise UserError(f"--shard {i}/{n}: give i/N with 1 <= i <= N")
+        if not grid(self):
+            cells = len(self.tasks) * len(self.models)
+            raise UserError(f"--shard {i}/{n}: this grid has only {cells} (task, model) cell(s), so slice {i} of {n} "
+                            f"is empty and would train nothing; use at most {cells} slices")
         if not self.name or "/" in self.name or self.name in (".", ".."):
             raise UserError(f"--name {self.name!r} is not a usable folder name")
 
     def settings(self) -> dict:
         """What must be the same for every run in one sweep folder."""
         return {"dataset": self.dataset, "external": self.external, "training": asdict(self.train),
-                "head": asdict(self.head), "feature_norm": self.feature_norm}
+                "head": asdict(self.head), "feature_norm": self.feature_norm, "seed_block": SEED_BLOCK}
 
 
 def parse_shard(spec: str | None) -> tuple[int, int]:
@@ -301,12 +320,28 @@ def _versions() -> dict:
             "python": platform.python_version()}
 
 
+def finished_seeds(dirs: dict[int, Path], test_sets: Sequence[str]) -> list[int]:
+    """The seeds whose runs are finished and intact; a damaged one (DONE but files missing) is
+    reported and marked unfinished, so that it is trained again. Call with the group's lock held."""
+    done = []
+    for s, d in dirs.items():
+        missing = runs.damage(d, test_sets)
+        if missing:
+            print(f"warning: {d} is marked DONE but lacks {', '.join(missing)} (damaged, or made before that test "
+                  f"set existed): training it again", file=sys.stderr)
+            runs.invalidate(d)
+        elif runs.is_done(d):
+            done.append(s)
+    return done
+
+
 def run_group(spec: SweepSpec, stores: Stores, task: int, model_name: str, *, reporter=None,
-              device_cache: dict | None = None) -> GroupOutcome:
-    """Train the unfinished seeds of one (task, model) and write their run folders."""
+              device_cache: dict | None = None, lock: locks.Lock | None = None) -> GroupOutcome:
+    """Train the unfinished seeds of one (task, model) and write their run folders (holding `lock`,
+    the group's lock, when other processes may share the folder: see `run_sweep`)."""
     out = GroupOutcome(task, model_name)
     dirs = {s: runs.seed_dir(spec.runs, spec.name, task, model_name, s) for s in range(1, spec.seeds + 1)}
-    out.skipped = [s for s, d in dirs.items() if runs.is_done(d)]
+    out.skipped = finished_seeds(dirs, stores.test_sets)
     todo = [s for s in dirs if s not in out.skipped]
     if not todo:
         if reporter:
@@ -343,7 +378,7 @@ def run_group(spec: SweepSpec, stores: Stores, task: int, model_name: str, *, re
     }
     base["feature_norm"] = spec.feature_norm
     for s in todo:
-        runs.start(dirs[s], {**base, "seed": s})
+        runs.start(dirs[s], {**base, "seed": s}, lock=lock)
         if stores.norm is not None:  # the constants the saved parameters expect their inputs to be scaled by
             atomic.write_bytes(dirs[s] / "feature_norm.npz", _npz_bytes(stores.norm))
 
@@ -397,18 +432,49 @@ def run_group(spec: SweepSpec, stores: Stores, task: int, model_name: str, *, re
 
 
 # ---------------------------------------------------------------- the sweep
+def refuse_multi_process() -> None:
+    """A `jax.distributed` launch would have every process write the same run folders."""
+    if jax.process_count() > 1:
+        raise UserError(f"this is a multi-process JAX launch ({jax.process_count()} processes): heads trains on one "
+                        f"process's local devices only. To scale out, start independent jobs (without "
+                        f"jax.distributed) with --shard i/N on one shared --runs folder")
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
 def run_sweep(spec: SweepSpec, *, reporter=None) -> list[GroupOutcome]:
     """Check everything, then train every unfinished run of this shard's grid (see module docstring)."""
     spec.check()
+    refuse_multi_process()
     pairs = grid(spec)
     stores = Stores(spec)
     for task in dict.fromkeys(t for t, _ in pairs):
         stores.check_task(task)
-    record_sweep(spec, stores)
+    sweep_dir = Path(spec.runs) / spec.name
+    with locks.acquire(sweep_dir / SWEEP_LOCK, what=f"{sweep_dir / 'sweep.json'}", timeout=600):
+        record_sweep(spec, stores)
     if reporter:
         reporter.sweep_start(pairs, spec, stores)
     cache: dict = {}
-    return [run_group(spec, stores, t, m, reporter=reporter, device_cache=cache) for t, m in pairs]
+    outcomes: dict[tuple[int, str], GroupOutcome] = {}
+    held: list[tuple[int, str]] = []
+    for t, m in pairs:
+        path = runs.group_lock_path(spec.runs, spec.name, t, m)
+        lock = locks.try_acquire(path, what=f"run group {task_name(t)}/{m} of {sweep_dir}")
+        if lock is None:
+            _say(f"{task_name(t)} {m}: being trained by {locks.describe(locks.read_owner(path))}; moving on, "
+                 f"and coming back to it at the end")
+            held.append((t, m))
+            continue
+        with lock:
+            outcomes[(t, m)] = run_group(spec, stores, t, m, reporter=reporter, device_cache=cache, lock=lock)
+    for t, m in held:  # wait for the other process, then do what it left (nothing, unless it stopped)
+        path = runs.group_lock_path(spec.runs, spec.name, t, m)
+        with locks.acquire(path, what=f"run group {task_name(t)}/{m} of {sweep_dir}") as lock:
+            outcomes[(t, m)] = run_group(spec, stores, t, m, reporter=reporter, device_cache=cache, lock=lock)
+    return [outcomes[p] for p in pairs]
 
 
 def _row_flags(sanity_record: dict | None, test_set: str) -> list[str]:

@@ -1,6 +1,6 @@
 """Train one head (CDL or DQC) for many seeds at once on cached features.
 
-All seeds of a (task, model) run in one compiled program: the per-seed epoch is `vmap`ped over
+The seeds of a (task, model) run in one compiled program: the per-seed epoch is `vmap`ped over
 the seed axis, and an epoch — a shuffled pass over every training example in batches (`lax.scan`),
 then the validation loss and the early-stopping bookkeeping — is one call of one compiled
 function. The features stay on the device; the host only reads back a few numbers per epoch.
@@ -14,8 +14,27 @@ Determinism and fairness (DESIGN "The models"):
 - Each seed stops on its own: once its validation loss has not improved for `patience` epochs it
   keeps its parameters (its updates are masked) while the others go on. The best-validation-loss
   parameters are kept.
-- With several local devices, the seed axis is sharded over a 1-D mesh (seeds padded to a
-  multiple of the device count); the results equal a one-device run.
+
+A seed's result does not depend on which other seeds it is trained with (DESIGN "Reliability
+rules"): `--seeds 1` gives the same bits for seed 1 as `--seeds 5`, and a resumed sweep the same
+bits as an uninterrupted one. Measured cause (XLA on CPU, jax 0.8): the same per-seed program
+`vmap`ped over 1, 2, 3-5, 8 or 16 seeds gives results that differ in the last bits (up to 1.2e-7
+after two epochs of a CDL, growing with training; 3.8e-4 in DQC-19 predictions after a full run):
+batched dots and reductions are compiled differently for each batch width. Companions and order
+do not matter at a fixed width. Besides, the evaluation batch size used to depend on the number of
+seeds. Decision: the program is compiled for a FIXED number of members, `block` per device
+(default `SEED_BLOCK`); seed s always occupies slot (s-1) mod W of block (s-1) div W, where
+W = block x devices, and the block holds the seeds b*W+1 .. (b+1)*W. A group of seeds runs the
+blocks that hold them, one call of the same executable per block and epoch; slots of seeds not
+asked for are trained too and thrown away. The evaluation batch size depends on W only. So every
+seed's arithmetic is the same executable on the same data whatever the grouping. Cost: up to
+W-1 wasted members per group (with `SEED_BLOCK` 4 on one device, `--seeds 1` trains 4 members
+and `--seeds 5` 8), and blocks of one group run one after another rather than side by side.
+A block whose seeds have all stopped is no longer run. Members are plain data (the seed array),
+so per-member settings (a learning rate per member) fit the same layout later.
+The block size changes the bits, so a sweep records it with its settings.
+- With several local devices, each block is sharded over a 1-D mesh (`block` members per
+  device); the results equal a one-device run to float tolerance (not bit for bit: other widths).
 """
 
 from __future__ import annotations
@@ -38,6 +57,7 @@ from heads.models import DQC
 
 ORDER_STREAM = 1  # fold_in tags that keep the data order and the initial parameters independent
 INIT_STREAM = 2
+SEED_BLOCK = 4  # members per device in one compiled call (see the module docstring)
 EVAL_STATE_BUDGET = 2**27  # amplitudes per device held by one evaluation batch of a DQC (512 MiB)
 
 
@@ -93,7 +113,8 @@ class SeedResult:
 @dataclass
 class TrainResult:
     results: list[SeedResult]
-    best_params: Any  # stacked over (padded) seeds, on the device(s)
+    best_params: list[Any]  # per block: the parameters stacked over its W members, on the device(s)
+    block_seeds: list[np.ndarray]  # per block: the W seeds of its slots
     mesh: Mesh
     compile_seconds: float
     train_seconds: float
@@ -127,7 +148,8 @@ def masked_bce(logits, y, rows):
 
 def eval_batch_size(model, n_rows: int, seeds_per_device: int) -> int:
     """Rows per evaluation step: bounded so a DQC's state vectors stay within EVAL_STATE_BUDGET,
-    and spread evenly so that padding is under one row per step."""
+    and spread evenly so that padding is under one row per step. `seeds_per_device` is the fixed
+    block size, never the number of seeds asked for (the batching must not depend on the grouping)."""
     n_qubits = model.n if isinstance(model, DQC) else 0
     cap = max(8, min(1024, EVAL_STATE_BUDGET // (max(1, seeds_per_device) * 2**n_qubits)))
     steps = -(-n_rows // cap)
@@ -229,11 +251,22 @@ def seed_mesh(devices=None) -> Mesh:
     return Mesh(np.array(devices), ("seeds",))
 
 
-def padded_seeds(seeds: Sequence[int], n_devices: int) -> np.ndarray:
-    """Seeds padded (by repeating the last) to a multiple of the device count."""
-    seeds = list(seeds)
-    extra = (-len(seeds)) % n_devices
-    return np.asarray(seeds + [seeds[-1]] * extra, dtype=np.int32)
+def seed_blocks(seeds: Sequence[int], width: int) -> dict[int, np.ndarray]:
+    """The blocks that hold `seeds`: block b -> its `width` slot seeds b*width+1 .. (b+1)*width.
+
+    Seed s sits in slot (s-1) % width of block (s-1) // width, whatever other seeds are asked for.
+    """
+    blocks = sorted({(int(s) - 1) // width for s in seeds})
+    return {b: np.arange(b * width + 1, (b + 1) * width + 1, dtype=np.int32) for b in blocks}
+
+
+def _check_seeds(seeds: Sequence[int]) -> None:
+    if not seeds:
+        raise UserError("--seeds must be at least 1")
+    if any(int(s) < 1 for s in seeds):
+        raise UserError(f"seeds are numbered from 1, not {min(seeds)}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct: {list(seeds)}")
 
 
 # ---------------------------------------------------------------- the loop
@@ -244,34 +277,41 @@ def train_seeds(
     config: TrainConfig = TrainConfig(),
     *,
     devices=None,
+    block: int = SEED_BLOCK,
     on_epoch: Callable[[dict], None] | None = None,
 ) -> TrainResult:
     """Train `model` (a Flax head) once per seed, all seeds together; see the module docstring.
 
+    `block` is the number of members per device in one compiled call; a seed's bits depend on it
+    (and on the device count) but never on the other seeds asked for.
     `on_epoch` is called after every epoch with `{"epoch", "seconds", "seeds": [per-seed rows of
     the seeds still training at that epoch]}`; each row is what `history.jsonl` records.
     """
     config.check()
-    if not seeds:
-        raise UserError("--seeds must be at least 1")
+    _check_seeds(seeds)
+    if not block >= 1:
+        raise ValueError(f"block must be at least 1, not {block}")
     data.check()
     n, views, dim = data.train_x.shape
     mesh = seed_mesh(devices)
     n_dev = mesh.devices.size
-    seed_arr = padded_seeds(seeds, n_dev)
+    width = block * n_dev
+    blocks = seed_blocks(seeds, width)
+    where = {int(s): ((int(s) - 1) // width, (int(s) - 1) % width) for s in seeds}  # seed -> (block, slot)
     per_seed = NamedSharding(mesh, PartitionSpec("seeds"))
     replicated = NamedSharding(mesh, PartitionSpec())
 
     tx = optax.adam(config.lr)
-    eb = eval_batch_size(model, data.val_x.shape[0], len(seed_arr) // n_dev)
+    eb = eval_batch_size(model, data.val_x.shape[0], block)
     val_xb, val_rb = pad_rows(np.asarray(data.val_x, np.float32), eb)
     val_yb, _ = pad_rows(np.asarray(data.val_y, np.int8), eb)
     put = lambda x: jax.device_put(x, replicated)  # noqa: E731
     inputs = (put(data.train_x), put(data.train_y), put(val_xb), put(val_yb), put(val_rb))
-    seeds_dev = jax.device_put(seed_arr, per_seed)
+    seeds_dev = {b: jax.device_put(slots, per_seed) for b, slots in blocks.items()}
 
     t0 = time.perf_counter()
-    state = jax.jit(jax.vmap(_init_state(model, tx, dim)), out_shardings=per_seed)(seeds_dev)
+    init_fn = jax.jit(jax.vmap(_init_state(model, tx, dim)), out_shardings=per_seed)
+    state = {b: init_fn(sd) for b, sd in seeds_dev.items()}
     epoch_jit = jax.jit(
         _epoch_fn(model, tx, n=n, views=views, batch=config.batch_size, patience=config.patience),
         in_shardings=(per_seed, per_seed, replicated) + (replicated,) * 5,
@@ -279,24 +319,31 @@ def train_seeds(
         donate_argnums=0,
     )
     epoch0 = jax.device_put(np.int32(1), replicated)
-    # Compiled once, ahead of time: an epoch can never trigger a recompilation.
-    epoch_fn = epoch_jit.lower(state, seeds_dev, epoch0, *inputs).compile()
+    first = next(iter(blocks))
+    # Compiled once, ahead of time, for one block: every block and epoch runs this executable.
+    epoch_fn = epoch_jit.lower(state[first], seeds_dev[first], epoch0, *inputs).compile()
     compile_seconds = time.perf_counter() - t0
 
-    k = len(seeds)
-    histories: list[list[dict]] = [[] for _ in seeds]
-    stopped = np.zeros(k, bool)
+    histories: dict[int, list[dict]] = {int(s): [] for s in seeds}
+    stopped = {int(s): False for s in seeds}
     t_train = time.perf_counter()
     for epoch in range(1, config.max_epochs + 1):
         t = time.perf_counter()
-        state, out = epoch_fn(state, seeds_dev, jax.device_put(np.int32(epoch), replicated), *inputs)
-        out = jax.device_get(out)
-        best_val, now_stopped = jax.device_get((state["best_val"], state["stopped"]))
+        e = jax.device_put(np.int32(epoch), replicated)
+        # Blocks with a seed still training; the others would only repeat masked updates.
+        active = [b for b in blocks if any(not stopped[s] for s in where if where[s][0] == b)]
+        outs = {}
+        for b in active:  # dispatched one after another, read back together
+            state[b], outs[b] = epoch_fn(state[b], seeds_dev[b], e, *inputs)
+        outs = jax.device_get(outs)
+        best = jax.device_get({b: (state[b]["best_val"], state[b]["stopped"]) for b in active})
         seconds = time.perf_counter() - t
         rows = []
-        for j, seed in enumerate(seeds):
-            if stopped[j]:
+        for seed in (int(s) for s in seeds):
+            b, j = where[seed]
+            if stopped[seed]:
                 continue
+            out = outs[b]
             train_loss, val_loss = float(out["train_loss"][j]), float(out["val_loss"][j])
             if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
                 raise UserError(
@@ -307,44 +354,50 @@ def train_seeds(
                 "epoch": epoch,
                 "train_loss": train_loss,
                 "val_loss": val_loss,
-                "best_so_far": float(best_val[j]),
+                "best_so_far": float(best[b][0][j]),
                 "improved": bool(out["improved"][j]),
                 "seconds": round(seconds, 4),
                 "order_digest": order_digest(out["perm"][j], out["views"][j]),
             }
-            histories[j].append(row)
+            histories[seed].append(row)
             rows.append({"seed": seed, **row})
-        stopped = np.asarray(now_stopped[:k], bool)
+        for seed in stopped:
+            b, j = where[seed]
+            if b in best:
+                stopped[seed] = bool(best[b][1][j])
+        flags = [stopped[int(s)] for s in seeds]
         if on_epoch is not None:
-            on_epoch({"epoch": epoch, "seconds": seconds, "seeds": rows, "stopped": stopped.tolist()})
-        if stopped.all():
+            on_epoch({"epoch": epoch, "seconds": seconds, "seeds": rows, "stopped": flags})
+        if all(flags):
             break
     train_seconds = time.perf_counter() - t_train
 
-    best_params = state["best_params"]
-    host = jax.device_get({k2: state[k2] for k2 in ("best_params", "best_epoch", "best_val")})
-    results = [
-        SeedResult(
+    host = jax.device_get({b: {k: state[b][k] for k in ("best_params", "best_epoch", "best_val")} for b in blocks})
+    results = []
+    for seed in (int(s) for s in seeds):
+        b, j = where[seed]
+        results.append(SeedResult(
             seed=seed,
-            history=histories[j],
-            best_params=jax.tree.map(lambda a, j=j: np.asarray(a[j]), host["best_params"]),
-            best_epoch=int(host["best_epoch"][j]),
-            best_val_loss=float(host["best_val"][j]),
-            epochs=len(histories[j]),
-        )
-        for j, seed in enumerate(seeds)
-    ]
-    return TrainResult(results, best_params, mesh, compile_seconds, train_seconds,
-                       {"devices": n_dev, "eval_batch": eb, "padded_seeds": len(seed_arr)})
+            history=histories[seed],
+            best_params=jax.tree.map(lambda a, j=j: np.asarray(a[j]), host[b]["best_params"]),
+            best_epoch=int(host[b]["best_epoch"][j]),
+            best_val_loss=float(host[b]["best_val"][j]),
+            epochs=len(histories[seed]),
+        ))
+    return TrainResult(results, [state[b]["best_params"] for b in blocks], list(blocks.values()), mesh,
+                       compile_seconds, train_seconds,
+                       {"devices": n_dev, "eval_batch": eb, "block": block, "members_per_call": width,
+                        "blocks": len(blocks), "padded_seeds": width * len(blocks)})
 
 
-def predict(model, result: TrainResult, x: np.ndarray) -> np.ndarray:
-    """Probabilities (seeds, N, L) of every seed's best parameters on embeddings x (N, D)."""
+def predict(model, result: TrainResult, x: np.ndarray, *, block: int | None = None) -> np.ndarray:
+    """Probabilities (seeds, N, L) of every seed's best parameters on embeddings x (N, D), in the
+    order of `result.results`; computed block by block with one executable (see the module docstring)."""
     mesh = result.mesh
     per_seed = NamedSharding(mesh, PartitionSpec("seeds"))
     replicated = NamedSharding(mesh, PartitionSpec())
-    n_pad = jax.tree.leaves(result.best_params)[0].shape[0]
-    eb = eval_batch_size(model, x.shape[0], n_pad // mesh.devices.size)
+    width = len(result.block_seeds[0])
+    eb = eval_batch_size(model, x.shape[0], block or result.timing.get("block", width // mesh.devices.size))
     xb, _ = pad_rows(np.asarray(x, np.float32), eb)
 
     def one_seed(params, xb):
@@ -354,5 +407,8 @@ def predict(model, result: TrainResult, x: np.ndarray) -> np.ndarray:
         return jax.lax.scan(body, None, xb)[1].reshape(-1, model.n)
 
     fn = jax.jit(jax.vmap(one_seed, in_axes=(0, None)), in_shardings=(per_seed, replicated), out_shardings=per_seed)
-    probs = np.asarray(jax.device_get(fn(result.best_params, jax.device_put(xb, replicated))))
-    return probs[: len(result.results), : x.shape[0]]
+    xd = jax.device_put(xb, replicated)
+    outs = [fn(params, xd) for params in result.best_params]
+    probs = [np.asarray(p) for p in jax.device_get(outs)]
+    slot = {int(s): (b, j) for b, slots in enumerate(result.block_seeds) for j, s in enumerate(slots)}
+    return np.stack([probs[slot[r.seed][0]][slot[r.seed][1], : x.shape[0]] for r in result.results])

@@ -1,4 +1,4 @@
-"""Multi-seed training: seeds together equal seeds alone, one compilation, fair and complete epochs."""
+"""Multi-seed training: seeds together equal seeds alone (bit for bit), one compilation, fair and complete epochs."""
 
 import json
 import os
@@ -15,7 +15,17 @@ from jax._src.dispatch import BACKEND_COMPILE_EVENT
 
 from cxrfeat.errors import UserError
 from heads.models import make_model
-from heads.train import INIT_STREAM, TrainConfig, TrainData, epoch_order, order_digest, predict, train_seeds
+from heads.train import (
+    INIT_STREAM,
+    SEED_BLOCK,
+    TrainConfig,
+    TrainData,
+    epoch_order,
+    order_digest,
+    predict,
+    seed_blocks,
+    train_seeds,
+)
 
 
 def tiny_data(n=200, views=2, dim=16, labels=8, n_val=40, seed=0, scale=0.5):
@@ -37,7 +47,18 @@ DATA = tiny_data()
 RAGGED = TrainConfig(lr=0.1, max_epochs=12, patience=2)
 
 
+def assert_identical_run(a, b):
+    """Bit for bit: every history value but the wall-clock seconds, and every parameter."""
+    assert (a.seed, a.epochs, a.best_epoch, a.best_val_loss) == (b.seed, b.epochs, b.best_epoch, b.best_val_loss)
+    drop = lambda h: {k: v for k, v in h.items() if k != "seconds"}  # noqa: E731
+    assert [drop(h) for h in a.history] == [drop(h) for h in b.history]
+    assert jax.tree.structure(a.best_params) == jax.tree.structure(b.best_params)
+    for x, y in zip(jax.tree.leaves(a.best_params), jax.tree.leaves(b.best_params), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
 def assert_same_run(a, b):
+    """Equal to float tolerance (other device counts compile other programs)."""
     assert (a.seed, a.epochs, a.best_epoch) == (b.seed, b.epochs, b.best_epoch)
     assert [h["order_digest"] for h in a.history] == [h["order_digest"] for h in b.history]
     for ha, hb in zip(a.history, b.history, strict=True):
@@ -56,7 +77,34 @@ def test_cdl_seeds_together_equal_seeds_alone(cdl_together):
     assert results[0].epochs < results[-1].epochs, "the test needs seeds that stop at different epochs"
     for r in (results[0], results[-1]):  # the first to stop and the last
         alone = train_seeds(make_model("cdl", 8), DATA, [r.seed], RAGGED).results[0]
-        assert_same_run(r, alone)
+        assert_identical_run(r, alone)
+
+
+def test_a_seed_is_bit_identical_whatever_it_is_trained_with(cdl_together):
+    """`--seeds 1` vs seed 1 of `--seeds 3`, and a resumed group (the seeds not yet done) vs all at once:
+    parameters, predictions and history, bit for bit, also for a seed in the second block."""
+    model = make_model("cdl", 8)
+    five = train_seeds(model, DATA, [1, 2, 3, 4, 5], RAGGED)
+    groupings = [[1], [1, 2, 3], [3, 4, 5], [5], [2, 5]]
+    probs_five = predict(model, five, DATA.val_x)
+    for seeds in groupings:
+        part = train_seeds(model, DATA, seeds, RAGGED)
+        probs = predict(model, part, DATA.val_x)
+        for r, p in zip(part.results, probs, strict=True):
+            j = r.seed - 1
+            assert_identical_run(five.results[j], r)
+            np.testing.assert_array_equal(probs_five[j], p)
+    for r in cdl_together.results:  # the module's 4-seed group too
+        assert_identical_run(five.results[r.seed - 1], r)
+    assert five.timing["blocks"] == -(-5 // SEED_BLOCK) and five.timing["eval_batch"] == part.timing["eval_batch"]
+
+
+def test_seed_blocks_place_a_seed_by_its_number_only():
+    assert {b: v.tolist() for b, v in seed_blocks([3], 4).items()} == {0: [1, 2, 3, 4]}
+    blocks = seed_blocks([2, 9], 4)
+    assert sorted(blocks) == [0, 2] and blocks[2].tolist() == [9, 10, 11, 12]
+    with pytest.raises(UserError, match="from 1"):
+        train_seeds(make_model("cdl", 8), DATA, [0, 1], RAGGED)
 
 
 def test_early_stopping_keeps_the_best_parameters(cdl_together):
@@ -81,8 +129,10 @@ def dqc_run():
 
 def test_dqc_seeds_together_equal_alone_and_loss_decreases(dqc_run):
     data, together = dqc_run
-    alone = train_seeds(make_model("dqc", 4), data, [2], TrainConfig(lr=0.02, max_epochs=4, patience=4))
-    assert_same_run(together.results[1], alone.results[0])
+    model = make_model("dqc", 4)
+    alone = train_seeds(model, data, [2], TrainConfig(lr=0.02, max_epochs=4, patience=4))
+    assert_identical_run(together.results[1], alone.results[0])
+    np.testing.assert_array_equal(predict(model, together, data.val_x)[1], predict(model, alone, data.val_x)[0])
     for r in together.results:
         assert r.history[-1]["train_loss"] < r.history[0]["train_loss"]
         assert r.history[-1]["val_loss"] < r.history[0]["val_loss"]
@@ -192,16 +242,22 @@ MULTI_DEVICE = textwrap.dedent(
     import jax, numpy as np
     from heads.models import make_model
     from heads.train import TrainConfig, predict, train_seeds
-    from test_train import DATA, RAGGED, assert_same_run
+    from test_train import DATA, RAGGED, assert_identical_run, assert_same_run
     assert jax.local_device_count() == 2
     model = make_model("cdl", 8)
-    two = train_seeds(model, DATA, [1, 2, 3], RAGGED)  # 3 seeds padded to 4 over 2 devices
+    two = train_seeds(model, DATA, [1, 2, 3], RAGGED, block=2)  # one block of 2 x 2 members, 3 used
     one = train_seeds(model, DATA, [1, 2, 3], RAGGED, devices=jax.devices()[:1])
     assert two.timing["devices"] == 2 and two.timing["padded_seeds"] == 4
-    assert len(jax.tree.leaves(two.best_params)[0].sharding.device_set) == 2
+    assert len(jax.tree.leaves(two.best_params[0])[0].sharding.device_set) == 2
     for a, b in zip(two.results, one.results, strict=True):
         assert_same_run(a, b)
     np.testing.assert_allclose(predict(model, two, DATA.val_x), predict(model, one, DATA.val_x), rtol=1e-5, atol=1e-6)
+    # On two devices too, a seed's bits do not depend on its companions (here across two blocks).
+    alone = train_seeds(model, DATA, [3], RAGGED, block=2)
+    assert_identical_run(two.results[2], alone.results[0])
+    five = train_seeds(model, DATA, [1, 2, 3, 4, 5], RAGGED, block=2)
+    assert five.timing["blocks"] == 2
+    assert_identical_run(five.results[4], train_seeds(model, DATA, [5], RAGGED, block=2).results[0])
     print("OK")
     """
 )
