@@ -138,6 +138,7 @@ def synth(
     n_external: int = typer.Option(200, "--n-external", help="Frontal external-test images (MIMIC layout; a few lateral rows are added)."),
     image_size: int = typer.Option(256, "--image-size", help="Image width in pixels (real NIH images are 1024)."),
     seed: int = typer.Option(0, "--seed", help="Random seed: the same seed writes the same dataset."),
+    labels: int = typer.Option(19, "--labels", help="Disease labels: the paper's 19 (default), or up to 40 (the 19, then the CXR-LT 2023/2024 findings) for wide DQC heads."),
 ):
     """Write a small SYNTHETIC dataset: NIH-CXR-LT layout (train/val/test) plus a MIMIC-CXR-LT external test set.
 
@@ -152,10 +153,10 @@ def synth(
 
     t0 = time.perf_counter()
     result = write_synthetic(out_dir, n_train=n_train, n_val=n_val, n_test=n_test, n_external=n_external,
-                             image_size=image_size, seed=seed)
+                             image_size=image_size, seed=seed, n_labels=labels)
     console = Console()
     console.print(f"[bold red]SYNTHETIC[/] data written to {out_dir} in {time.perf_counter() - t0:.1f} s "
-                  f"(seed {seed}, {image_size} px wide): not real chest X-rays.")
+                  f"(seed {seed}, {image_size} px wide, {labels} labels): not real chest X-rays.")
     for name in ("nih-cxr-lt", "mimic-cxr-lt"):
         render(dataset_summary(result[name]["path"]), console)
 

@@ -3,9 +3,10 @@
 Every reader returns the same `Dataset`: row-aligned ids, image paths (resolved, not opened: a
 missing image is reported by extraction with its file and CSV line), int8 labels in {1, 0, -1}
 (-1 = unknown) and canonical label names. Label columns are recognised by their canonical name or
-a known alias (`cxrfeat.labels.canonical`); other columns (subject ids, view positions, extra
-findings such as `Support Devices`) are ignored. Label order: the 19 task labels in canonical
-order (those present), then `No Finding` when present.
+a known alias (`cxrfeat.labels.canonical`): the 19 NIH-CXR-LT labels and the CXR-LT 2023/2024
+findings (`cxrfeat.labels.KNOWN_LABELS`); other columns (subject ids, view positions, report
+flags) are ignored. Label order: the known labels present, in canonical order (the 19 first),
+then `No Finding` when present.
 
 Layouts
 -------
@@ -34,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from cxrfeat.errors import UserError
-from cxrfeat.labels import LABELS, NO_FINDING, canonical
+from cxrfeat.labels import KNOWN_LABELS, LABELS, NO_FINDING, canonical
 
 DATASETS = ("nih-cxr-lt", "mimic-cxr-lt", "csv")
 
@@ -259,17 +260,17 @@ def _labels(table: _Table, *, all_tasks: bool) -> tuple[list[str], np.ndarray]:
     where: dict[str, str] = {}  # canonical name -> column
     for col in table.header:
         name = canonical(col)
-        if name in LABELS or name == NO_FINDING:
+        if name in KNOWN_LABELS or name == NO_FINDING:
             if name in where:
                 raise UserError(f"{table.source}: columns {where[name]!r} and {col!r} both name the label {name!r}")
             where[name] = col
-    names = [n for n in LABELS if n in where or all_tasks]
+    names = [n for n in KNOWN_LABELS if n in where or (all_tasks and n in LABELS)]
     if NO_FINDING in where:
         names.append(NO_FINDING)
     if not where:
         raise UserError(
             f"{table.source}: no label columns found (it has {', '.join(table.header)}); "
-            f"expected some of: {', '.join(LABELS)}, {NO_FINDING}"
+            f"expected some of: {', '.join(KNOWN_LABELS)}, {NO_FINDING}"
         )
     out = np.full((len(table.records), len(names)), -1, dtype=np.int8)
     for j, name in enumerate(names):

@@ -1,7 +1,13 @@
-"""Canonical disease labels and the paper's three tasks (CXR-8, CXR-14, CXR-19).
+"""Canonical disease labels, the paper's three tasks (CXR-8, CXR-14, CXR-19) and wider label sets.
 
 The canonical order is the paper's Table I order (NIH-CXR-LT training occurrence, most common
-first). Within a task, labels (and so qubits) follow this order.
+first) for the 19 NIH-CXR-LT labels, then the findings that only the CXR-LT challenges label
+(`EXTRA_LABELS`, in a fixed order). Within a task, labels (and so qubits) follow this order.
+
+Label sets (`LABEL_SETS`): `nih-cxr-lt` (the 19), `cxr-lt-2023` (the 26 classes of the CXR-LT 2023
+release of MIMIC-CXR-LT, `No Finding` among them) and `cxr-lt-2024` (its 40 long-tailed classes,
+`Normal` among them, which is a class of that challenge and kept as its own label). `No Finding` is
+kept in stores but is never a task label.
 """
 
 from __future__ import annotations
@@ -30,6 +36,46 @@ LABELS: tuple[str, ...] = (
 
 NO_FINDING = "No Finding"
 
+# Findings labelled by CXR-LT 2023 (MIMIC-CXR-LT) and CXR-LT 2024 beyond the 19 NIH-CXR-LT labels,
+# in the order that follows the 19 in the canonical order: 2023's additions, then 2024's.
+EXTRA_LABELS: tuple[str, ...] = (
+    "Enlarged Cardiomediastinum",
+    "Fracture",
+    "Lung Lesion",
+    "Lung Opacity",
+    "Pleural Other",
+    "Support Devices",
+    "Adenopathy",
+    "Azygos Lobe",
+    "Clavicle Fracture",
+    "Fissure",
+    "Granuloma",
+    "Hydropneumothorax",
+    "Infarction",
+    "Kyphosis",
+    "Lobar Atelectasis",
+    "Pulmonary Embolism",
+    "Pulmonary Hypertension",
+    "Rib Fracture",
+    "Round(ed) Atelectasis",
+    "Tuberculosis",
+    "Normal",
+)
+
+# Every label name the readers know, in canonical order (`No Finding` last).
+KNOWN_LABELS: tuple[str, ...] = LABELS + EXTRA_LABELS
+
+LABEL_SETS: dict[str, tuple[str, ...]] = {
+    "nih-cxr-lt": LABELS,
+    "cxr-lt-2023": tuple(n for n in KNOWN_LABELS if n in {
+        "Atelectasis", "Calcification of the Aorta", "Cardiomegaly", "Consolidation", "Edema", "Emphysema",
+        "Enlarged Cardiomediastinum", "Fibrosis", "Fracture", "Hernia", "Infiltration", "Lung Lesion",
+        "Lung Opacity", "Mass", "Nodule", "Effusion", "Pleural Other", "Pleural Thickening", "Pneumomediastinum",
+        "Pneumonia", "Pneumoperitoneum", "Pneumothorax", "Subcutaneous Emphysema", "Support Devices",
+        "Tortuous Aorta"}) + (NO_FINDING,),
+    "cxr-lt-2024": LABELS + EXTRA_LABELS,
+}
+
 _CXR8 = {"Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax"}
 _CXR14 = _CXR8 | {"Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural Thickening", "Hernia"}
 _CXR19 = set(LABELS)
@@ -49,6 +95,20 @@ ALIASES: dict[str, str] = {
     "Calcification_of_the_Aorta": "Calcification of the Aorta",
     "Calcification of Aorta": "Calcification of the Aorta",
     "No_Finding": NO_FINDING,
+    "Enlarged_Cardiomediastinum": "Enlarged Cardiomediastinum",
+    "Lung_Lesion": "Lung Lesion",
+    "Lung_Opacity": "Lung Opacity",
+    "Pleural_Other": "Pleural Other",
+    "Support_Devices": "Support Devices",
+    "Azygos_Lobe": "Azygos Lobe",
+    "Clavicle_Fracture": "Clavicle Fracture",
+    "Lobar_Atelectasis": "Lobar Atelectasis",
+    "Pulmonary_Embolism": "Pulmonary Embolism",
+    "Pulmonary_Hypertension": "Pulmonary Hypertension",
+    "Rib_Fracture": "Rib Fracture",
+    "Round(ed)_Atelectasis": "Round(ed) Atelectasis",
+    "Rounded Atelectasis": "Round(ed) Atelectasis",
+    "Round Atelectasis": "Round(ed) Atelectasis",
 }
 
 
@@ -58,22 +118,139 @@ def canonical(name: str) -> str:
     return ALIASES.get(name, name)
 
 
+class Task(str):
+    """A task: a label list (qubits follow its order) with a name, which is also its run-folder name.
+
+    A `str` (its name, e.g. `cxr-8`), so it prints, sorts and serialises (JSON) as the name; the paper's
+    tasks are `Task.paper(8)` etc. A task named `all` with no labels yet is resolved against a store's
+    label names by `resolve_tasks`.
+    """
+
+    labels: tuple[str, ...] | None
+
+    def __new__(cls, name: str, labels=None):
+        self = super().__new__(cls, name)
+        self.labels = tuple(labels) if labels is not None else None
+        return self
+
+    def __reduce__(self):
+        return (Task, (str(self), self.labels))
+
+    @classmethod
+    def paper(cls, n: int) -> Task:
+        return cls(f"cxr-{n}", TASKS[n])
+
+    @property
+    def n(self) -> int:
+        return len(self.labels or ())
+
+
+ALL = "all"
+
+
 def task_labels(task: int | str) -> tuple[str, ...]:
-    """The labels of task 8, 14 or 19 (also accepts 'cxr-8' or 'CXR-14'), in canonical order."""
+    """The labels of a task: a `Task`, or 8, 14, 19 (also 'cxr-8' or 'CXR-14'), in canonical order."""
+    if isinstance(task, Task) and task.labels is not None:
+        return task.labels
     key = str(task).lower().removeprefix("cxr-").removeprefix("cxr")
     try:
         return TASKS[int(key)]
     except (ValueError, KeyError):
-        raise ValueError(f"unknown task {task!r}: choose one of {', '.join(map(str, TASKS))}") from None
+        raise ValueError(f"unknown task {task!r}: choose one of {', '.join(map(str, TASKS))}, all, "
+                         f"or a label list with --tasks-file") from None
 
 
 def task_name(task: int | str) -> str:
-    """'cxr-8' style name used in run folders."""
-    return f"cxr-{len(task_labels(task))}"
+    """'cxr-8' style name used in run folders (a `Task`'s own name)."""
+    if isinstance(task, Task):
+        return str(task)
+    try:
+        return f"cxr-{len(task_labels(task))}"
+    except ValueError:
+        if isinstance(task, str) and task.strip():  # already a task's (folder) name, e.g. 'cxr-40'
+            return task
+        raise
+
+
+def as_task(task: int | str) -> Task:
+    """A `Task` for a paper task number or name, or the task itself."""
+    if isinstance(task, Task):
+        return task
+    labels = task_labels(task)
+    return Task(f"cxr-{len(labels)}", labels)
+
+
+def _name_for(labels: tuple[str, ...], default: str) -> str:
+    """`cxr-N` for the paper's sets; otherwise `default` (never a paper task's name for other labels)."""
+    for n, paper in TASKS.items():
+        if labels == paper:
+            return f"cxr-{n}"
+    if default in {f"cxr-{n}" for n in TASKS}:
+        return default.replace("cxr-", "labels-")
+    return default
+
+
+def read_tasks_file(path) -> Task:
+    """A task from a file: one label name a line (aliases allowed; blank lines and `#` comments ignored),
+    or one line naming a label set (`nih-cxr-lt`, `cxr-lt-2023`, `cxr-lt-2024`). Its name is the file's stem
+    (or `cxr-N` when the labels are a paper task)."""
+    from pathlib import Path
+
+    from cxrfeat.errors import UserError
+
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"--tasks-file {path}: cannot read it ({e})") from None
+    names = [ln.split("#", 1)[0].strip() for ln in lines]
+    names = [n for n in names if n]
+    if len(names) == 1 and names[0].lower() in LABEL_SETS:
+        labels = tuple(n for n in LABEL_SETS[names[0].lower()] if n != NO_FINDING)
+    else:
+        labels = tuple(dict.fromkeys(canonical(n) for n in names))
+        if NO_FINDING in labels:
+            raise UserError(f"--tasks-file {path}: {NO_FINDING!r} is never a task label")
+    if len(labels) < 2:
+        raise UserError(f"--tasks-file {path}: a task needs at least 2 labels, found {len(labels)}")
+    return Task(_name_for(labels, f"{path.stem}-{len(labels)}"), labels)
+
+
+def resolve_tasks(tasks, available) -> list[Task]:
+    """Tasks with `all` replaced by every label in `available` (a store's label names) but `No Finding`,
+    in that order; duplicates (by name) dropped. Other tasks are returned as they are."""
+    out: dict[str, Task] = {}
+    for t in tasks:
+        t = as_task(t) if str(t) != ALL else t
+        if str(t) == ALL and t.labels is None:
+            labels = tuple(n for n in available if n != NO_FINDING)
+            t = Task(_name_for(labels, f"cxr-{len(labels)}"), labels)
+        out.setdefault(str(t), t)
+    return list(out.values())
+
+
+def parse_task_specs(spec: str, tasks_file=None) -> list[Task]:
+    """Parse `--tasks 8,14,19,all` (and `--tasks-file FILE`) into tasks, duplicates dropped.
+
+    `all` stays unresolved (`Task('all')`) until `resolve_tasks` sees the training store's labels.
+    """
+    out: dict[str, Task] = {}
+    for part in (spec or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        t = Task(ALL) if part.lower() == ALL else as_task(part)
+        out.setdefault(str(t), t)
+    if tasks_file is not None:
+        t = read_tasks_file(tasks_file)
+        out.setdefault(str(t), t)
+    if not out:
+        raise ValueError("--tasks is empty: give e.g. 8,14,19 or all")
+    return list(out.values())
 
 
 def parse_tasks(spec: str) -> list[int]:
-    """Parse a `--tasks 8,14,19` option."""
+    """Parse a `--tasks 8,14,19` option of the paper's tasks into label counts (duplicates dropped)."""
     out = []
     for part in spec.split(","):
         part = part.strip()
@@ -81,4 +258,4 @@ def parse_tasks(spec: str) -> list[int]:
             out.append(len(task_labels(part)))
     if not out:
         raise ValueError("--tasks is empty: give e.g. 8,14,19")
-    return out
+    return list(dict.fromkeys(out))

@@ -32,7 +32,7 @@ from PIL import Image, ImageFilter
 
 from cxrfeat import __version__
 from cxrfeat.errors import UserError
-from cxrfeat.labels import LABELS, NO_FINDING
+from cxrfeat.labels import KNOWN_LABELS, LABELS, NO_FINDING
 
 # Table I of the paper: NIH-CXR-LT training counts (of 78,605 images) and MIMIC-CXR-LT test counts
 # (of 48,860 frontal images).
@@ -116,6 +116,40 @@ NIH_SITE = Site()
 MIMIC_SITE = Site(gamma=0.8, contrast=0.85, offset=0.06, noise=0.06, blur=0.8, aspect=1.1)
 
 
+KINDS = ("stripes-h", "stripes-v", "checks", "rings", "dots", "speckle", "blob")
+
+
+def _extra_pattern(k: int) -> Pattern:
+    """The pattern of the k-th label beyond the 19 (`--labels N`, N > 19): drawn once from a fixed seed."""
+    rng = np.random.default_rng([20241, k])
+    kind = KINDS[k % len(KINDS)]
+    return Pattern(float(rng.uniform(-0.5, 0.5)), float(rng.uniform(-0.55, 0.55)), float(rng.uniform(0.2, 0.45)),
+                   float(rng.uniform(0.2, 0.45)), kind, 0.0 if kind == "blob" else float(rng.uniform(2.0, 14.0)),
+                   float(rng.choice([-1, 1]) * rng.uniform(0.3, 0.45)))
+
+
+MAX_LABELS = len(KNOWN_LABELS)
+
+
+def label_names(n_labels: int) -> tuple[str, ...]:
+    """The first `n_labels` known labels in canonical order: the 19 NIH-CXR-LT labels, then the CXR-LT ones."""
+    if not 2 <= n_labels <= MAX_LABELS:
+        raise UserError(f"--labels must be between 2 and {MAX_LABELS} (the labels the readers know), got {n_labels}")
+    return KNOWN_LABELS[:n_labels]
+
+
+def tail_counts(base: dict[str, int], names) -> dict[str, int]:
+    """Table I counts for the 19, continued for the labels beyond them by a geometric tail below the rarest."""
+    low = min(base.values())
+    extra = [n for n in names if n not in base]
+    return {**{n: base[n] for n in names if n in base},
+            **{n: max(8, round(low * 0.92 ** (k + 1))) for k, n in enumerate(extra)}}
+
+
+for _k, _name in enumerate(KNOWN_LABELS[len(LABELS):]):
+    PATTERNS[_name] = _extra_pattern(_k)
+
+
 # ------------------------------------------------------------------------------------------ labels
 def prevalence(counts: dict[str, int], rows: int) -> dict[str, float]:
     """Table I counts -> per-label prevalence, the tail compressed (square root of the ratio to the
@@ -131,14 +165,15 @@ def positives_per_label(n: int, prev: dict[str, float]) -> dict[str, int]:
     return {name: min(cap, max(floor, round(n * p))) for name, p in prev.items()}
 
 
-def draw_labels(n: int, prev: dict[str, float], rng: np.random.Generator) -> np.ndarray:
-    """(n, 19) 0/1 labels with exactly `positives_per_label` positives each, co-occurring via latent factors."""
+def draw_labels(n: int, prev: dict[str, float], rng: np.random.Generator, names=LABELS) -> np.ndarray:
+    """(n, len(names)) 0/1 labels with exactly `positives_per_label` positives each, co-occurring via
+    latent factors. The random stream for the first 19 labels does not depend on `names`."""
     sick = rng.standard_normal(n)
     group_of = {name: g for g, names in enumerate(GROUPS) for name in names}
     shared = rng.standard_normal((n, len(GROUPS)))
     counts = positives_per_label(n, prev)
-    y = np.zeros((n, len(LABELS)), np.int8)
-    for j, name in enumerate(LABELS):
+    y = np.zeros((n, len(names)), np.int8)
+    for j, name in enumerate(names):
         g = group_of.get(name)
         z = 0.55 * sick + rng.standard_normal(n) * (0.6 if g is not None else 0.835)
         if g is not None:
@@ -201,11 +236,11 @@ class _Painter:
             raise ValueError(p.kind)
         return PATTERN_GAIN * p.amp * rng.uniform(0.6, 1.3) * env * tex
 
-    def draw(self, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """uint8 (H, W) image for one 0/1 label row."""
+    def draw(self, y: np.ndarray, rng: np.random.Generator, names=LABELS) -> np.ndarray:
+        """uint8 (H, W) image for one 0/1 label row (labels `names`)."""
         img = self.background(rng)
         for j in np.flatnonzero(y):
-            img = img + self.pattern(PATTERNS[LABELS[j]], rng)
+            img = img + self.pattern(PATTERNS[names[j]], rng)
         s = self.site
         c = img - 0.45
         img = 0.45 + c * (IMAGE_RMS / max(1e-6, float(np.sqrt(np.mean(c**2)))))
@@ -227,8 +262,13 @@ def write_synthetic(
     n_external: int = 200,
     image_size: int = 256,
     seed: int = 0,
+    n_labels: int = len(LABELS),
 ) -> dict:
     """Write `out_dir/nih-cxr-lt/` and `out_dir/mimic-cxr-lt/` (SYNTHETIC); returns a summary dict.
+
+    `n_labels` disease labels (`label_names`): the paper's 19 by default; more (up to 40) adds the
+    CXR-LT findings after them with a continued long tail (for wide DQC heads, e.g. `--tasks all`).
+    With the default 19 the files are exactly those of earlier versions.
 
     An earlier synthetic dataset in the same place is replaced; a folder that is not marked
     synthetic (no README.txt saying so) is never touched.
@@ -238,6 +278,7 @@ def write_synthetic(
             raise UserError(f"{name} must be at least 2 (a split needs positives and negatives), got {n}")
     if not 32 <= image_size <= 2048:
         raise UserError(f"--image-size must be between 32 and 2048, got {image_size}")
+    names = label_names(n_labels)
     out_dir = Path(out_dir)
     targets = {"nih": out_dir / "nih-cxr-lt", "mimic": out_dir / "mimic-cxr-lt"}
     for path in targets.values():
@@ -247,8 +288,8 @@ def write_synthetic(
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".synth-", dir=out_dir))
     try:
-        nih = _write_nih(tmp / "nih-cxr-lt", {"train": n_train, "val": n_val, "test": n_test}, image_size, seed)
-        mimic = _write_mimic(tmp / "mimic-cxr-lt", n_external, image_size, seed)
+        nih = _write_nih(tmp / "nih-cxr-lt", {"train": n_train, "val": n_val, "test": n_test}, image_size, seed, names)
+        mimic = _write_mimic(tmp / "mimic-cxr-lt", n_external, image_size, seed, names)
         for path in targets.values():
             if path.exists():
                 shutil.rmtree(path)
@@ -260,6 +301,7 @@ def write_synthetic(
         "out_dir": str(out_dir),
         "image_size": image_size,
         "seed": seed,
+        "labels": list(names),
         "nih-cxr-lt": {"path": str(targets["nih"]), **nih},
         "mimic-cxr-lt": {"path": str(targets["mimic"]), **mimic},
     }
@@ -294,14 +336,14 @@ def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
         w.writerows(rows)
 
 
-def _write_nih(root: Path, sizes: dict[str, int], image_size: int, seed: int) -> dict:
-    prev = prevalence(NIH_TRAIN, NIH_TRAIN_ROWS)
+def _write_nih(root: Path, sizes: dict[str, int], image_size: int, seed: int, names=LABELS) -> dict:
+    prev = prevalence(tail_counts(NIH_TRAIN, names), NIH_TRAIN_ROWS)
     painter = _Painter(image_size, image_size, NIH_SITE)
     splits = {}
     patient = 1
     for s, (split, n) in enumerate(sizes.items()):
         rng = np.random.default_rng([seed, 1, s])
-        y = draw_labels(n, prev, rng)
+        y = draw_labels(n, prev, rng, names)
         ids, subj = [], []
         while len(ids) < n:  # patient-disjoint splits, 1-4 images per patient
             for k in range(min(n - len(ids), int(rng.integers(1, 5)))):
@@ -315,34 +357,34 @@ def _write_nih(root: Path, sizes: dict[str, int], image_size: int, seed: int) ->
     folder = {i: root / f"images_{k // per_folder + 1:03d}" / "images" for k, i in enumerate(all_ids)}
     for f in set(folder.values()):
         f.mkdir(parents=True, exist_ok=True)
-    header = ["id", *LABELS, NO_FINDING, "subj_id"]
+    header = ["id", *names, NO_FINDING, "subj_id"]
     counts = {}
     for split, (ids, subj, y, rng) in splits.items():
         for k, (i, row) in enumerate(zip(ids, y, strict=True)):
-            im = Image.fromarray(painter.draw(row, rng), mode="L")
+            im = Image.fromarray(painter.draw(row, rng, names), mode="L")
             if k % 23 == 7:  # a few RGBA files, as in the NIH download (opaque alpha)
                 im = im.convert("RGBA")
             im.save(folder[i] / i, compress_level=1)
         nf = (y.sum(1) == 0).astype(int)
         _write_csv(root / f"miccai2023_nih-cxr-lt_labels_{split}.csv", header,
                    [[i, *r.tolist(), f, sj] for i, r, f, sj in zip(ids, y, nf, subj, strict=True)])
-        counts[split] = {"rows": len(ids), "positives": dict(zip(LABELS, y.sum(0).tolist(), strict=True))}
+        counts[split] = {"rows": len(ids), "positives": dict(zip(names, y.sum(0).tolist(), strict=True))}
     (root / "README.txt").write_text(_readme(
         "NIH-CXR-LT layout", "miccai2023_nih-cxr-lt_labels_{train,val,test}.csv; PNGs in images_0NN/images/",
         image_size, seed, {k: v["rows"] for k, v in counts.items()}))
     return counts
 
 
-def _write_mimic(root: Path, n: int, image_size: int, seed: int) -> dict:
+def _write_mimic(root: Path, n: int, image_size: int, seed: int, names=LABELS) -> dict:
     rng = np.random.default_rng([seed, 2])
-    prev = prevalence(MIMIC_TEST, MIMIC_TEST_ROWS)
-    y = draw_labels(n, prev, rng)
+    prev = prevalence(tail_counts(MIMIC_TEST, names), MIMIC_TEST_ROWS)
+    y = draw_labels(n, prev, rng, names)
     painter = _Painter(round(image_size * MIMIC_SITE.aspect), image_size, MIMIC_SITE)
     # Unknown cells: blank (not mentioned) or -1 (uncertain); every label keeps its floor of known positives.
     cells = y.astype(object)
     floor = min(positives_per_label(n, prev).values())
     unknown = rng.random(y.shape) < 0.08
-    for j in range(len(LABELS)):
+    for j in range(len(names)):
         hidden = np.flatnonzero((y[:, j] == 1) & unknown[:, j])
         short = floor - (int(y[:, j].sum()) - len(hidden))
         unknown[hidden[: max(0, short)], j] = False
@@ -351,7 +393,8 @@ def _write_mimic(root: Path, n: int, image_size: int, seed: int) -> dict:
     n_lateral = max(1, n // 12)
     is_lateral = np.zeros(n + n_lateral, bool)
     is_lateral[rng.choice(n + n_lateral, n_lateral, replace=False)] = True
-    header = ["dicom_id", "subject_id", "study_id", "path", "ViewPosition", *LABELS, NO_FINDING, "Support Devices"]
+    # A column that is no label the readers know (the real files have such columns): readers ignore it.
+    header = ["dicom_id", "subject_id", "study_id", "path", "ViewPosition", *names, NO_FINDING, "Reports Available"]
     rows, frontal_ids = [], []
     k = 0
     subject = 10000032
@@ -361,11 +404,11 @@ def _write_mimic(root: Path, n: int, image_size: int, seed: int) -> dict:
         dicom = "-".join(f"{int(x):08x}" for x in rng.integers(0, 2**32, 5))
         rel = f"files/p{str(subject)[:2]}/p{subject}/s{study}/{dicom}.jpg"
         if is_lateral[r]:
-            label_cells = ["0.0"] * len(LABELS) + ["1.0"]
-            view, pixels = "LATERAL", painter.draw(np.zeros(len(LABELS), np.int8), rng)
+            label_cells = ["0.0"] * len(names) + ["1.0"]
+            view, pixels = "LATERAL", painter.draw(np.zeros(len(names), np.int8), rng, names)
         else:
             label_cells = [*cells[k].tolist(), "1.0" if y[k].sum() == 0 else "0.0"]
-            view, pixels = ("PA" if rng.random() < 0.6 else "AP"), painter.draw(y[k], rng)
+            view, pixels = ("PA" if rng.random() < 0.6 else "AP"), painter.draw(y[k], rng, names)
             frontal_ids.append(dicom)
             k += 1
         path = root / rel
@@ -374,7 +417,7 @@ def _write_mimic(root: Path, n: int, image_size: int, seed: int) -> dict:
         rows.append([dicom, subject, study, rel, view, *label_cells, int(rng.random() < 0.3)])
     root.mkdir(parents=True, exist_ok=True)
     _write_csv(root / "miccai2023_mimic-cxr-lt_labels_test.csv", header, rows)
-    known_pos = dict(zip(LABELS, ((y == 1) & ~unknown).sum(0).tolist(), strict=True))
+    known_pos = dict(zip(names, ((y == 1) & ~unknown).sum(0).tolist(), strict=True))
     counts = {"test": {"rows": n, "lateral_rows_dropped_by_readers": n_lateral, "positives": known_pos,
                        "unknown_cells": int(unknown.sum())}}
     (root / "README.txt").write_text(_readme(

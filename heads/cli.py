@@ -51,21 +51,23 @@ def _spec(*, tasks, models, seeds, features, runs, name, layers, backend, lr, ba
 def _run(spec) -> None:
     from rich.console import Console
 
-    from heads.sweep import flagged_runs, grid, run_sweep, summarize
+    from heads.sweep import flagged_runs, run_sweep, summarize
     from heads.sweepview import LiveReporter, print_summary
 
     spec.check()
     with LiveReporter() as reporter:
-        run_sweep(spec, reporter=reporter)
+        outcomes = run_sweep(spec, reporter=reporter)
     where = spec.runs / spec.name
-    rows = summarize(where, grid(spec), spec.seeds)
-    print_summary(Console(), rows, flagged_runs(where, grid(spec), spec.seeds), f"{where}: mean AUROC over seeds", where)
+    pairs = list(dict.fromkeys((o.task, o.model) for o in outcomes))
+    rows = summarize(where, pairs, spec.seeds)
+    print_summary(Console(), rows, flagged_runs(where, pairs, spec.seeds), f"{where}: mean AUROC over seeds", where)
 
 
 @app.command()
 @friendly
 def train(
-    task: Annotated[int, typer.Option("--task", help="Task: 8, 14 or 19 labels (CXR-8/14/19).")] = 8,
+    task: Annotated[str, typer.Option("--task", help="Task: 8, 14 or 19 (the paper's CXR-8/14/19), or all (every label of the training store but No Finding).")] = "8",
+    tasks_file: Annotated[Path, typer.Option("--tasks-file", help="A task from a file instead of --task: one label name a line, or a label set name (nih-cxr-lt, cxr-lt-2023, cxr-lt-2024).")] = None,
     model: Annotated[str, typer.Option("--model", help="Head: cdl or dqc.")] = "dqc",
     seeds: _Seeds = 5,
     features: _Features = Path("features"),
@@ -84,11 +86,11 @@ def train(
 ):
     """Train one head (task, model) for every seed at once; finished seeds are skipped."""
     from cxrfeat.errors import UserError
-    from cxrfeat.labels import parse_tasks
+    from cxrfeat.labels import parse_task_specs
     from heads.sweep import parse_models
 
     try:
-        tasks = parse_tasks(str(task))
+        tasks = parse_task_specs("" if tasks_file is not None else str(task), tasks_file)
     except ValueError as e:
         raise UserError(f"--task: {e}") from None
     _run(_spec(tasks=tasks, models=parse_models(model), seeds=seeds, features=features, runs=runs, name=name,
@@ -100,9 +102,10 @@ def train(
 @app.command()
 @friendly
 def sweep(
-    tasks: Annotated[str, typer.Option("--tasks", help="Tasks, comma-separated: 8,14,19.")] = "8,14,19",
+    tasks: Annotated[str, typer.Option("--tasks", help="Tasks, comma-separated: 8,14,19 (the paper's), all (every label of the training store but No Finding; qubits in its label order). Empty with --tasks-file.")] = "8,14,19",
     seeds: _Seeds = 5,
     models: Annotated[str, typer.Option("--models", help="Heads, comma-separated: cdl,dqc.")] = "cdl,dqc",
+    tasks_file: Annotated[Path, typer.Option("--tasks-file", help="One more task from a file: one label name a line (aliases allowed, # comments), or one label set name (nih-cxr-lt, cxr-lt-2023, cxr-lt-2024); named after the file.")] = None,
     shard: Annotated[str, typer.Option("--shard", help="i/N: run only the i-th of N slices of the (task, model) grid (1-based).")] = None,
     features: _Features = Path("features"),
     runs: _Runs = Path("runs"),
@@ -120,11 +123,11 @@ def sweep(
 ):
     """Train the grid tasks x models x seeds; re-running skips finished runs and redoes unfinished ones."""
     from cxrfeat.errors import UserError
-    from cxrfeat.labels import parse_tasks
+    from cxrfeat.labels import parse_task_specs
     from heads.sweep import parse_models
 
     try:
-        task_list = parse_tasks(tasks)
+        task_list = parse_task_specs(tasks, tasks_file)
     except ValueError as e:
         raise UserError(f"--tasks: {e}") from None
     _run(_spec(tasks=task_list, models=parse_models(models), seeds=seeds, features=features, runs=runs, name=name,
@@ -168,7 +171,8 @@ def params(
 @app.command()
 @friendly
 def finetune(
-    task: Annotated[int, typer.Option("--task", help="Task: 8, 14 or 19 labels (CXR-8/14/19).")] = 8,
+    task: Annotated[str, typer.Option("--task", help="Task: 8, 14 or 19 (the paper's CXR-8/14/19), or all (every label of the training store but No Finding).")] = "8",
+    tasks_file: Annotated[Path, typer.Option("--tasks-file", help="A task from a file instead of --task: one label name a line, or a label set name (nih-cxr-lt, cxr-lt-2023, cxr-lt-2024).")] = None,
     model: Annotated[str, typer.Option("--model", help="Head: cdl or dqc (the run is named <model>-finetune).")] = "dqc",
     seed: Annotated[int, typer.Option("--seed", help="Seed (>= 1): head initialisation, batch order and augmentation.")] = 1,
     data_dir: Annotated[Path, typer.Option("--data-dir", help="NIH-CXR-LT folder (label CSVs and images).")] = Path("data/nih-cxr-lt"),

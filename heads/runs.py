@@ -155,7 +155,7 @@ def finish(path: str | Path) -> None:
 
 @dataclass(frozen=True)
 class Run:
-    task: int
+    task: str  # the task's folder name, e.g. 'cxr-8' or 'cxr-40'
     model: str
     seed: int
     path: Path
@@ -168,10 +168,16 @@ class Run:
 def iter_runs(sweep: str | Path) -> Iterator[Run]:
     """Every run folder under `runs/<sweep>/`, finished or not, sorted by task, model, seed."""
     found = []
-    for p in Path(sweep).glob("cxr-*/*/seed-*"):
+    for p in Path(sweep).glob("*/*/seed-*"):
         try:
-            task, seed = int(p.parent.parent.name.removeprefix("cxr-")), int(p.name.removeprefix("seed-"))
+            seed = int(p.name.removeprefix("seed-"))
         except ValueError:
             continue
-        found.append(Run(task, p.parent.name, seed, p))
-    yield from sorted(found, key=lambda r: (r.task, r.model, r.seed))
+        if p.is_dir():
+            found.append(Run(p.parent.parent.name, p.parent.name, seed, p))
+
+    def order(r: Run):
+        digits = r.task.rsplit("-", 1)[-1]
+        return (int(digits) if digits.isdigit() else 10**6, r.task, r.model, r.seed)
+
+    yield from sorted(found, key=order)

@@ -30,7 +30,7 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import jax
@@ -39,7 +39,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from cxrfeat import __version__, atomic, locks
 from cxrfeat.errors import UserError
-from cxrfeat.labels import task_labels, task_name
+from cxrfeat.labels import ALL, as_task, resolve_tasks, task_labels, task_name
 from cxrfeat.store import Features, FeatureStore, check_compatible
 from heads import runs, sanity
 from heads.metrics import auroc_report
@@ -94,6 +94,8 @@ class SweepSpec:
         if not self.models:
             raise UserError("no models given")
         for task in self.tasks:
+            if str(task) == ALL:  # resolved against the training store's labels by run_sweep
+                continue
             try:
                 task_labels(task)
             except ValueError as e:
@@ -142,9 +144,10 @@ def parse_models(spec: str) -> list[str]:
 
 
 def grid(spec: SweepSpec) -> list[tuple[int, str]]:
-    """This shard's (task, model) pairs."""
+    """This shard's (task, model) pairs (tasks as `cxrfeat.labels.Task`s)."""
     i, n = spec.shard
-    pairs = [(t, m) for t in dict.fromkeys(spec.tasks) for m in spec.models]
+    tasks = {task_name(t): as_task(t) for t in spec.tasks if str(t) != ALL}
+    pairs = [(t, m) for t in tasks.values() for m in spec.models]
     return [p for k, p in enumerate(pairs) if k % n == i - 1]
 
 
@@ -269,13 +272,18 @@ def standardize(stores: dict[str, Features]) -> dict[str, np.ndarray]:
 
 
 # ---------------------------------------------------------------- sweep.json
+def _task_order(name: str) -> tuple[int, str]:
+    digits = name.rsplit("-", 1)[-1]
+    return (int(digits) if digits.isdigit() else 10**6, name)
+
+
 def record_sweep(spec: SweepSpec, stores: Stores) -> dict:
     """Write or extend `runs/<name>/sweep.json`; refuse a folder made with other settings."""
     path = Path(spec.runs) / spec.name / "sweep.json"
     train = stores.all["train"]
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     fixed = {**spec.settings(), "backbone": train.attrs.get("backbone"), "preprocessing": train.attrs.get("preprocessing")}
-    record = {"name": spec.name, "tasks": list(spec.tasks), "models": list(spec.models), "seeds": spec.seeds,
+    record = {"name": spec.name, "tasks": [task_name(t) for t in spec.tasks], "models": list(spec.models), "seeds": spec.seeds,
               "settings": fixed, "features": str(spec.features), "provenance": stores.provenance(),
               "package_version": __version__, "created": now, "updated": now}
     if path.exists():
@@ -286,7 +294,8 @@ def record_sweep(spec: SweepSpec, stores: Stores) -> dict:
                 f"{path.parent} holds runs made with other settings ({'; '.join(diff)}): "
                 f"use another --name, or the same settings to resume it"
             )
-        record["tasks"] = sorted(set(old["tasks"]) | set(spec.tasks))
+        record["tasks"] = sorted({task_name(t) for t in old["tasks"]} | {task_name(t) for t in spec.tasks},
+                                 key=_task_order)
         record["models"] = [m for m in MODELS if m in set(old["models"]) | set(spec.models)]
         record["seeds"] = max(old["seeds"], spec.seeds)
         record["created"] = old.get("created", now)
@@ -448,8 +457,10 @@ def run_sweep(spec: SweepSpec, *, reporter=None) -> list[GroupOutcome]:
     """Check everything, then train every unfinished run of this shard's grid (see module docstring)."""
     spec.check()
     refuse_multi_process()
-    pairs = grid(spec)
     stores = Stores(spec)
+    if any(str(t) == ALL for t in spec.tasks):  # `--tasks all`: every label of the training store
+        spec = replace(spec, tasks=resolve_tasks(spec.tasks, stores.all["train"].label_names))
+    pairs = grid(spec)
     for task in dict.fromkeys(t for t, _ in pairs):
         stores.check_task(task)
     sweep_dir = Path(spec.runs) / spec.name

@@ -93,7 +93,7 @@ def test_aliases_and_column_order_map_to_canonical(tmp_path):
         ([_row("a.png").replace(",0,", ",yes,", 1)], HEADER, r"line 2, column 'Infiltration'.*'yes'"),
         (["a.png,1\n"], HEADER, r"line 2: 2 fields, the header has 22"),
         (["a.png,1\n"], "name,Hernia\n", r"missing column\(s\): needs id; it has name, Hernia"),
-        (["a.png,1\n"], "id,Fracture\n", r"no label columns found"),
+        (["a.png,1\n"], "id,Fractured Elbow\n", r"no label columns found"),
         (["a.png,1,0\n"], "id,Effusion,Pleural Effusion\n", r"both name the label 'Effusion'"),
     ],
 )
@@ -128,7 +128,7 @@ def test_mimic_frontal_only_unknowns_and_all_task_labels(tmp_path, name):
     assert ds.name == "mimic-cxr-lt" and ds.source == tmp_path / name
     assert ds.ids == ["d1", "d3", "d4"] and ds.rows == [2, 4, 5]  # the LATERAL row is dropped
     assert ds.paths[0] == tmp_path / "files/p10/p10000032/s50414267/d1.jpg"
-    assert ds.label_names == [*LABELS, NO_FINDING]  # absent labels are kept, all unknown
+    assert ds.label_names == [*LABELS, "Support Devices", NO_FINDING]  # absent task labels kept, all unknown; CXR-LT findings read
     col = {n: ds.labels[:, j].tolist() for j, n in enumerate(ds.label_names)}
     assert col["Effusion"] == [1, -1, 0] and col["Cardiomegaly"] == [0, -1, 1]
     assert col["Hernia"] == [-1, -1, -1] and col[NO_FINDING] == [0, 0, 0]

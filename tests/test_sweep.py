@@ -40,7 +40,7 @@ def test_sweep_writes_the_run_layout(swept):
     root, _, first = swept
     sweep = root / "runs" / "t"
     record = json.loads((sweep / "sweep.json").read_text())
-    assert record["tasks"] == [8] and record["models"] == ["cdl", "dqc"] and record["seeds"] == 2
+    assert record["tasks"] == ["cxr-8"] and record["models"] == ["cdl", "dqc"] and record["seeds"] == 2
     assert record["settings"]["training"]["max_epochs"] == 3
     for model in ("cdl", "dqc"):
         for seed in (1, 2):

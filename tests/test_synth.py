@@ -156,3 +156,29 @@ def test_labels_are_learnable_from_random_conv_features(tmp_path):
         auc_ext.append(roc_auc_score(ex.labels[known, j], clf.decision_function((xex[known] - mean) / std)))
     assert np.mean(auc_test) > 0.85 and min(auc_test) > 0.6, np.round(auc_test, 2)
     assert np.mean(auc_ext) > 0.75, np.round(auc_ext, 2)  # shifted, but still learnable
+
+
+def test_wide_label_sets_read_back_in_canonical_order(tmp_path):
+    """`--labels 40`: the 19 then the CXR-LT findings, in both layouts, each with positives in every split;
+    the first 19 columns are the same draws as the default 19-label data."""
+    from cxrfeat.labels import KNOWN_LABELS, LABEL_SETS
+
+    assert LABEL_SETS["cxr-lt-2024"] == KNOWN_LABELS and len(KNOWN_LABELS) == 40
+    assert len(LABEL_SETS["cxr-lt-2023"]) == 26 and LABEL_SETS["cxr-lt-2023"][-1] == NO_FINDING
+    wide = write_synthetic(tmp_path / "wide", n_train=60, n_val=20, n_test=30, n_external=24, image_size=32,
+                           seed=5, n_labels=40)
+    assert wide["labels"] == list(KNOWN_LABELS)
+    for split in ("train", "val", "test"):
+        ds = load_split("nih-cxr-lt", tmp_path / "wide" / "nih-cxr-lt", split)
+        assert ds.label_names == [*KNOWN_LABELS, NO_FINDING]
+        assert (ds.labels[:, :40] == 1).sum(0).min() >= 3
+    ext = load_split("mimic-cxr-lt", tmp_path / "wide" / "mimic-cxr-lt", "test")
+    assert ext.label_names == [*KNOWN_LABELS, NO_FINDING]
+    assert ((ext.labels[:, :40] == 1).sum(0) >= 1).all()
+    write_synthetic(tmp_path / "narrow", n_train=60, n_val=20, n_test=30, n_external=24, image_size=32,
+                             seed=5)
+    a = load_split("nih-cxr-lt", tmp_path / "narrow" / "nih-cxr-lt", "train")
+    b = load_split("nih-cxr-lt", tmp_path / "wide" / "nih-cxr-lt", "train")
+    np.testing.assert_array_equal(a.labels[:, :19], b.labels[:, :19])
+    with pytest.raises(UserError, match="--labels must be between 2 and 40"):
+        write_synthetic(tmp_path / "x", n_labels=41)
