@@ -58,9 +58,12 @@ def _configuration(sweep_dir: Path, run: Path) -> str:
     return "/".join(parts[:-1])
 
 
-def _task(doc: dict) -> int | None:
+def _task(doc: dict) -> str | None:
+    """The task's name ('cxr-8'); older files recorded the label count (8)."""
     t = doc.get("run", {}).get("task")
-    return int(t) if t is not None else None
+    if t is None:
+        return None
+    return f"cxr-{t}" if isinstance(t, int) or str(t).isdigit() else str(t)
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -131,7 +134,7 @@ def shots_figure(rows: Sequence[dict], path: str | Path, *, title: str | None = 
             if not pts:
                 continue
             task, config, sampling, readout = line
-            label = f"CXR-{task}" + (f" {config}" if config else "")
+            label = str(task).upper() + (f" {config}" if config else "")
             if len({ln[2:] for ln in lines}) > 1:
                 label += f" ({sampling}, p={readout:g})"
             colour = colours[i % len(colours)]

@@ -143,7 +143,7 @@ def cache_summary(path: str | Path) -> dict:
         "preprocessing": attrs.get("preprocessing"),
         "created": attrs.get("created"),
         "package_version": attrs.get("package_version"),
-        "complete": bool(attrs.get("complete", False)),
+        "complete": bool(attrs.get("complete", False)) or (Path(path) / "COMPLETE").is_file(),
         "chunks_done": int(progress.sum()),
         "chunks_total": int(progress.size),
         "label_names": names,

@@ -458,7 +458,7 @@ def evaluate_test(run: DQCRun, t: TestInputs, settings: ShotSettings, *, step: C
 @dataclass
 class RunOutcome:
     path: Path
-    task: int
+    task: str
     seed: int
     shots: dict | None = None
     width: dict = field(default_factory=dict)
@@ -480,7 +480,7 @@ def evaluate_run(path: str | Path, settings: ShotSettings, *, step: Callable[[],
     width_doc = {"format": FORMAT, "run": _header(run), "created": now, "package_version": __version__,
                  "test_sets": {key: width(t.z, settings.threshold) for key, t in inputs.items()}}
     atomic.write_json(run.path / WIDTH_FILE, width_doc)
-    out = RunOutcome(run.path, int(run.config.get("task", run.n)), run.seed, width=width_doc)
+    out = RunOutcome(run.path, str(run.config.get("task_name") or run.config.get("task") or f"cxr-{run.n}"), run.seed, width=width_doc)
     if settings.width_only:
         return out
     doc = {"format": FORMAT, "run": _header(run), "settings": settings.record(), "created": now,

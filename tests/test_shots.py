@@ -188,7 +188,7 @@ def test_heads_shots_on_a_sweep_writes_sensible_numbers(trained):
 
     rows = shots_table(sweep)
     row = next(r for r in rows if r["test_set"] == "nih-cxr-lt" and r["shots"] == 10)
-    assert row["seeds"] == 2 and row["draws"] == 6 and row["task"] == 8 and row["configuration"] == ""
+    assert row["seeds"] == 2 and row["draws"] == 6 and row["task"] == "cxr-8" and row["configuration"] == ""
     per_seed = [json.loads((sweep / "cxr-8" / "dqc" / f"seed-{s}" / "shots.json").read_text())["test_sets"]["nih-cxr-lt"]
                 for s in (1, 2)]
     assert row["auroc_mean"] == pytest.approx(np.mean([v for e in per_seed for v in e["shots"][0]["auroc"]]))
