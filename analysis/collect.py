@@ -159,18 +159,19 @@ class Sweep:
                     return [canonical(str(n)) for n in names]
         return []
 
-    def label_aurocs(self, task: str, model: str, test_set: str) -> dict[int, dict[str, float]]:
-        """seed -> {label: AUROC} for the runs that have predictions on the test set."""
+    def label_aurocs(self, task: str, model: str, test_set: str, metric: str = "auroc") -> dict[int, dict[str, float]]:
+        """seed -> {label: AUROC} (or `metric="auprc"`) for the runs that have predictions on the test set."""
         out = {}
         for seed, run in self.runs_of(task, model).items():
             pred = run.predictions.get(test_set)
             if pred is not None:
-                out[seed] = dict(zip(pred.label_names, pred.auroc.tolist(), strict=True))
+                out[seed] = dict(zip(pred.label_names, getattr(pred, metric).tolist(), strict=True))
         return out
 
-    def mean_aurocs(self, task: str, model: str, test_set: str) -> dict[int, float]:
-        """seed -> mean AUROC over the labels whose AUROC is defined."""
-        return {s: stats.nanmean(list(v.values())) for s, v in self.label_aurocs(task, model, test_set).items()}
+    def mean_aurocs(self, task: str, model: str, test_set: str, metric: str = "auroc") -> dict[int, float]:
+        """seed -> mean AUROC (or `metric="auprc"`) over the labels where it is defined."""
+        return {s: stats.nanmean(list(v.values()))
+                for s, v in self.label_aurocs(task, model, test_set, metric).items()}
 
 
 # ---------------------------------------------------------------------------------------------

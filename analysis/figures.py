@@ -297,7 +297,10 @@ def volcano_figure(points: list[dict], path: Path, title: str, marks=()) -> Path
         ax.axhline(-math.log10(stats.ALPHA), ls="--", lw=0.8, color="0.3")
         ax.axvline(0, lw=0.5, color="0.6")
         ax.set_xscale(**scale)
-        ax.set_xlim(*_volcano_xlim(ax, [p["pct_diff"] for p in ok]))
+        lo, hi = _volcano_xlim(ax, [p["pct_diff"] for p in ok])
+        ax.set_xlim(lo, hi)
+        if scale["value"] == "symlog":  # decades only: ticks inside the narrow linear band would overprint
+            ax.set_xticks([v for v in (-100, -10, 0, 10, 100) if lo <= v <= hi])
         ax.set_ylim(0, ymax * 1.2 + 0.1)
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}%"))
         ax.set_xlabel(f"% diff. AUROC, 2(CDL − DQC)/(CDL + DQC)  [{describe_scale(scale)}]", fontsize=8)

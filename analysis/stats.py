@@ -24,18 +24,14 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import ttest_rel
 
-from heads.metrics import label_auroc
+from heads.metrics import label_auprc, label_auroc
 
 ALPHA = 0.05
 STAR_LEGEND = "ns: p ≥ 0.05, *: p < 0.05, **: p < 0.01, ***: p < 0.001"
 
 
-def auroc(y_true, y_prob) -> np.ndarray:
-    """Per-label AUROC of (N, L) labels in {1, 0, -1} and (N, L) scores; NaN where undefined.
-
-    >>> auroc([[1, 0], [0, -1], [1, 0]], [[0.9, 0.2], [0.1, 0.7], [0.8, 0.4]])
-    array([ 1., nan])
-    """
+def _checked(y_true, y_prob) -> tuple[np.ndarray, np.ndarray]:
+    """(N, L) labels in {1, 0, -1} and finite (N, L) scores, or a ValueError saying what is wrong."""
     y_true = np.asarray(y_true)
     y_prob = np.asarray(y_prob, dtype=np.float64)
     if y_true.ndim == 1:
@@ -47,9 +43,23 @@ def auroc(y_true, y_prob) -> np.ndarray:
         raise ValueError(f"labels must be 1, 0 or -1 (unknown); found {np.unique(y_true[bad])[:5].tolist()}")
     if not np.isfinite(y_prob).all():
         raise ValueError("NaN or Inf scores in y_prob")
+    return y_true, y_prob
+
+
+def _per_label(metric, y_true, y_prob) -> np.ndarray:
     # One implementation of the per-label rule for the whole project: the one the runs' metrics.json use.
-    values = [label_auroc(y_true[:, j], y_prob[:, j]) for j in range(y_true.shape[1])]
+    y_true, y_prob = _checked(y_true, y_prob)
+    values = [metric(y_true[:, j], y_prob[:, j]) for j in range(y_true.shape[1])]
     return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+
+
+def auroc(y_true, y_prob) -> np.ndarray:
+    """Per-label AUROC of (N, L) labels in {1, 0, -1} and (N, L) scores; NaN where undefined.
+
+    >>> auroc([[1, 0], [0, -1], [1, 0]], [[0.9, 0.2], [0.1, 0.7], [0.8, 0.4]])
+    array([ 1., nan])
+    """
+    return _per_label(label_auroc, y_true, y_prob)
 
 
 def nanmean(values) -> float:
@@ -126,19 +136,7 @@ def auprc(y_true, y_prob) -> np.ndarray:
     >>> auprc([[1, 0], [0, -1], [1, 0]], [[0.9, 0.2], [0.1, 0.7], [0.8, 0.4]])
     array([ 1., nan])
     """
-    from sklearn.metrics import average_precision_score
-
-    y_true = np.asarray(y_true)
-    y_prob = np.asarray(y_prob, dtype=np.float64)
-    if y_true.ndim == 1:
-        y_true, y_prob = y_true[:, None], y_prob[:, None]
-    out = np.full(y_true.shape[1], np.nan)
-    for j in range(y_true.shape[1]):
-        known = y_true[:, j] >= 0
-        t = y_true[known, j]
-        if t.size and t.min() != t.max():
-            out[j] = float(average_precision_score(t, y_prob[known, j]))
-    return out
+    return _per_label(label_auprc, y_true, y_prob)
 
 
 # --------------------------------------------------------------------------------------- bootstrap

@@ -96,17 +96,12 @@ def label_auroc(sweep: Sweep, task: str, model: str, test_set: str, labels) -> d
 
 def label_auprc(sweep: Sweep, task: str, model: str, test_set: str) -> dict[int, dict[str, float]]:
     """seed -> {label: AUPRC} (scikit-learn average precision; NaN where one class)."""
-    out = {}
-    for seed, run in sweep.runs_of(task, model).items():
-        pred = run.predictions.get(test_set)
-        if pred is not None:
-            out[seed] = dict(zip(pred.label_names, pred.auprc.tolist(), strict=True))
-    return out
+    return sweep.label_aurocs(task, model, test_set, metric="auprc")
 
 
 def mean_auprc(sweep: Sweep, task: str, model: str, test_set: str) -> dict[int, float]:
     """seed -> mean AUPRC over the labels where it is defined."""
-    return {s: stats.nanmean(list(v.values())) for s, v in label_auprc(sweep, task, model, test_set).items()}
+    return sweep.mean_aurocs(task, model, test_set, metric="auprc")
 
 
 def auroc_ci(sweep: Sweep, task: str, model: str, test_set: str, resamples: int = stats.BOOTSTRAP_RESAMPLES,

@@ -27,6 +27,14 @@ def debug() -> bool:
     return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
+def _fault_message(e: BaseException) -> str:
+    if isinstance(e, OSError):
+        return os_error_message(e)
+    if isinstance(e, MemoryError):
+        return "out of memory (try a smaller --batch-size)"
+    return str(e)
+
+
 def friendly(fn):
     """Decorate a Typer command so that every failure is one clear line and a non-zero exit status."""
 
@@ -36,8 +44,8 @@ def friendly(fn):
             return fn(*args, **kwargs)
         try:
             return fn(*args, **kwargs)
-        except UserError as e:
-            print(f"error: {e}", file=sys.stderr)
+        except (UserError, OSError, MemoryError) as e:  # faults a user can fix: one line, exit status 2
+            print(f"error: {_fault_message(e)}", file=sys.stderr)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             print("interrupted: re-run the same command to resume", file=sys.stderr)
@@ -45,12 +53,6 @@ def friendly(fn):
         except (typer.Exit, typer.Abort, click.exceptions.Exit, click.ClickException, click.exceptions.Abort,
                 SystemExit):
             raise
-        except OSError as e:
-            print(f"error: {os_error_message(e)}", file=sys.stderr)
-            raise typer.Exit(2) from None
-        except MemoryError:
-            print("error: out of memory (try a smaller --batch-size)", file=sys.stderr)
-            raise typer.Exit(2) from None
         except Exception as e:  # noqa: BLE001 - a bug: one line, the traceback with CXR_DEBUG=1
             text = str(e).splitlines()[0] if str(e) else ""
             print(f"error: internal error {type(e).__name__}: {text} (this is a bug: re-run with {DEBUG_ENV}=1 "

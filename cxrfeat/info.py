@@ -247,22 +247,30 @@ def render(info: dict | list[dict], console) -> None:
             _render_store(item, console, counts=len(groups[(item["kind"], str(item.get("dataset")))]) == 1)
 
 
-def _render_cache(info: dict, console, *, counts: bool) -> None:
+def _kv_table(title: str, rows: list[tuple[str, str]]):
+    """A two-column (name, value) rich table with a left-justified title."""
     from rich.table import Table
 
+    t = Table(title=title, title_justify="left", show_header=False)
+    t.add_column(style="bold")
+    t.add_column()
+    for name, value in rows:
+        t.add_row(name, value)
+    return t
+
+
+def _render_cache(info: dict, console, *, counts: bool) -> None:
     flag = "  [bold red]SYNTHETIC DATA[/]" if info.get("synthetic") else ""
     state = ("[green]complete[/]" if info["complete"] else
              "[red]INCOMPLETE[/] (rerun the same `heads finetune` command to finish it)")
-    t = Table(title=f"{info['path']} (image cache of `heads finetune`){flag}", title_justify="left", show_header=False)
-    t.add_column(style="bold")
-    t.add_column()
-    t.add_row("dataset / split", f"{info['dataset']} / {info['split']}")
-    t.add_row("rows", f"{info['rows']}")
-    t.add_row("images", f"{' x '.join(map(str, info['image_shape']))}  ({info['dtype']}, preprocessed)")
-    t.add_row("source", str(info.get("source")))
-    t.add_row("state", f"{state}: {info['chunks_done']}/{info['chunks_total']} shards")
-    t.add_row("created", f"{info.get('created')} (cxr-qtl {info.get('package_version')})")
-    console.print(t)
+    console.print(_kv_table(f"{info['path']} (image cache of `heads finetune`){flag}", [
+        ("dataset / split", f"{info['dataset']} / {info['split']}"),
+        ("rows", f"{info['rows']}"),
+        ("images", f"{' x '.join(map(str, info['image_shape']))}  ({info['dtype']}, preprocessed)"),
+        ("source", str(info.get("source"))),
+        ("state", f"{state}: {info['chunks_done']}/{info['chunks_total']} shards"),
+        ("created", f"{info.get('created')} (cxr-qtl {info.get('package_version')})"),
+    ]))
     if counts:
         console.print("[bold]Positives per label[/] (unk. = unknown)")
         console.print(label_table({info["split"] or "rows": {**info, "rows": info["valid_rows"]}}))
@@ -276,8 +284,6 @@ def _render_dataset(info: dict, console) -> None:
 
 
 def _render_store(info: dict, console, *, counts: bool) -> None:
-    from rich.table import Table
-
     flag = "  [bold red]SYNTHETIC DATA[/]" if info.get("synthetic") else ""
     state = "[green]complete[/]" if info["complete"] else "[red]INCOMPLETE[/] (rerun the same `cxrfeat extract` to finish)"
     bb = info.get("backbone") or {}
@@ -288,19 +294,17 @@ def _render_store(info: dict, console, *, counts: bool) -> None:
         extra = [f"revision {bb['revision'][:12]}" if bb.get("revision") else "",
                  f"sha256 {bb['sha256'][:12]}" if bb.get("sha256") else ""]
         backbone += f" ({', '.join(e for e in extra if e)})" if any(extra) else ""
-    t = Table(title=f"{info['path']}{flag}", title_justify="left", show_header=False)
-    t.add_column(style="bold")
-    t.add_column()
-    t.add_row("dataset / split", f"{info['dataset']} / {info['split']}")
-    t.add_row("rows", f"{info['rows']} ({info['valid_rows']} valid)")
-    t.add_row("views x dim", f"{info['views']} x {info['dim']}  ({info['dtype']})")
-    t.add_row("backbone", backbone)
-    t.add_row("state", f"{state}: {info['chunks_done']}/{info['chunks_total']} chunks")
     skipped = info["skipped_ids"]
-    t.add_row("skipped ids", ", ".join(skipped[:10]) + (f" ... ({len(skipped)} in all)" if len(skipped) > 10 else "")
-              if skipped else "none")
-    t.add_row("created", f"{info.get('created')} (cxr-qtl {info.get('package_version')})")
-    console.print(t)
+    console.print(_kv_table(f"{info['path']}{flag}", [
+        ("dataset / split", f"{info['dataset']} / {info['split']}"),
+        ("rows", f"{info['rows']} ({info['valid_rows']} valid)"),
+        ("views x dim", f"{info['views']} x {info['dim']}  ({info['dtype']})"),
+        ("backbone", backbone),
+        ("state", f"{state}: {info['chunks_done']}/{info['chunks_total']} chunks"),
+        ("skipped ids", ", ".join(skipped[:10]) + (f" ... ({len(skipped)} in all)" if len(skipped) > 10 else "")
+         if skipped else "none"),
+        ("created", f"{info.get('created')} (cxr-qtl {info.get('package_version')})"),
+    ]))
     if counts:
         console.print("[bold]Positives per label[/] (valid rows; unk. = unknown)")
         console.print(label_table({info["split"] or "rows": {**info, "rows": info["valid_rows"]}}))

@@ -68,11 +68,13 @@ def check(
     max_epochs: int,
     saturated: float | None = None,
     losses: Iterable[float] = (),
+    feature_norm: str | None = None,
 ) -> dict:
     """The `sanity` record of one run (shared contract, issue 9).
 
     `predictions`: y_prob (N, L) per test set; `reports`: `heads.metrics.auroc_report` per test set;
-    `saturated`: `saturated_fraction` of a DQC (None for a CDL); `losses`: the history's losses.
+    `saturated`: `saturated_fraction` of a DQC (None for a CDL); `losses`: the history's losses;
+    `feature_norm`: the run's `--feature-norm` (the hint for saturation depends on it).
     """
     label_names = list(label_names)
     constant = {}
@@ -89,8 +91,12 @@ def check(
         messages.append(f"constant predictions (sd < {CONSTANT_SD:g}, or AUROC exactly 0.5) for {where}")
     if saturated is not None and saturated > SATURATION_THRESHOLD:
         flags.append("saturated_inputs")
+        hint = ("try --feature-norm standardize" if feature_norm == "none" else
+                "the trained pre layer drives the angles to ±π/2, so the circuit sees near-binary inputs; "
+                "try a lower --lr" if feature_norm == "standardize" else
+                "try --feature-norm standardize or a lower --lr")
         messages.append(f"saturated DQC inputs: {saturated:.0%} of (test image, qubit) angles have |tanh| > "
-                        f"{SATURATION_TANH} (try --feature-norm standardize)")
+                        f"{SATURATION_TANH} ({hint})")
     if epochs >= 1 and best_epoch == epochs:
         flags.append("still_improving")
         messages.append(f"still improving: the best validation loss is at the last epoch trained ({epochs} of at "

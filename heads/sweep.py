@@ -423,7 +423,8 @@ def run_group(spec: SweepSpec, stores: Stores, task: int, model_name: str, *, re
         check = sanity.check(
             predictions={key: probs[key][j] for key in stores.test_sets}, reports=test_metrics, label_names=names,
             best_epoch=r.best_epoch, epochs=r.epochs, max_epochs=spec.train.max_epochs, saturated=saturated,
-            losses=[v for row in r.history for v in (row["train_loss"], row["val_loss"])])
+            losses=[v for row in r.history for v in (row["train_loss"], row["val_loss"])],
+            feature_norm=spec.feature_norm)
         runs.write_metrics(d, {
             "complete": True, "task": task, "model": model_name, "seed": r.seed,
             "best_epoch": r.best_epoch, "best_val_loss": r.best_val_loss, "epochs": r.epochs,
