@@ -15,14 +15,18 @@ Layouts
   NIH download's ``<data_dir>/images_001/images/`` ... ``images_012/images/``.
 - ``mimic-cxr-lt``: one CSV in ``<data_dir>``, the first that exists of
   ``miccai2023_mimic-cxr-lt_labels_{split}.csv``, ``mimic-cxr-lt_{split}.csv``, ``{split}.csv``,
-  else the only ``*.csv`` there. Columns ``dicom_id`` (the id) and ``path`` (relative to
-  ``<data_dir>``, e.g. ``files/p10/p10000032/s50414267/<dicom_id>.jpg``; built from
+  else the only ``*.csv`` there. Columns ``dicom_id`` (the id) and ``path`` or ``fpath`` (relative
+  to ``<data_dir>``, e.g. ``files/p10/p10000032/s50414267/<dicom_id>.jpg``; built from
   ``subject_id`` and ``study_id`` when absent); optional ``ViewPosition``: when present only AP
   and PA rows are kept. A label that is absent, blank or -1 (uncertain) is stored as -1; all 19
-  task labels are always present (an absent column is all -1).
+  task labels are always present (an absent column is all -1). The CXR-LT 2023 release (files
+  ``train.csv``, ``development.csv``, ``test.csv`` with ``fpath`` and the 26 classes) reads as it
+  is, for training too; its split names map to ours with ``source_split`` (``cxrfeat extract
+  --split val --source-split development``).
 - ``csv``: ``--csv FILE`` (default ``<data_dir>/{split}.csv``) with an ``id`` column (a file name
-  found like NIH images) and/or a ``path`` column (relative to ``<data_dir>``, or absolute), and
-  0/1 label columns (-1 or blank = unknown).
+  found like NIH images) and/or a ``path``/``fpath`` column (relative to ``<data_dir>``, or
+  absolute), and 0/1 label columns (-1 or blank = unknown): the known labels by name, and any other
+  columns named by ``label_columns`` (``--label-columns``), in that order after the known ones.
 """
 
 from __future__ import annotations
@@ -42,6 +46,9 @@ DATASETS = ("nih-cxr-lt", "mimic-cxr-lt", "csv")
 # Accepted label cell values. Blank means unknown (-1), like an uncertain -1.
 _VALUES = {"1": 1, "0": 0, "-1": -1, "": -1, "1.0": 1, "0.0": 0, "-1.0": -1}
 _FRONTAL = {"AP", "PA"}
+_PATH_COLUMNS = ("path", "fpath")  # a relative image path (CXR-LT 2023 calls it fpath)
+# Other names of our splits in released label files (CXR-LT 2023: development), for the error's hint.
+_SPLIT_ALIASES = {"val": ("development", "dev", "valid", "validation"), "train": ("training",)}
 
 
 @dataclass
@@ -66,16 +73,27 @@ class Dataset:
         return {name: int((self.labels[:, j] == 1).sum()) for j, name in enumerate(self.label_names)}
 
 
-def load_split(dataset: str, data_dir: str | Path, split: str, *, csv: str | Path | None = None) -> Dataset:
-    """Read one split of `dataset` (one of `DATASETS`) from `data_dir`; see the module docstring for layouts."""
+def load_split(dataset: str, data_dir: str | Path, split: str, *, csv: str | Path | None = None,
+               source_split: str | None = None, label_columns=()) -> Dataset:
+    """Read one split of `dataset` (one of `DATASETS`) from `data_dir`; see the module docstring for layouts.
+
+    `source_split`: the split's name in the dataset's own files (CXR-LT 2023's `development` for our
+    `val`); the result is still called `split`. `label_columns`: extra label columns of a generic CSV.
+    """
     data_dir = Path(data_dir)
+    if label_columns and dataset != "csv":
+        raise UserError(f"--label-columns is for --dataset csv; {dataset} has its own label columns")
+    file_split = source_split or split
     if dataset == "nih-cxr-lt":
-        return _load_nih(data_dir, split)
-    if dataset == "mimic-cxr-lt":
-        return _load_mimic(data_dir, split, csv)
-    if dataset == "csv":
-        return _load_generic(data_dir, split, csv)
-    raise UserError(f"unknown --dataset {dataset!r}: choose one of {', '.join(DATASETS)}")
+        ds = _load_nih(data_dir, file_split)
+    elif dataset == "mimic-cxr-lt":
+        ds = _load_mimic(data_dir, file_split, csv)
+    elif dataset == "csv":
+        ds = _load_generic(data_dir, file_split, csv, tuple(label_columns))
+    else:
+        raise UserError(f"unknown --dataset {dataset!r}: choose one of {', '.join(DATASETS)}")
+    ds.split = split
+    return ds
 
 
 def nih_csv(data_dir: str | Path, split: str) -> Path:
@@ -93,7 +111,13 @@ def mimic_csv(data_dir: str | Path, split: str) -> Path:
     if len(found) == 1:
         return found[0]
     what = f"found {', '.join(p.name for p in found)}" if found else "found no CSV"
-    raise UserError(f"{data_dir}: no MIMIC-CXR-LT label CSV for split {split!r}: looked for {', '.join(names)} ({what})")
+    hint = ""
+    stems = {p.stem for p in found}
+    alias = next((a for a in _SPLIT_ALIASES.get(split, ()) if a in stems), None)
+    if alias:
+        hint = f"; to read {alias}.csv as split {split!r}, add --source-split {alias}"
+    raise UserError(f"{data_dir}: no MIMIC-CXR-LT label CSV for split {split!r}: looked for {', '.join(names)} "
+                    f"({what}){hint}")
 
 
 # ------------------------------------------------------------------------------------------ readers
@@ -113,15 +137,16 @@ def _load_mimic(data_dir: Path, split: str, csv: str | Path | None) -> Dataset:
     source = Path(csv) if csv is not None else mimic_csv(data_dir, split)
     table = _read_csv(source)
     table.require(["dicom_id"])
-    if "path" not in table.header:
-        table.require(["path"], ["subject_id", "study_id"])
+    path_col = table.path_column()
+    if path_col is None:
+        table.require(["path"], ["fpath"], ["subject_id", "study_id"])
     if "ViewPosition" in table.header:
         views = table.column("ViewPosition")
         table = table.subset([k for k, v in enumerate(views) if v.strip().upper() in _FRONTAL])
     ids = table.column("dicom_id")
     _check_unique(ids, table, "dicom_id")
-    if "path" in table.header:
-        rel = table.column("path")
+    if path_col is not None:
+        rel = table.column(path_col)
     else:
         rel = [
             f"files/p{s[:2]}/p{s}/s{st}/{d}.jpg"
@@ -132,20 +157,21 @@ def _load_mimic(data_dir: Path, split: str, csv: str | Path | None) -> Dataset:
     return Dataset("mimic-cxr-lt", split, ids, paths, labels, names, source, table.lines, _missing(table))
 
 
-def _load_generic(data_dir: Path, split: str, csv: str | Path | None) -> Dataset:
+def _load_generic(data_dir: Path, split: str, csv: str | Path | None, label_columns: tuple[str, ...] = ()) -> Dataset:
     source = Path(csv) if csv is not None else data_dir / f"{split}.csv"
     table = _read_csv(source)
-    table.require(["id"], ["path"])
-    if "path" in table.header:
-        rel = table.column("path")
+    table.require(["id"], ["path"], ["fpath"])
+    path_col = table.path_column()
+    if path_col is not None:
+        rel = table.column(path_col)
         paths = [data_dir / r for r in rel]  # an absolute path stays absolute
         ids = table.column("id") if "id" in table.header else rel
     else:
         ids = table.column("id")
         index = image_index(data_dir)
         paths = [index.get(i, data_dir / i) for i in ids]
-    _check_unique(ids, table, "id" if "id" in table.header else "path")
-    names, labels = _labels(table, all_tasks=False)
+    _check_unique(ids, table, "id" if "id" in table.header else path_col)
+    names, labels = _labels(table, all_tasks=False, extra=label_columns)
     return Dataset("csv", split, ids, paths, labels, names, source, table.lines, _missing(table))
 
 
@@ -187,6 +213,10 @@ class _Table:
 
     def subset(self, keep: list[int]) -> _Table:
         return _Table(self.source, self.header, [self.records[k] for k in keep], [self.lines[k] for k in keep])
+
+    def path_column(self) -> str | None:
+        """The image-path column (`path`, else `fpath`), or None."""
+        return next((c for c in _PATH_COLUMNS if c in self._col), None)
 
     def require(self, *groups: list[str]) -> None:
         """Pass when every column of at least one group is present."""
@@ -255,16 +285,29 @@ def _check_unique(ids: list[str], table: _Table, column: str) -> None:
         seen[i] = line
 
 
-def _labels(table: _Table, *, all_tasks: bool) -> tuple[list[str], np.ndarray]:
-    """Label columns -> (canonical names, int8 matrix). `all_tasks`: absent task labels become all -1."""
+def _labels(table: _Table, *, all_tasks: bool, extra: tuple[str, ...] = ()) -> tuple[list[str], np.ndarray]:
+    """Label columns -> (canonical names, int8 matrix). `all_tasks`: absent task labels become all -1.
+    `extra`: columns taken as labels although their names are not known labels (after the known ones)."""
     where: dict[str, str] = {}  # canonical name -> column
+    extra_names: list[str] = []
+    for col in dict.fromkeys(c.strip() for c in extra if c.strip()):
+        if col not in table.header:
+            raise UserError(f"--label-columns {col!r}: {table.source} has no such column "
+                            f"(it has {', '.join(table.header)})")
+        name = canonical(col)
+        if name in KNOWN_LABELS or name == NO_FINDING:
+            continue  # a known label is taken by name anyway
+        if col in ("id", "dicom_id", *_PATH_COLUMNS):
+            raise UserError(f"--label-columns {col!r}: that column holds ids or paths, not labels")
+        where[name] = col
+        extra_names.append(name)
     for col in table.header:
         name = canonical(col)
         if name in KNOWN_LABELS or name == NO_FINDING:
             if name in where:
                 raise UserError(f"{table.source}: columns {where[name]!r} and {col!r} both name the label {name!r}")
             where[name] = col
-    names = [n for n in KNOWN_LABELS if n in where or (all_tasks and n in LABELS)]
+    names = [n for n in KNOWN_LABELS if n in where or (all_tasks and n in LABELS)] + extra_names
     if NO_FINDING in where:
         names.append(NO_FINDING)
     if not where:

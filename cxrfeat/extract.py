@@ -15,7 +15,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +85,8 @@ def extract(
     data_dir: str | Path | None = None,
     out: str | Path = "features",
     csv: str | Path | None = None,
+    source_split: str | None = None,
+    label_columns: Sequence[str] = (),
     views: int | None = None,
     weights: str = "microsoft/resnet-50",
     batch_size: int = 64,
@@ -134,7 +136,7 @@ def extract(
         raise UserError("--repair and --overwrite exclude each other: --repair redoes only the damaged chunks, "
                         "--overwrite rebuilds the whole store")
     data_dir = Path(data_dir) if data_dir is not None else Path("data") / dataset
-    ds = load_split(dataset, data_dir, split, csv=csv)
+    ds = load_split(dataset, data_dir, split, csv=csv, source_split=source_split, label_columns=label_columns)
     n = len(ds.ids) if limit is None else min(limit, len(ds.ids))
     if n == 0:
         raise UserError(f"{ds.source}: no rows to extract")
@@ -153,6 +155,7 @@ def extract(
         "split": split,
         "rows": n,
         "ids_digest": ids_digest(ids),
+        "label_names": ds.label_names,
         "views": views,
         "dim": backbone.dim,
         "dtype": dtype,
@@ -164,8 +167,8 @@ def extract(
     })
     path = Path(out) / dataset / f"{split}.zarr"
     args = {"dataset": dataset, "split": split, "data_dir": str(data_dir), "csv": str(csv) if csv else None,
-            "out": str(out), "views": views, "weights": weights, "limit": limit, "dtype": dtype, "seed": seed,
-            "skip_bad": skip_bad}
+            "source_split": source_split, "label_columns": list(label_columns) or None, "out": str(out),
+            "views": views, "weights": weights, "limit": limit, "dtype": dtype, "seed": seed, "skip_bad": skip_bad}
     create = dict(
         ids=ids, labels=ds.labels[:n], label_names=ds.label_names, views=views, dim=backbone.dim, dtype=dtype,
         chunk_rows=chunk_rows, settings=settings,

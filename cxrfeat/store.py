@@ -474,10 +474,13 @@ def extract_command(args: dict) -> str:
     import shlex
 
     parts = ["cxrfeat", "extract"]
-    for key in ("dataset", "split", "data_dir", "csv", "out", "views", "weights", "limit", "dtype", "seed"):
+    for key in ("dataset", "split", "source_split", "data_dir", "csv", "label_columns", "out", "views", "weights",
+                "limit", "dtype", "seed"):
         value = args.get(key)
         if value is None:
             continue
+        if isinstance(value, list):
+            value = ",".join(map(str, value))
         parts += [f"--{key.replace('_', '-')}", shlex.quote(str(value))]
     if args.get("skip_bad"):
         parts.append("--skip-bad")

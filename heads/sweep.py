@@ -109,7 +109,7 @@ class SweepSpec:
         i, n = self.shard
         if not (n >= 1 and 1 <= i <= n):
             raise UserError(f"--shard {i}/{n}: give i/N with 1 <= i <= N")
-        if not grid(self):
+        if not grid(self) and not any(str(t) == ALL for t in self.tasks):  # `all`: checked once resolved
             cells = len(self.tasks) * len(self.models)
             raise UserError(f"--shard {i}/{n}: this grid has only {cells} (task, model) cell(s), so slice {i} of {n} "
                             f"is empty and would train nothing; use at most {cells} slices")
@@ -461,6 +461,7 @@ def run_sweep(spec: SweepSpec, *, reporter=None) -> list[GroupOutcome]:
     stores = Stores(spec)
     if any(str(t) == ALL for t in spec.tasks):  # `--tasks all`: every label of the training store
         spec = replace(spec, tasks=resolve_tasks(spec.tasks, stores.all["train"].label_names))
+        spec.check()
     pairs = grid(spec)
     for task in dict.fromkeys(t for t, _ in pairs):
         stores.check_task(task)

@@ -7,7 +7,7 @@ import pytest
 
 from cxrfeat.datasets import DATASETS, image_index, load_split
 from cxrfeat.errors import UserError
-from cxrfeat.labels import LABELS, NO_FINDING
+from cxrfeat.labels import LABEL_SETS, LABELS, NO_FINDING
 
 # The repository is cloned with shared/ beside it.
 REAL_NIH = Path(__file__).resolve().parents[2] / "shared" / "data" / "nih-cxr-lt"
@@ -139,7 +139,7 @@ def test_mimic_builds_paths_without_a_path_column_and_keeps_all_views_without_vi
     ds = load_split("mimic-cxr-lt", tmp_path, "test")
     assert ds.paths == [tmp_path / "files/p10/p10000032/s50414267/d1.jpg"]
     (tmp_path / "mimic-cxr-lt_test.csv").write_text("dicom_id,Edema\nd1,1\n")
-    with pytest.raises(UserError, match=r"needs path or subject_id\+study_id"):
+    with pytest.raises(UserError, match=r"needs path or fpath or subject_id\+study_id"):
         load_split("mimic-cxr-lt", tmp_path, "test")
 
 
@@ -168,3 +168,66 @@ def test_generic_csv_with_path_or_id_column(tmp_path):
     other.write_text("name,Mass\nx.png,1\n")
     with pytest.raises(UserError, match=r"needs id or path"):
         load_split("csv", tmp_path, "test", csv=other)
+
+
+CXR_LT_2023_COLUMNS = (
+    "Atelectasis", "Calcification of the Aorta", "Cardiomegaly", "Consolidation", "Edema", "Emphysema",
+    "Enlarged Cardiomediastinum", "Fibrosis", "Fracture", "Hernia", "Infiltration", "Lung Lesion", "Lung Opacity",
+    "Mass", "No Finding", "Nodule", "Pleural Effusion", "Pleural Other", "Pleural Thickening", "Pneumomediastinum",
+    "Pneumonia", "Pneumoperitoneum", "Pneumothorax", "Subcutaneous Emphysema", "Support Devices", "Tortuous Aorta")
+
+
+def _cxr_lt_2023(tmp_path, split, rows):
+    """A CXR-LT 2023 label file: dicom_id, subject_id, study_id, fpath and the 26 classes (No Finding incl.),
+    spelled and ordered as in the release."""
+    classes = CXR_LT_2023_COLUMNS
+    lines = ["dicom_id,subject_id,study_id,fpath," + ",".join(classes)]
+    for k, positives in enumerate(rows):
+        cells = ["1" if c in positives else "0" for c in classes]
+        lines.append(f"{split[:3]}{k},1000{k:04d},5000{k:04d},files/p10/p1000{k:04d}/s5000{k:04d}/{split[:3]}{k}.jpg,"
+                     + ",".join(cells))
+    (tmp_path / f"{split}.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_cxr_lt_2023_trains_from_fpath_with_its_26_classes_and_maps_development_to_val(tmp_path):
+    _cxr_lt_2023(tmp_path, "train", [{"Atelectasis"}, {"Calcification of the Aorta", "Pleural Effusion"}, {"No Finding"}])
+    _cxr_lt_2023(tmp_path, "development", [{"Lung Opacity"}, {"Tortuous Aorta"}])
+    ds = load_split("mimic-cxr-lt", tmp_path, "train")
+    assert ds.split == "train" and ds.source == tmp_path / "train.csv" and len(ds) == 3
+    assert ds.paths[1] == tmp_path / "files/p10/p10000001/s50000001/tra1.jpg"
+    assert ds.label_names == list(LABEL_SETS["cxr-lt-2023"])  # canonical spelling and order
+    assert ds.label_names[-1] == NO_FINDING and ds.missing_labels == []
+    col = {n: ds.labels[:, j].tolist() for j, n in enumerate(ds.label_names)}
+    assert col["Effusion"] == [0, 1, 0] and col["Calcification of the Aorta"] == [0, 1, 0] and col[NO_FINDING] == [0, 0, 1]
+    with pytest.raises(UserError, match=r"found development.csv, train.csv.*--source-split development"):
+        load_split("mimic-cxr-lt", tmp_path, "val")
+    val = load_split("mimic-cxr-lt", tmp_path, "val", source_split="development")
+    assert val.split == "val" and val.source == tmp_path / "development.csv" and val.ids == ["dev0", "dev1"]
+    assert val.label_names == ds.label_names
+
+
+def test_generic_csv_takes_named_extra_label_columns_after_the_known_ones(tmp_path):
+    (tmp_path / "train.csv").write_text("fpath,Implant,Mass,age,Scoliosis\na.png,1,0,50,0\nb.png,0,1,61,-1\n")
+    ds = load_split("csv", tmp_path, "train", label_columns=["Scoliosis", "Implant", "Mass"])
+    assert ds.ids == ["a.png", "b.png"] and ds.paths == [tmp_path / "a.png", tmp_path / "b.png"]
+    assert ds.label_names == ["Mass", "Scoliosis", "Implant"]  # known labels first, then the named ones in order
+    np.testing.assert_array_equal(ds.labels, [[0, 0, 1], [1, -1, 0]])
+    assert load_split("csv", tmp_path, "train").label_names == ["Mass"]
+    with pytest.raises(UserError, match=r"--label-columns 'Lordosis': .*train.csv has no such column"):
+        load_split("csv", tmp_path, "train", label_columns=["Lordosis"])
+    with pytest.raises(UserError, match=r"train.csv line 2, column 'age': label value '50'"):
+        load_split("csv", tmp_path, "train", label_columns=["age"])
+    with pytest.raises(UserError, match=r"--label-columns is for --dataset csv"):
+        load_split("nih-cxr-lt", tmp_path, "train", label_columns=["Scoliosis"])
+
+
+def test_non_utf8_byte_is_reported_by_line_not_byte_offset(tmp_path):
+    """A bad byte on line 30002 of a 40,000-row CSV is reported there (not at a position in a read buffer)."""
+    rows = [_row(f"{k:08d}.png") for k in range(40_000)]
+    raw = (HEADER + "".join(rows)).encode()
+    lines = raw.split(b"\n")
+    lines[30001] = lines[30001].replace(b".png", b".p\xe9g", 1)  # line 30002 of the file (header = line 1)
+    (tmp_path / "miccai2023_nih-cxr-lt_labels_train.csv").write_bytes(b"\n".join(lines))
+    with pytest.raises(UserError, match=r"labels_train.csv line 30002, column 11: byte 0xe9 is not UTF-8") as info:
+        load_split("nih-cxr-lt", tmp_path, "train")
+    assert "position" not in str(info.value)
