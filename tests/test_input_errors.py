@@ -13,6 +13,7 @@ from test_datasets import CXR_LT_2023_COLUMNS
 from typer.testing import CliRunner
 
 from cxrfeat.cli import app as cxrfeat_app
+from cxrfeat.errors import UserError
 from cxrfeat.extract import extract
 from cxrfeat.labels import LABEL_SETS, NO_FINDING
 from cxrfeat.store import load_features
@@ -103,3 +104,14 @@ def test_impossible_extraction_options_are_one_line_errors(tmp_path, option, val
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
     assert not (tmp_path / "f").exists()
+
+
+def test_a_store_without_checksums_is_refused_with_the_command_that_rebuilds_it(data, backbone, tmp_path):
+    """A store written before the integrity sidecars (or with them deleted) cannot be verified: refused."""
+    path, _ = extract(dataset="nih-cxr-lt", split="val", data_dir=data / "nih-cxr-lt", out=tmp_path, backbone=backbone,
+                      views=1, chunk_rows=4, batch_size=4, progress=False, announce=lambda m: None)
+    load_features(path)
+    shutil.rmtree(path / "checksums")
+    with pytest.raises(UserError, match=r"val.zarr: feature store without checksums .*Rebuild it with: "
+                                        r"cxrfeat extract --dataset nih-cxr-lt --split val .*--overwrite"):
+        load_features(path)
