@@ -31,8 +31,8 @@ stage() {  # stage NAME CMD...: run under /usr/bin/time, record wall seconds and
   /usr/bin/time -v -o "$work/$name.time" "$@" > "$work/$name.log" 2>&1 &
   local tp=$!
   if [[ -n "${KILL:-}" ]]; then
-    sleep "$KILL"
-    pkill -KILL -P "$tp"
+    for ((i = 0; i < KILL; i++)); do kill -0 "$tp" 2> /dev/null || break; sleep 1; done
+    pkill -KILL -P "$tp" || true
   fi
   wait "$tp"
   local rc=$?
