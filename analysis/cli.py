@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -23,7 +23,7 @@ def main() -> None:
     """Analysis: turn a sweep's runs into the paper's tables, statistics and figures."""
 
 
-class SelectBy(str, Enum):
+class SelectBy(StrEnum):
     val_loss = "val-loss"
     val_auroc = "val-auroc"
 

@@ -496,7 +496,7 @@ def grid_heatmap_figure(rows: list[list[dict]], path: Path, title: str, marks=()
     cells_w = max(len(p["col_values"]) for r in rows for p in r)
     heights = [0.42 * max(len(r[0]["row_values"]), 1) + 1.25 for r in rows]
     panel_w = max(2.9, 0.62 * cells_w + 1.9)
-    fig = plt.figure(figsize=(panel_w * ncols + 0.3, sum(heights) + 0.9), dpi=DPI)
+    fig = plt.figure(figsize=(panel_w * ncols + 0.3, sum(heights) + 0.7), dpi=DPI)
     gs = fig.add_gridspec(len(rows), ncols, height_ratios=heights)
     for r, panels in enumerate(rows):
         for c, p in enumerate(panels):
@@ -508,8 +508,8 @@ def grid_heatmap_figure(rows: list[list[dict]], path: Path, title: str, marks=()
                 lo, hi = lo - 5e-4, hi + 5e-4
             if p.get("auroc"):
                 lo, hi = max(0.0, lo), min(1.0, hi)
-            cmap = plt.get_cmap(p.get("cmap", "viridis") + ("_r" if p.get("better") == "low" else "")).copy()
-            cmap.set_bad("0.92")
+            cmap = plt.get_cmap(p.get("cmap", "viridis") + ("_r" if p.get("better") == "low" else "")).with_extremes(
+                bad="0.92")
             im = ax.imshow(np.ma.masked_invalid(vals), cmap=cmap, vmin=lo, vmax=hi, aspect="auto")
             for i in range(vals.shape[0]):
                 for j in range(vals.shape[1]):

@@ -190,7 +190,7 @@ def _write(sweep: Sweep, features: Path | None, bench: list[Path] | None, out: P
     doc = _Doc(sweep, out, training_counts(stores, _train_dataset(sweep)), marks, resamples, None)
     doc.add(f"# Report: {sweep.name}\n")
     if random:
-        which = "every run" if len(random) == len(sweep.runs) else f"{len(random)} of the {len(sweep.runs)} runs"
+        which = "every run" if len(random) == len(full.runs) else f"{len(random)} of the {len(full.runs)} runs"
         doc.add("> [!CAUTION]", f"> ⛔ {RANDOM_SENTENCE.format(which=which)}\n")
     if synthetic:
         doc.add("> [!WARNING]", f"> {SYNTHETIC_SENTENCE}\n")

@@ -115,7 +115,7 @@ def grid_table(full: Sweep, configs: list[G.ConfigStat], chosen: dict[tuple[str,
          *[f"Test AUROC {ts}" for ts in test_sets], "Selected", "Sanity"], display,
         ["task", "model", "configuration", "point", "seeds", "val_loss_mean", "val_loss_sd", "val_auroc_mean",
          "val_auroc_sd", *[f"test_auroc_{k}_{ts}" for ts in test_sets for k in ("mean", "sd")], "selected", "sanity"],
-        rows, align="lllll" + "r" * (3 + len(test_sets)) + "ll",
+        rows, align="llll" + "r" * (3 + len(test_sets)) + "ll",
         note="Every configuration of every task × model: mean ± sd over seeds of the best validation loss, the "
              "validation AUROC of the kept parameters, and the test AUROC (mean over labels).")
 
@@ -139,9 +139,10 @@ def heatmap_rows(configs: list[G.ConfigStat], chosen: dict[tuple[str, str], str]
         row_values = G.sort_values(c.point.get(row_key) for c in shown) if row_key else [None]
         col_values = G.sort_values(c.point.get(col_key) for c in shown)
 
-        def cell(c):
-            i = [repr(v) for v in row_values].index(repr(c.point.get(row_key))) if row_key else 0
-            return i, [repr(v) for v in col_values].index(repr(c.point.get(col_key)))
+        rows_at = {repr(v): i for i, v in enumerate(row_values)}
+        cols_at = {repr(v): j for j, v in enumerate(col_values)}
+        at = {c.config: (rows_at[repr(c.point.get(row_key))] if row_key else 0, cols_at[repr(c.point.get(col_key))])
+              for c in shown}
 
         metrics = [("val_loss", "val loss", "low", 4, None), ("val_auroc", "val AUROC", "high", 3, None)]
         if by == "val-auroc":
@@ -152,12 +153,12 @@ def heatmap_rows(configs: list[G.ConfigStat], chosen: dict[tuple[str, str], str]
             values = np.full((len(row_values), len(col_values)), np.nan)
             for c in shown:
                 per_seed = c.test_auroc.get(ts, {}) if ts else getattr(c, attr)
-                values[cell(c)] = _mean_sd(per_seed)[0] if per_seed else np.nan
+                values[at[c.config]] = _mean_sd(per_seed)[0] if per_seed else np.nan
             if not np.isfinite(values).any():
                 continue
             crit = " (selection)" if (attr, by) in (("val_loss", "val-loss"), ("val_auroc", "val-auroc")) else ""
             panels.append({"label": f"{F.model_name(model)} · {what}{crit}", "row_key": row_key, "row_values": row_values,
-                           "col_key": col_key, "col_values": col_values, "values": values, "selected": cell(sel),
+                           "col_key": col_key, "col_values": col_values, "values": values, "selected": at[sel.config],
                            "digits": digits, "better": better, "auroc": "AUROC" in what})
         rows.append(panels)
     return rows, notes

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from analysis import tables as T
-from analysis.collect import Sweep
+from analysis.collect import Sweep, task_key, test_set_key
 from analysis.shots import shots_figure, shots_table, width_figure, width_table
 
 if TYPE_CHECKING:
@@ -82,8 +82,13 @@ def width_table_rows(rows: list[dict], chosen) -> T.Table:
              "exponentially little signal; a qubit with sd ≈ 0 is a constant the post layer folds into its bias.")
 
 
+def _order(rows: list[dict]) -> list[dict]:
+    """Report order: task, configuration, test set (NIH first), then the table's own order."""
+    return sorted(rows, key=lambda r: (task_key(str(r["task"])), r["configuration"], test_set_key(r["test_set"])))
+
+
 def shots_section(doc: _Doc, full: Sweep, chosen: dict[tuple[str, str], str] | None) -> None:
-    rows, widths = shots_table(full.path), width_table(full.path)
+    rows, widths = _order(shots_table(full.path)), _order(width_table(full.path))
     if not rows and not widths:
         return
     doc.add("## Measurement shots and effective width (`heads shots`)\n")
