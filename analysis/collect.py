@@ -3,7 +3,8 @@
 A hyper-parameter grid adds one folder level per configuration under the model:
 `runs/<sweep>/cxr-<n>/<model>/<config>/seed-<s>/`, and each run's config.json says
 `"grid": {"name": <config>, "point": {setting: value}}` (only the varying settings). Both layouts
-are read; a run's `config_name` is '' in the plain one. Where a grid run's config.json has no
+are read; a run's `config_name` is '' in the plain one. A folder is taken for a grid when a seed
+folder's `grid.name` is its configuration folder's name (so `runs/` itself is never a grid). Where a grid run's config.json has no
 `point`, it is the settings in which the model's configurations differ (`provenance.run_settings`).
 
 A run counts once its `DONE` file exists (written last); a seed folder without it is reported as
@@ -254,10 +255,24 @@ def _task_dirs(path: Path) -> list[Path]:
     """Sub-folders that look like tasks: they hold <model>/seed-<s>/ (or <model>/<config>/seed-<s>/) folders."""
     out = []
     for d in path.iterdir():
-        if d.is_dir() and any(s.is_dir() and _SEED_DIR.match(s.name)
-                              for pattern in ("*/seed-*", "*/*/seed-*") for s in d.glob(pattern)):
+        if d.is_dir() and (any(s.is_dir() and _SEED_DIR.match(s.name) for s in d.glob("*/seed-*"))
+                           or any(_is_grid_run(s) for s in d.glob("*/*/seed-*"))):
             out.append(d)
     return out
+
+
+def _is_grid_run(seed_dir: Path) -> bool:
+    """A seed folder of the grid layout: its config.json names its configuration folder (`grid.name`).
+
+    Without that check a sweep's parent folder (`runs/`) would look like a grid sweep whose tasks are sweeps.
+    """
+    if not (seed_dir.is_dir() and _SEED_DIR.match(seed_dir.name)):
+        return False
+    try:
+        grid = json.loads((seed_dir / "config.json").read_text()).get("grid")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return False
+    return isinstance(grid, dict) and grid.get("name") == seed_dir.parent.name
 
 
 def _seed_dirs(model_dir: Path) -> list[tuple[str, Path, int]]:

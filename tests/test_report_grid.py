@@ -95,12 +95,12 @@ def test_both_layouts_are_read(grid, tmp_path):
     assert s.configs("cxr-8", "dqc") == ["lr-1e-2_layers-1", "lr-1e-2_layers-2", "lr-3e-2_layers-1", "lr-3e-2_layers-2"]
     run = s.runs_of("cxr-8", "dqc", "lr-3e-2_layers-1")[2]
     assert run.point == {"lr": 0.03, "layers": 1} and run.seed == 2
-    # Without config.json `grid`, the point is what the model's configurations differ in.
+    # Without config.json `grid.point`, the point is what the model's configurations differ in.
     copy = tmp_path / "grid"
     shutil.copytree(sweep / "cxr-8" / "dqc", copy / "cxr-8" / "dqc")
     for cfg in copy.glob("cxr-8/dqc/*/seed-*/config.json"):
         c = json.loads(cfg.read_text())
-        del c["grid"]
+        del c["grid"]["point"]
         cfg.write_text(json.dumps(c))
     bare = load_sweep(copy)
     assert bare.runs_of("cxr-8", "dqc", "lr-3e-2_layers-1")[2].point == {"lr": 0.03, "layers": 1}
@@ -109,6 +109,9 @@ def test_both_layouts_are_read(grid, tmp_path):
     shutil.copytree(sweep / "cxr-8" / "cdl" / "lr-1e-2", plain / "cxr-8" / "cdl")
     p = load_sweep(plain)
     assert not p.is_grid and p.configs("cxr-8", "cdl") == [""] and sorted(p.runs_of("cxr-8", "cdl")) == [1, 2]
+    # The folder above a sweep is no grid whose tasks are sweeps: refused, naming the sweep inside.
+    with pytest.raises(UserError, match="not a runs folder.*pass --runs"):
+        load_sweep(sweep.parent)
 
 
 def test_selection_is_the_best_mean_validation_number(grid):
