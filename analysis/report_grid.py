@@ -200,7 +200,7 @@ def grid_section(doc: _Doc, full: Sweep, chosen: dict[tuple[str, str], str], by:
                 "better in every panel; grey '–': not in the grid.")
         if fixed:
             note += " Other settings fixed at: " + "; ".join(fixed) + "."
-        title = f"{F.task_name(task)}: validation and test AUROC across the grid"
+        title = f"{F.task_name(task)}: validation loss, validation and test AUROC across the grid"
         path = F.grid_heatmap_figure(rows, doc.fig_path(f"grid_{task}.png"), title, doc.marks, note)
         doc.figure(path, title)
 

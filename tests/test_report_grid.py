@@ -248,3 +248,33 @@ def test_shots_and_width_in_the_report(built, grid):
         assert math.isclose(thr, 1e-2)
     for name in ("shots", "width"):
         assert (out / "figures" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_heatmap_axes_and_fixed_settings():
+    """layers x lr when both vary; else the two settings with the most values; the rest held at the selection."""
+    from analysis.grid import ConfigStat, heatmap_axes, sort_values
+    from analysis.report_grid import heatmap_rows
+
+    def stat(model, point, loss):
+        name = "_".join(f"{k}-{v}" for k, v in point.items())
+        return ConfigStat("cxr-8", model, name, point, {1: loss, 2: loss}, {1: 0.6, 2: 0.6},
+                          {"nih-cxr-lt": {1: 0.7, 2: 0.7}})
+
+    dqc = [stat("dqc", {"lr": lr, "layers": layers, "circuit_init": init}, loss=lr * layers + (init == "normal"))
+           for lr in (3e-3, 1e-4, 1e-3) for layers in (5, 1, 3) for init in ("uniform", "normal")]
+    assert heatmap_axes(dqc) == ("layers", "lr")
+    no_layers = [c for c in dqc if c.point["layers"] == 1]
+    assert heatmap_axes(no_layers) == ("circuit_init", "lr")  # lr has 3 values, circuit init 2
+    assert heatmap_axes([c for c in no_layers if c.point["circuit_init"] == "normal"]) == (None, "lr")
+    assert sort_values([3e-3, 1e-4, 1e-3, 1e-4]) == [1e-4, 1e-3, 3e-3]
+    cdl = [stat("cdl", {"lr": lr}, loss=lr) for lr in (3e-3, 1e-4)]
+    chosen = {("cxr-8", "dqc"): "lr-0.0001_layers-1_circuit_init-uniform", ("cxr-8", "cdl"): "lr-0.0001"}
+    rows, notes = heatmap_rows(dqc + cdl, chosen, "val-loss", "cxr-8", ["nih-cxr-lt"])
+    panel = rows[0][0]
+    assert panel["row_values"] == [1, 3, 5] and panel["col_values"] == [1e-4, 1e-3, 3e-3]
+    assert panel["selected"] == (0, 0) and "selection" in panel["label"]
+    # circuit init is held at the selected value: every cell is the uniform configuration's loss.
+    expected = np.array([[lr * layers for lr in (1e-4, 1e-3, 3e-3)] for layers in (1, 3, 5)])
+    np.testing.assert_allclose(panel["values"], expected)
+    assert notes == ["DQC: circuit init uniform (the selected values)"]
+    assert rows[1][0]["row_key"] is None and rows[1][0]["values"].shape == (1, 2)
