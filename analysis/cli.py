@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -22,6 +23,11 @@ def main() -> None:
     """Analysis: turn a sweep's runs into the paper's tables, statistics and figures."""
 
 
+class SelectBy(StrEnum):
+    val_loss = "val-loss"
+    val_auroc = "val-auroc"
+
+
 @app.command()
 @friendly
 def report(
@@ -34,9 +40,13 @@ def report(
              "Default: this machine's records under bench/.")] = None,
     out: Annotated[Path | None, typer.Option(help="Output folder (default: reports/<sweep name>).")] = None,
     resamples: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% CIs of mean AUROC.")] = 1000,
+    select: Annotated[SelectBy, typer.Option(
+        help="A hyper-parameter grid (runs/<sweep>/<task>/<model>/<config>/seed-<s>/): per task x model, report the "
+             "configuration with the lowest mean validation loss over seeds (val-loss) or the highest mean "
+             "validation AUROC (val-auroc). Validation data only; ignored outside a grid.")] = SelectBy.val_loss,
 ) -> None:
     """Write report.md, tables/*.csv|tex and figures/*.png for a sweep (paper section IV)."""
     from analysis.report import build_report
 
-    path = build_report(runs=runs, features=features, bench=bench, out=out, resamples=resamples)
+    path = build_report(runs=runs, features=features, bench=bench, out=out, resamples=resamples, select=select.value)
     print(f"wrote {path} (tables in {path.parent / 'tables'}, figures in {path.parent / 'figures'})")

@@ -1,5 +1,12 @@
 """Read a sweep's runs folder: `runs/<sweep>/cxr-<n>/<model>/seed-<s>/` (DESIGN "Runs").
 
+A hyper-parameter grid adds one folder level per configuration under the model:
+`runs/<sweep>/cxr-<n>/<model>/<config>/seed-<s>/`, and each run's config.json says
+`"grid": {"name": <config>, "point": {setting: value}}` (only the varying settings). Both layouts
+are read; a run's `config_name` is '' in the plain one. A folder is taken for a grid when a seed
+folder's `grid.name` is its configuration folder's name (so `runs/` itself is never a grid). Where a grid run's config.json has no
+`point`, it is the settings in which the model's configurations differ (`provenance.run_settings`).
+
 A run counts once its `DONE` file exists (written last); a seed folder without it is reported as
 unfinished and left out. What a partial sweep lacks (tasks, models, seeds) is listed in
 `Sweep.notes`, so the report can say so instead of failing.
@@ -23,7 +30,8 @@ from cxrfeat.labels import canonical
 MODEL_ORDER = ("cdl", "dqc", "cdl-finetune", "dqc-finetune")
 TEST_SET_ORDER = ("nih-cxr-lt", "mimic-cxr-lt")
 _SEED_DIR = re.compile(r"^seed-(\d+)$")
-_LAYOUT = "runs/<sweep>/cxr-<n>/<model>/seed-<s>/ with config.json, predictions/*.npz and DONE"
+_LAYOUT = ("runs/<sweep>/cxr-<n>/<model>/seed-<s>/ (a grid: .../<model>/<config>/seed-<s>/) with config.json, "
+           "predictions/*.npz and DONE")
 
 
 def model_key(model: str) -> tuple[int, str]:
@@ -85,6 +93,8 @@ class Run:
     history: list[dict[str, Any]]
     predictions: dict[str, Predictions]
     metrics: dict[str, Any] | None = None  # metrics.json, None when absent or unreadable
+    config_name: str = ""  # the grid configuration ('' outside a grid)
+    point: dict[str, Any] = field(default_factory=dict)  # its varying settings ({} outside a grid)
 
     @cached_property
     def sanity(self) -> provenance.Sanity:
@@ -140,9 +150,24 @@ class Sweep:
     def models(self, task: str) -> list[str]:
         return sorted({r.model for r in self.runs if r.task == task}, key=model_key)
 
-    def runs_of(self, task: str, model: str) -> dict[int, Run]:
-        """seed -> run."""
-        return {r.seed: r for r in self.runs if r.task == task and r.model == model}
+    def runs_of(self, task: str, model: str, config: str | None = None) -> dict[int, Run]:
+        """seed -> run (of one grid configuration when `config` is given; a grid needs it, or `select`)."""
+        return {r.seed: r for r in self.runs if r.task == task and r.model == model
+                and (config is None or r.config_name == config)}
+
+    @property
+    def is_grid(self) -> bool:
+        """True when the runs lie in the grid layout (a configuration folder under the model)."""
+        return any(r.config_name for r in self.runs)
+
+    def configs(self, task: str, model: str) -> list[str]:
+        """The grid configurations of a task × model, sorted by name ([''] outside a grid)."""
+        return sorted({r.config_name for r in self.runs if r.task == task and r.model == model})
+
+    def select(self, chosen: dict[tuple[str, str], str]) -> Sweep:
+        """The sweep of one configuration per (task, model): `chosen[(task, model)]` (others dropped)."""
+        runs = [r for r in self.runs if chosen.get((r.task, r.model)) == r.config_name]
+        return Sweep(self.path, runs, list(self.notes), self.meta, self.store_attrs)
 
     def test_sets(self, task: str | None = None) -> list[str]:
         names = {t for r in self.runs if task is None or r.task == task for t in r.predictions}
@@ -208,32 +233,80 @@ def load_sweep(path: str | Path) -> Sweep:
     meta = _read_json(path / "sweep.json") if (path / "sweep.json").is_file() else None
     runs: list[Run] = []
     notes: list[str] = []
-    unfinished: set[tuple[str, str, int]] = set()
+    unfinished: set[tuple[str, str, str, int]] = set()
     for task_dir in sorted(task_dirs, key=lambda d: task_key(d.name)):
         for model_dir in sorted((d for d in task_dir.iterdir() if d.is_dir()), key=lambda d: model_key(d.name)):
-            for seed_dir in sorted(model_dir.iterdir()):
-                m = _SEED_DIR.match(seed_dir.name)
-                if not seed_dir.is_dir() or not m:
-                    continue
-                seed = int(m.group(1))
+            for config, seed_dir, seed in _seed_dirs(model_dir):
                 if not (seed_dir / "DONE").exists():
-                    unfinished.add((task_dir.name, model_dir.name, seed))
+                    unfinished.add((task_dir.name, model_dir.name, config, seed))
                     continue
-                runs.append(_load_run(seed_dir, task_dir.name, model_dir.name, seed))
+                run = _load_run(seed_dir, task_dir.name, model_dir.name, seed)
+                run.config_name = config
+                runs.append(run)
     if not runs:
         raise UserError(f"{path}: no finished run yet (no seed folder has its DONE file); nothing to report")
     sweep = Sweep(path=path, runs=runs, meta=meta if isinstance(meta, dict) else None)
+    _fill_points(sweep)
     sweep.notes = notes + _missing(sweep, unfinished) + _cross_check(sweep)
     return sweep
 
 
 def _task_dirs(path: Path) -> list[Path]:
-    """Sub-folders that look like tasks: they hold <model>/seed-<s>/ folders."""
+    """Sub-folders that look like tasks: they hold <model>/seed-<s>/ (or <model>/<config>/seed-<s>/) folders."""
     out = []
     for d in path.iterdir():
-        if d.is_dir() and any(s.is_dir() and _SEED_DIR.match(s.name) for s in d.glob("*/seed-*")):
+        if d.is_dir() and (any(s.is_dir() and _SEED_DIR.match(s.name) for s in d.glob("*/seed-*"))
+                           or any(_is_grid_run(s) for s in d.glob("*/*/seed-*"))):
             out.append(d)
     return out
+
+
+def _is_grid_run(seed_dir: Path) -> bool:
+    """A seed folder of the grid layout: its config.json names its configuration folder (`grid.name`).
+
+    Without that check a sweep's parent folder (`runs/`) would look like a grid sweep whose tasks are sweeps.
+    """
+    if not (seed_dir.is_dir() and _SEED_DIR.match(seed_dir.name)):
+        return False
+    try:
+        grid = json.loads((seed_dir / "config.json").read_text()).get("grid")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return False
+    return isinstance(grid, dict) and grid.get("name") == seed_dir.parent.name
+
+
+def _seed_dirs(model_dir: Path) -> list[tuple[str, Path, int]]:
+    """(configuration, seed folder, seed) under a model folder: its own seed-<s>/ ('') and <config>/seed-<s>/."""
+    out = []
+    for child in sorted(model_dir.iterdir()):
+        if not child.is_dir():
+            continue
+        m = _SEED_DIR.match(child.name)
+        if m:
+            out.append(("", child, int(m.group(1))))
+            continue
+        for seed_dir in sorted(child.iterdir()):
+            m = _SEED_DIR.match(seed_dir.name)
+            if m and seed_dir.is_dir():
+                out.append((child.name, seed_dir, int(m.group(1))))
+    return out
+
+
+def _fill_points(sweep: Sweep) -> None:
+    """Each grid run's `point`: config.json `grid.point`, else the settings its model's configurations differ in."""
+    for run in sweep.runs:
+        grid = run.config.get("grid")
+        if isinstance(grid, dict) and isinstance(grid.get("point"), dict):
+            run.point = dict(grid["point"])
+    for task in sweep.tasks:
+        for model in sweep.models(task):
+            runs = [r for r in sweep.runs if r.task == task and r.model == model and r.config_name and not r.point]
+            if not runs:
+                continue
+            each = {r.path: provenance.run_settings(r.config) for r in sweep.runs if r.task == task and r.model == model}
+            keys = [k for k in provenance.SETTING_KEYS if len({repr(s.get(k)) for s in each.values()}) > 1]
+            for r in runs:
+                r.point = {k: each[r.path].get(k) for k in keys}
 
 
 def _read_json(path: Path) -> Any:
@@ -335,36 +408,41 @@ def _expected_tasks(meta: dict[str, Any] | None) -> list[str]:
     return out
 
 
-def _missing(sweep: Sweep, unfinished: set[tuple[str, str, int]]) -> list[str]:
-    """Lines saying which tasks, models and seeds a partial sweep lacks."""
+def _missing(sweep: Sweep, unfinished: set[tuple[str, str, str, int]]) -> list[str]:
+    """Lines saying which tasks, models (grid configurations) and seeds a partial sweep lacks."""
     meta_seeds = _expected_seeds(sweep.meta)
     meta_models = [str(m) for m in (sweep.meta or {}).get("models", []) or []]
-    tasks = sorted(set(sweep.tasks) | set(_expected_tasks(sweep.meta)) | {t for t, _, _ in unfinished}, key=task_key)
+    tasks = sorted(set(sweep.tasks) | set(_expected_tasks(sweep.meta)) | {t for t, _, _, _ in unfinished}, key=task_key)
     base_models = sorted({r.model for r in sweep.runs if "-" not in r.model} | set(meta_models), key=model_key)
     notes = []
     for task in tasks:
-        present = {r.model for r in sweep.runs if r.task == task} | {m for t, m, _ in unfinished if t == task}
+        present = {r.model for r in sweep.runs if r.task == task} | {m for t, m, _, _ in unfinished if t == task}
         expected = set(base_models) | present
         for m in list(present):  # a lone dqc-x or cdl-x lacks its partner
             if m.startswith(("cdl", "dqc")) and "-" in m:
                 expected.add(("dqc" if m.startswith("cdl") else "cdl") + m[3:])
         for model in sorted(expected, key=model_key):
-            done = set(sweep.runs_of(task, model))
-            started = {s for t, m, s in unfinished if t == task and m == model}
+            configs = sorted(set(sweep.configs(task, model))
+                             | {c for t, m, c, _ in unfinished if t == task and m == model}) or [""]
             family = {r.seed for r in sweep.runs if r.task == task and ("-" in r.model) == ("-" in model)}
-            want = set(meta_seeds) if meta_seeds else family | started
-            if not done and not started:
-                notes.append(f"{task} / {model}: no runs (expected seeds {_seed_list(want)})")
-                continue
-            if started:
-                notes.append(f"{task} / {model}: seed(s) {_seed_list(started)} unfinished (no DONE file), left out")
-            absent = want - done - started
-            if absent:
-                notes.append(f"{task} / {model}: seed(s) {_seed_list(absent)} missing")
+            for config in configs:
+                what = f"{task} / {model}" + (f" / {config}" if config else "")
+                done = set(sweep.runs_of(task, model, config))
+                started = {s for t, m, c, s in unfinished if (t, m, c) == (task, model, config)}
+                want = set(meta_seeds) if meta_seeds else family | started
+                if not done and not started:
+                    notes.append(f"{what}: no runs (expected seeds {_seed_list(want)})")
+                    continue
+                if started:
+                    notes.append(f"{what}: seed(s) {_seed_list(started)} unfinished (no DONE file), left out")
+                absent = want - done - started
+                if absent:
+                    notes.append(f"{what}: seed(s) {_seed_list(absent)} missing")
     # A finished run without predictions on a test set that its task's other runs have.
     for task in sweep.tasks:
         for test_set in sweep.test_sets(task):
-            lacking = [f"{r.model} seed {r.seed}" for r in sweep.runs if r.task == task and test_set not in r.predictions]
+            lacking = [f"{r.model}{'/' + r.config_name if r.config_name else ''} seed {r.seed}"
+                       for r in sweep.runs if r.task == task and test_set not in r.predictions]
             if lacking:
                 notes.append(f"{task}: no {test_set} predictions for {', '.join(lacking)}")
     return notes

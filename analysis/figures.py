@@ -478,3 +478,66 @@ def long_tail_figure(groups: list[GroupStat], path: Path, marks=()) -> Path:
                                           if foot else "")
     fig.tight_layout(rect=(0, footnote(fig, note), 1, top))
     return save(fig, path)
+
+
+# ------------------------------------------------------------------------------------ grid heat maps
+def grid_heatmap_figure(rows: list[list[dict]], path: Path, title: str, marks=(), note: str = "") -> Path:
+    """Heat maps across a hyper-parameter grid: one figure row per model, one panel per metric.
+
+    Each panel is a dict: `label` (panel title), `row_key`/`row_values` (None/[None] for a single row),
+    `col_key`/`col_values`, `values` (rows × cols, NaN where the grid has no such configuration),
+    `selected` ((i, j) of the selected configuration, boxed, or None), `digits`, `cmap`, and
+    `better` ('low' or 'high': the colour bar is oriented so that brighter is better). AUROC panels
+    keep their colour range within [0, 1].
+    """
+    from analysis.provenance import SETTING_NAMES, fmt_setting
+
+    ncols = max(len(r) for r in rows)
+    cells_w = max(len(p["col_values"]) for r in rows for p in r)
+    heights = [0.42 * max(len(r[0]["row_values"]), 1) + 1.25 for r in rows]
+    panel_w = max(2.9, 0.62 * cells_w + 1.9)
+    fig = plt.figure(figsize=(panel_w * ncols + 0.3, sum(heights) + 0.7), dpi=DPI)
+    gs = fig.add_gridspec(len(rows), ncols, height_ratios=heights)
+    for r, panels in enumerate(rows):
+        for c, p in enumerate(panels):
+            ax = fig.add_subplot(gs[r, c])
+            vals = np.asarray(p["values"], dtype=float)
+            finite = vals[np.isfinite(vals)]
+            lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+            if hi - lo < 1e-3:
+                lo, hi = lo - 5e-4, hi + 5e-4
+            if p.get("auroc"):
+                lo, hi = max(0.0, lo), min(1.0, hi)
+            cmap = plt.get_cmap(p.get("cmap", "viridis") + ("_r" if p.get("better") == "low" else "")).with_extremes(
+                bad="0.92")
+            im = ax.imshow(np.ma.masked_invalid(vals), cmap=cmap, vmin=lo, vmax=hi, aspect="auto")
+            for i in range(vals.shape[0]):
+                for j in range(vals.shape[1]):
+                    v = vals[i, j]
+                    if not np.isfinite(v):
+                        ax.text(j, i, "–", ha="center", va="center", fontsize=8, color="0.45")
+                        continue
+                    shade = (v - lo) / (hi - lo) if hi > lo else 0.5
+                    bright = shade if p.get("better") != "low" else 1 - shade
+                    ax.text(j, i, f"{v:.{p.get('digits', 3)}f}", ha="center", va="center", fontsize=7.5,
+                            color="black" if bright > 0.55 else "white")
+            if p.get("selected") is not None:
+                i, j = p["selected"]
+                ax.add_patch(matplotlib.patches.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec=FLAG_COLOR,
+                                                          lw=2.2, zorder=5))
+            ax.set_xticks(range(len(p["col_values"])), [fmt_setting(p["col_key"], v) for v in p["col_values"]],
+                          fontsize=7.5)
+            ax.set_xlabel(SETTING_NAMES.get(p["col_key"], p["col_key"]), fontsize=8)
+            if p.get("row_key"):
+                ax.set_yticks(range(len(p["row_values"])), [fmt_setting(p["row_key"], v) for v in p["row_values"]],
+                              fontsize=7.5)
+                ax.set_ylabel(SETTING_NAMES.get(p["row_key"], p["row_key"]), fontsize=8)
+            else:
+                ax.set_yticks([])
+            ax.set_title(p["label"], fontsize=8.5)
+            cb = fig.colorbar(im, ax=ax, fraction=0.05, pad=0.03)
+            cb.ax.tick_params(labelsize=6.5)
+            cb.ax.yaxis.get_offset_text().set_fontsize(6.5)
+    top = titles(fig, title, marks, fig.get_figheight())
+    fig.tight_layout(rect=(0, footnote(fig, note), 1, top))
+    return save(fig, path)

@@ -7,6 +7,11 @@ a sanity check. It then follows the paper's section IV: Tables I-III, mean AUROC
 t-tests, bootstrap confidence intervals and AUPRC (Fig. 5), per-label AUROC with corrected p-values
 (Figs. 6-11), volcano plots (Figs. 12-13), loss curves and convergence (Fig. 4), plus a long-tail
 view and a list of what a partial sweep lacks. No absolute path is written into the report.
+
+A hyper-parameter grid (`<model>/<config>/seed-<s>/`) is reported for one configuration per task ×
+model, selected on validation data (`select`, see `analysis.grid`); a grid section shows the
+selection and the whole grid (`analysis.report_grid`). Runs measured with `heads shots` add the
+AUROC against shots and the effective width of the quantum layer (`analysis.report_shots`).
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from analysis import figures as F
+from analysis import grid as G
 from analysis import provenance as P
-from analysis import stats, summary
+from analysis import report_grid, report_shots, stats, summary
 from analysis import tables as T
 from analysis.bench import is_this_machine, load_bench_paths, this_machine
 from analysis.collect import Sweep, _shown, comparisons, find_sweep, load_sweep, test_set_key
@@ -58,7 +64,7 @@ MARK_RANDOM = "RANDOM BACKBONE"
 
 def build_report(runs: str | Path | None = None, features: str | Path | None = None,
                  bench: str | Path | list | None = None, out: str | Path | None = None,
-                 resamples: int = stats.BOOTSTRAP_RESAMPLES) -> Path:
+                 resamples: int = stats.BOOTSTRAP_RESAMPLES, select: str = "val-loss") -> Path:
     """Write the report of a sweep and return the path of its report.md.
 
     `runs`: the sweep folder (default: the only sweep under runs/). `features`: a folder of feature
@@ -66,11 +72,15 @@ def build_report(runs: str | Path | None = None, features: str | Path | None = N
     `bench`: `heads bench` JSON files and/or folders; a file is used as given, a folder only for this
     machine's records (the others are listed as other machines'). Default: this machine's records
     under `bench/`. `out`: default `reports/<sweep name>`. `resamples`: bootstrap resamples per CI.
+    `select`: how a grid's configuration is chosen per task × model, `val-loss` (lowest mean validation
+    loss over seeds) or `val-auroc` (highest mean validation AUROC); unused outside a grid.
     The report is built in a temporary folder and then swapped in, so an interrupted call leaves any
     earlier report as it was.
     """
     if resamples < 1:
         raise UserError(f"--resamples must be at least 1, not {resamples}")
+    if select not in G.CRITERIA:
+        raise UserError(f"--select {select!r}: choose from {', '.join(G.CRITERIA)}")
     sweep = load_sweep(find_sweep(runs))
     if features is None and isinstance((sweep.meta or {}).get("features"), str) and Path(sweep.meta["features"]).is_dir():
         features = sweep.meta["features"]  # the folder the sweep trained from
@@ -83,7 +93,7 @@ def build_report(runs: str | Path | None = None, features: str | Path | None = N
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        _write(sweep, features, bench_paths, tmp, resamples, roots=[out.resolve().parent])
+        _write(sweep, features, bench_paths, tmp, resamples, roots=[out.resolve().parent], select=select)
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             out.rename(old)
@@ -161,7 +171,7 @@ class _Doc:
 
 
 def _write(sweep: Sweep, features: Path | None, bench: list[Path] | None, out: Path, resamples: int,
-           roots: list[Path]) -> None:
+           roots: list[Path], select: str = "val-loss") -> None:
     (out / "figures").mkdir(parents=True)
     stores, store_notes = scan_stores(features) if features else ([], [])
     if not stores:  # no folder of stores: the ones the runs were trained and tested on, if still there
@@ -174,10 +184,13 @@ def _write(sweep: Sweep, features: Path | None, bench: list[Path] | None, out: P
         synthetic = is_synthetic(*[c.attrs for c in stores], *[r.config for r in sweep.runs])
     random = [r for r in sweep.runs if backbones[r.path].random]
     marks = tuple(m for m, on in ((MARK_SYNTHETIC, synthetic), (MARK_RANDOM, bool(random))) if on)
+    full, chosen = sweep, (G.select(sweep, select) if sweep.is_grid else None)
+    if chosen is not None:  # every section but the grid's: the configurations selected on validation data
+        sweep = full.select(chosen)
     doc = _Doc(sweep, out, training_counts(stores, _train_dataset(sweep)), marks, resamples, None)
     doc.add(f"# Report: {sweep.name}\n")
     if random:
-        which = "every run" if len(random) == len(sweep.runs) else f"{len(random)} of the {len(sweep.runs)} runs"
+        which = "every run" if len(random) == len(full.runs) else f"{len(random)} of the {len(full.runs)} runs"
         doc.add("> [!CAUTION]", f"> ⛔ {RANDOM_SENTENCE.format(which=which)}\n")
     if synthetic:
         doc.add("> [!WARNING]", f"> {SYNTHETIC_SENTENCE}\n")
@@ -190,6 +203,8 @@ def _write(sweep: Sweep, features: Path | None, bench: list[Path] | None, out: P
     doc.add(f"Runs from `{_shown(sweep.path)}`; written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by "
             f"cxr-qtl {__version__}. Every AUROC and AUPRC below is recomputed from the runs' `predictions/*.npz`.\n")
     _provenance_section(doc, backbones, data, synthetic)
+    if chosen is not None:
+        report_grid.grid_section(doc, full, chosen, select)
     _runs_section(doc)
     _sanity_section(doc, flagged)
     _data_section(doc, stores, store_notes, features, bench)
@@ -198,6 +213,7 @@ def _write(sweep: Sweep, features: Path | None, bench: list[Path] | None, out: P
     _volcano_section(doc, points)
     _training_section(doc)
     _long_tail_section(doc)
+    report_shots.shots_section(doc, full, chosen)
     _methods_section(doc)
     extra = [sweep.path, *(p for p in [features] if p), *(bench or [])]
     write_text(out / "report.md", scrub_paths("\n".join(doc.md), roots + [Path(p) for p in extra]))

@@ -8,10 +8,11 @@ functions collect them under a sweep folder:
   noise alone (mean over seeds of the sd over repeats), mean AUPRC, and the exact AUROC (mean ± sd
   over the same seeds).
 - `shots_figure(rows, path)` — AUROC against shots (log x), one panel per test set, one line per
-  task, the exact AUROC as a dashed line of the same colour.
+  task, the exact AUROC as a dashed line of the same colour; `marks` as on every report figure.
 - `width_table(sweep_dir)` — one row per (task, configuration, test set, threshold): qubits, how
   many qubits carry signal (sd of the exact ⟨Z_k⟩ over the test set above the threshold) per seed
   and on average, and the per-qubit sd averaged over seeds.
+- `width_figure(rows, path)` — the per-qubit sd against the qubit index (log y), the threshold dashed.
 
 `configuration` is the folder path between the model folder and the seed folder (empty for a
 single-configuration sweep; a grid's configuration folder otherwise), so grid members never mix.
@@ -31,6 +32,7 @@ from cxrfeat.errors import UserError
 
 SHOTS_FILE = "shots.json"
 WIDTH_FILE = "width.json"
+WIDTH_FLOOR = 1e-6  # the lowest sd a width figure draws (a constant qubit has sd 0)
 
 
 def _documents(sweep_dir: str | Path, name: str) -> Iterator[tuple[Path, dict]]:
@@ -113,17 +115,14 @@ def shots_table(sweep_dir: str | Path) -> list[dict]:
     return rows
 
 
-def shots_figure(rows: Sequence[dict], path: str | Path, *, title: str | None = None) -> Path | None:
+def shots_figure(rows: Sequence[dict], path: str | Path, *, title: str | None = None, marks=()) -> Path | None:
     """AUROC against shots (log x) per test set and task, exact AUROC dashed; None when no rows."""
     if not rows:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from analysis.figures import plt, titles
 
     test_sets = list(dict.fromkeys(r["test_set"] for r in rows))
-    fig, axes = plt.subplots(1, len(test_sets), figsize=(5.2 * len(test_sets), 4.0), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(test_sets), figsize=(5.2 * len(test_sets), 4.3), squeeze=False, sharey=True)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     lines = list(dict.fromkeys((r["task"], r["configuration"], r["sampling"], r["readout_error"]) for r in rows))
     for ax, test_set in zip(axes[0], test_sets, strict=True):
@@ -145,13 +144,12 @@ def shots_figure(rows: Sequence[dict], path: str | Path, *, title: str | None = 
                 ax.axhline(exact, linestyle="--", color=colour, linewidth=1)
         ax.set_xscale("log")
         ax.set_xlabel("shots per example")
-        ax.set_title(test_set)
+        ax.set_title(test_set, fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
-    axes[0][0].set_ylabel("mean AUROC (dashed: exact ⟨Z⟩)")
+    axes[0][0].set_ylabel("mean AUROC ± sd over draws (dashed: exact ⟨Z⟩)", fontsize=8)
     axes[0][-1].legend(fontsize="small")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
+    top = titles(fig, title, marks, fig.get_figheight())
+    fig.tight_layout(rect=(0, 0, 1, top))
     buf = io.BytesIO()
     fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png", dpi=150)
     plt.close(fig)
@@ -181,3 +179,46 @@ def width_table(sweep_dir: str | Path) -> list[dict]:
             "sd_per_qubit": [statistics.fmean(sd[k] for sd in g["sd"]) for k in range(n)],
         })
     return rows
+
+
+def width_figure(rows: Sequence[dict], path: str | Path, *, title: str | None = None, marks=()) -> Path | None:
+    """sd over the test set of each exact ⟨Z_k⟩ against the qubit index k (log y), per test set; None when no rows.
+
+    One line per (task, configuration), averaged over seeds; each threshold of the rows dashed. An sd
+    below `WIDTH_FLOOR` (a constant qubit) is drawn at the floor, which the axis label states.
+    """
+    if not rows:
+        return None
+    from analysis.figures import plt, titles
+
+    test_sets = list(dict.fromkeys(r["test_set"] for r in rows))
+    fig, axes = plt.subplots(1, len(test_sets), figsize=(5.2 * len(test_sets), 4.0), squeeze=False, sharey=True)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    lines = list(dict.fromkeys((r["task"], r["configuration"]) for r in rows))
+    widest = max(r["qubits"] for r in rows)
+    for ax, test_set in zip(axes[0], test_sets, strict=True):
+        for i, line in enumerate(lines):
+            row = next((r for r in rows if r["test_set"] == test_set and (r["task"], r["configuration"]) == line), None)
+            if row is None:
+                continue
+            task, config = line
+            sd = [max(v, WIDTH_FLOOR) for v in row["sd_per_qubit"]]
+            ax.plot(range(len(sd)), sd, marker="o", ms=3.5, color=colours[i % len(colours)],
+                    label=str(task).upper() + (f" {config}" if config else "") + f" ({row['above_mean']:g}/{row['qubits']})")
+        for t in sorted({r["threshold"] for r in rows if r["test_set"] == test_set}):
+            ax.axhline(max(t, WIDTH_FLOOR), ls="--", lw=0.9, color="0.3")
+            ax.text(widest - 1, max(t, WIDTH_FLOOR), f" threshold {t:g}", va="bottom", ha="right", fontsize=7, color="0.3")
+        ax.set_yscale("log")
+        ax.set_xlabel("qubit k (⟨Z_k⟩ after the last ring: parity of k+1 bits)", fontsize=8)
+        ax.set_xticks(range(0, widest, max(1, widest // 10)))
+        ax.set_title(test_set, fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize="small", title="task (qubits above)", title_fontsize="small")
+    axes[0][0].set_ylabel(f"sd of ⟨Z_k⟩ over the test set (floor {WIDTH_FLOOR:g})", fontsize=8)
+    top = titles(fig, title, marks, fig.get_figheight())
+    fig.tight_layout(rect=(0, 0, 1, top))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=150)
+    plt.close(fig)
+    atomic.write_bytes(path, buf.getvalue())
+    return Path(path)
