@@ -18,13 +18,13 @@ from heads.models import make_model
 from heads.train import (
     INIT_STREAM,
     SEED_BLOCK,
+    Member,
     TrainConfig,
     TrainData,
     epoch_order,
+    member_blocks,
     order_digest,
     predict,
-    Member,
-    member_blocks,
     train_members,
     train_seeds,
 )
