@@ -54,7 +54,7 @@ import numpy as np
 import optax
 
 from cxrfeat.atomic import write_bytes, write_json
-from cxrfeat.errors import UserError
+from cxrfeat.errors import UserError, refuse_multi_process
 from cxrfeat.labels import task_labels, task_name
 from heads import runs
 from heads.imagecache import DEFAULT_CACHE, ImageCache, build_cache, cache_path, prefetch
@@ -395,6 +395,8 @@ def finetune(
     """
     from heads.models import make_model
 
+    refuse_multi_process("heads finetune", "start one independent job (without jax.distributed) per --task, "
+                                           "--model and --seed on one shared --runs folder")
     say = say or (lambda msg: print(msg, file=sys.stderr))
     opts.check()
     run_dir = opts.run_dir

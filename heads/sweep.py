@@ -47,6 +47,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from cxrfeat import __version__, atomic, locks
 from cxrfeat.errors import UserError
+from cxrfeat.errors import refuse_multi_process as _refuse_multi_process
 from cxrfeat.labels import ALL, as_task, resolve_tasks, task_labels, task_name
 from cxrfeat.store import Features, FeatureStore, check_compatible
 from heads import runs, sanity
@@ -599,12 +600,10 @@ def run_group(spec: SweepSpec, stores: Stores, cells: Sequence[tuple[Cell, locks
 
 
 # ---------------------------------------------------------------- the sweep
-def refuse_multi_process(what: str = "heads trains") -> None:
-    """A `jax.distributed` launch would have every process write the same files."""
-    if jax.process_count() > 1:
-        raise UserError(f"this is a multi-process JAX launch ({jax.process_count()} processes): {what} on one "
-                        f"process's local devices only. To scale out, start independent jobs (without "
-                        f"jax.distributed) with --shard i/N on one shared --runs folder")
+def refuse_multi_process(what: str = "heads sweep") -> None:
+    """A `jax.distributed` launch would have every process write the same run folders."""
+    _refuse_multi_process(what, "start independent jobs (without jax.distributed) with --shard i/N on one shared "
+                                "--runs folder")
 
 
 def _say(message: str) -> None:

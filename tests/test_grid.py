@@ -164,3 +164,21 @@ def test_bad_grid_values_fail_cleanly(tmp_path, extra, words):
     result = invoke("sweep", "--features", tmp_path / "features", "--runs", tmp_path / "runs", *extra)
     assert result.exit_code == 2 and words in result.output, result.output
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "finetune", "extract"])
+def test_a_multi_process_launch_is_refused_by_every_training_and_extraction_command(tmp_path, monkeypatch, command):
+    import jax
+
+    from cxrfeat.cli import app as cxrfeat_app
+
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    args = {"train": ["train", "--features", tmp_path / "features", "--runs", tmp_path / "runs"],
+            "finetune": ["finetune", "--weights", "random", "--data-dir", tmp_path / "data", "--runs", tmp_path / "runs",
+                         "--cache", tmp_path / "cache"],
+            "extract": ["extract", "--split", "val", "--data-dir", tmp_path / "data", "--out", tmp_path / "features",
+                        "--weights", "random"]}[command]
+    result = CliRunner().invoke(cxrfeat_app if command == "extract" else app, [str(a) for a in args])
+    assert result.exit_code == 2 and "multi-process" in result.output, result.output
+    assert ("--shard" if command == "train" else "independent") in result.output
+    assert not any((tmp_path / d).exists() for d in ("runs", "cache", "features"))
