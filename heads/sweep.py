@@ -367,7 +367,8 @@ def settings_record(spec: SweepSpec, model: str) -> dict:
     return {"lr": t.lr, "batch_size": t.batch_size, "max_epochs": t.max_epochs, "patience": t.patience,
             "feature_norm": spec.feature_norm, "layers": h.layers if dqc else None,
             "backend": h.backend if dqc else None, "circuit_init": h.circuit_init if dqc else None,
-            "seeds": spec.seeds, "mode": "features", "freeze_backbone": None, "limit": None}
+            "seeds": spec.seeds, "mode": "features", "freeze_backbone": None, "limit": None,
+            "views_from": spec.views_from}
 
 
 def differences(old, new, prefix: str = "") -> list[str]:

@@ -7,7 +7,7 @@ function. The features stay on the device; the host only reads back a few number
 
 Determinism and fairness (DESIGN "The models"):
 - Epoch e of seed s visits the training rows in the order `epoch_order(s, e)` and uses, for each
-  row, the stored view that it names; both depend only on (s, e), so CDL and DQC with the same
+  row, the stored view that it names (one augmented view, 1..V-1, by default: `views_from`); both depend only on (s, e), so CDL and DQC with the same
   seed see identical batches. `history.jsonl` records `order_digest` of them per epoch.
 - The initial parameters depend only on the seed (and the model).
 - The last batch is padded and masked, never dropped: every example is used every epoch.
@@ -362,7 +362,7 @@ def train_members(
     max_epochs: int = 50,
     devices=None,
     block: int = SEED_BLOCK,
-    views_from: str = "all",
+    views_from: str = "augmented",
     on_epoch: Callable[[dict], None] | None = None,
 ) -> TrainResult:
     """Train `model` (a Flax head) once per member, all members together; see the module docstring.

@@ -52,6 +52,7 @@ def test_grid_layout_and_records(grid_sweep):
                                          "dqc": ["lr-0.01_layers-1", "lr-0.01_layers-2", "lr-0.03_layers-1",
                                                  "lr-0.03_layers-2"]}
     assert record["settings"]["training"]["lr"] == [0.01, 0.03] and record["settings"]["head"]["layers"] == [1, 2]
+    assert record["settings"]["views_from"] == "augmented"  # the default: one augmented view per example
     for model, names in record["grid"]["configs"].items():
         for name in names:
             for seed in (1, 2):
@@ -64,6 +65,7 @@ def test_grid_layout_and_records(grid_sweep):
                 assert config["grid"] == {"name": name, "point": point}
                 assert config["settings"]["lr"] == point["lr"] and config["settings"]["patience"] == 2
                 assert config["settings"]["layers"] == point.get("layers")
+                assert config["settings"]["views_from"] == "augmented"
                 if model == "dqc":
                     assert config["param_counts"]["quantum"] == 8 * point["layers"]
     assert [r.config for r in runs.iter_runs(sweep) if r.model == "cdl"] == ["lr-0.01"] * 2 + ["lr-0.03"] * 2

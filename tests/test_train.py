@@ -22,6 +22,7 @@ from heads.train import (
     TrainConfig,
     TrainData,
     epoch_order,
+    first_training_view,
     member_blocks,
     order_digest,
     predict,
@@ -154,7 +155,7 @@ def test_cdl_and_dqc_see_the_same_batches(dqc_run):
     assert len(set(digests)) == len(digests)  # every (seed, epoch) has its own order
     # Anyone can recompute an epoch's digest from (seed, epoch) alone.
     n, v, _ = data.train_x.shape
-    assert cdl.results[1].history[2]["order_digest"] == order_digest(*epoch_order(2, 3, n, v))
+    assert cdl.results[1].history[2]["order_digest"] == order_digest(*epoch_order(2, 3, n, v, first_training_view("augmented", v)))
 
 
 def test_epoch_order_is_a_permutation_with_valid_views():
@@ -170,7 +171,7 @@ def test_last_batch_is_padded_not_dropped():
     model = make_model("cdl", 8)
     r = train_seeds(model, data, [3], TrainConfig(lr=1e-12, batch_size=16, max_epochs=1)).results[0]
     params = model.init(jax.random.fold_in(jax.random.key(3), INIT_STREAM), jnp.zeros((1, 16)))["params"]
-    perm, views = (np.asarray(a) for a in epoch_order(3, 1, 37, 2))
+    perm, views = (np.asarray(a) for a in epoch_order(3, 1, 37, 2, 1))  # the augmented view (1) of each row
     x = data.train_x[perm, views[perm]]
     losses = optax.sigmoid_binary_cross_entropy(model.apply({"params": params}, x), data.train_y[perm].astype(np.float32))
     assert r.history[0]["train_loss"] == pytest.approx(float(losses.mean()), rel=1e-5)
@@ -356,3 +357,22 @@ def test_float16_features_train_as_their_float32_values():
     a = train_seeds(make_model("cdl", 8), half, [1], TrainConfig(lr=0.01, max_epochs=2)).results[0]
     b = train_seeds(make_model("cdl", 8), widened, [1], TrainConfig(lr=0.01, max_epochs=2)).results[0]
     assert_identical_run(a, b)
+
+
+def test_views_from_augmented_never_draws_the_plain_view():
+    """DESIGN: one augmented view per example (views 1..V-1), view 0 only when it is all there is."""
+    assert first_training_view("augmented", 4) == 1 and first_training_view("augmented", 1) == 0
+    assert first_training_view("all", 4) == 0
+    with pytest.raises(UserError, match="--views-from"):
+        first_training_view("plain", 4)
+    data = tiny_data(n=64, views=3, n_val=8)
+    model = make_model("cdl", 8)
+    drawn = {}
+    for views_from in ("augmented", "all"):
+        r = train_members(model, data, [Member(1, 1e-12, 5)], max_epochs=3, views_from=views_from).results[0]
+        first = first_training_view(views_from, 3)
+        assert [h["order_digest"] for h in r.history] == [order_digest(*epoch_order(1, e, 64, 3, first)) for e in (1, 2, 3)]
+        drawn[views_from] = set(np.concatenate([np.asarray(epoch_order(1, e, 64, 3, first)[1]) for e in (1, 2, 3)]).tolist())
+    assert drawn == {"augmented": {1, 2}, "all": {0, 1, 2}}
+    one_view = tiny_data(n=32, views=1, n_val=8)
+    train_members(model, one_view, [Member(1, 1e-3, 5)], max_epochs=1)  # V == 1: view 0, no error
