@@ -376,3 +376,33 @@ def test_views_from_augmented_never_draws_the_plain_view():
     assert drawn == {"augmented": {1, 2}, "all": {0, 1, 2}}
     one_view = tiny_data(n=32, views=1, n_val=8)
     train_members(model, one_view, [Member(1, 1e-3, 5)], max_epochs=1)  # V == 1: view 0, no error
+
+
+def test_train_finetune_and_bench_build_their_step_with_one_function(monkeypatch):
+    """One training step: `heads train`'s epoch, `heads finetune`'s step and `heads bench`'s timed
+    step are all built by `heads.train.make_train_step` (spied on), with training's optimizer."""
+    from types import SimpleNamespace
+
+    import heads.train as train
+    from heads.bench import Cell, _program
+    from heads.finetune import make_step
+
+    calls, real = [], train.make_train_step
+
+    def spy(logits, tx):
+        calls.append(tx)
+        return real(logits, tx)
+
+    monkeypatch.setattr(train, "make_train_step", spy)
+    step, args, _ = _program(Cell("cdl", 4, "-"))
+    assert len(calls) == 1
+    params, _, loss = step(*args)  # the bench's step runs and its loss is the training loss
+    x, y = args[2], args[3]
+    assert float(loss) == pytest.approx(float(optax.sigmoid_binary_cross_entropy(
+        make_model("cdl", 4).apply({"params": jax.tree.map(jnp.asarray, _program(Cell("cdl", 4, "-"))[1][0])}, x),
+        y.astype(jnp.float32)).mean()), rel=1e-6)
+    calls.clear()
+    train_seeds(make_model("cdl", 8), tiny_data(n=16, n_val=4), [1], TrainConfig(max_epochs=1))
+    assert len(calls) == 1
+    make_step(SimpleNamespace(module=None), make_model("cdl", 4), optax.adam(1e-4))
+    assert len(calls) == 3  # finetune: trained and frozen backbone variants
