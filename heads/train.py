@@ -23,15 +23,17 @@ after two epochs of a CDL, growing with training; 3.8e-4 in DQC-19 predictions a
 batched dots and reductions are compiled differently for each batch width. Companions and order
 do not matter at a fixed width. Besides, the evaluation batch size used to depend on the number of
 seeds. Decision: the program is compiled for a FIXED number of members, `block` per device
-(default `SEED_BLOCK`); seed s always occupies slot (s-1) mod W of block (s-1) div W, where
-W = block x devices, and the block holds the seeds b*W+1 .. (b+1)*W. A group of seeds runs the
-blocks that hold them, one call of the same executable per block and epoch; slots of seeds not
-asked for are trained too and thrown away. The evaluation batch size depends on W only. So every
-seed's arithmetic is the same executable on the same data whatever the grouping. Cost: up to
-W-1 wasted members per group (with `SEED_BLOCK` 4 on one device, `--seeds 1` trains 4 members
-and `--seeds 5` 8), and blocks of one group run one after another rather than side by side.
-A block whose seeds have all stopped is no longer run. Members are plain data (the seed array),
-so per-member settings (a learning rate per member) fit the same layout later.
+(default `SEED_BLOCK`), W = block x devices. A member is a seed with its per-member settings
+(`Member`: learning rate, patience, circuit initialiser — plain data, so configurations of a grid
+that differ only in these train together); the members asked for are packed in order into blocks
+of W slots, the last block padded with copies of its last member (trained and thrown away). A
+call runs the blocks one after another with the same executable per block and epoch. Since at a
+fixed width neither the companions nor the slot matter (tested: a seed alone, in other groupings,
+and a grid member alone, in every slot, give the same bits), every member's arithmetic is the
+same whatever the grouping. (Until grids, seed s sat in the fixed slot (s-1) mod W; packing
+wastes fewer members: `--seeds 5` trains 8, a 4 x 5 grid 20.) The evaluation batch size depends on
+W only. Cost: up to W-1 wasted members per call. A block whose members have all stopped is no
+longer run.
 The block size changes the bits, so a sweep records it with its settings.
 - With several local devices, each block is sharded over a 1-D mesh (`block` members per
   device); the results equal a one-device run to float tolerance (not bit for bit: other widths).
