@@ -184,3 +184,24 @@ def test_a_multi_process_launch_is_refused_by_every_training_and_extraction_comm
     assert result.exit_code == 2 and "multi-process" in result.output, result.output
     assert ("--shard" if command == "train" else "independent") in result.output
     assert not any((tmp_path / d).exists() for d in ("runs", "cache", "features"))
+
+
+def test_concurrent_shards_of_one_grid_end_like_the_unsharded_sweep(tmp_path):
+    """Two shard jobs started together on one folder (sweep.json merged under its lock, one lock
+    per run, a slice splitting a configuration's seeds) end with the files of one unsharded job."""
+    import subprocess
+
+    from test_sweep_reliability import _env, _heads
+
+    make_stores(tmp_path / "features", n_train=40, n_val=16, n_test=16, dim=16, external=False)
+    common = ["sweep", "--tasks", "8", "--models", "cdl", "--seeds", "3", "--lr", "0.01,0.03",
+              "--features", tmp_path / "features", "--name", "t", "--max-epochs", "2", "--patience", "2"]
+    procs = [subprocess.Popen(_heads(*common, "--runs", tmp_path / "both", "--shard", f"{i}/2"), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=_env()) for i in (1, 2)]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0 and "Traceback" not in err, err[-3000:]
+    one = subprocess.run(_heads(*common, "--runs", tmp_path / "one"), capture_output=True, text=True, env=_env(),
+                         timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert_same_sweep(tmp_path / "one" / "t", tmp_path / "both" / "t")
