@@ -20,7 +20,7 @@ from typing import Annotated  # noqa: E402
 from cxrfeat.cliutil import friendly  # noqa: E402
 
 _Features = Annotated[Path, typer.Option("--features", help="Features folder: <features>/<dataset>/<split>.zarr.")]
-_Runs = Annotated[Path, typer.Option("--runs", help="Runs folder: runs go to <runs>/<name>/cxr-<task>/<model>/seed-<s>/.")]
+_Runs = Annotated[Path, typer.Option("--runs", help="Runs folder: runs go to <runs>/<name>/cxr-<task>/<model>/[<config>/]seed-<s>/ (<config>: a grid configuration).")]
 _Name = Annotated[str, typer.Option("--name", help="Sweep folder name under --runs (shared by `heads train` and `heads sweep`).")]
 _Seeds = Annotated[int, typer.Option("--seeds", help="Number of seeds, numbered 1..N, trained together.")]
 _Layers = Annotated[int, typer.Option("--layers", help="DQC circuit layers (RY + CNOT ring).")]
