@@ -48,3 +48,14 @@ def os_error_message(e: OSError, path: str | os.PathLike | None = None) -> str:
     elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and where is not None:
         msg += " (the folder is read-only or not yours: choose another output folder or fix its permissions)"
     return msg
+
+
+def refuse_multi_process(what: str, scale_out: str) -> None:
+    """Refuse a multi-process JAX launch (`jax.distributed`, `jax.process_count() > 1`): every process
+    would do the same work and write the same files. `what` names the command, `scale_out` the way
+    to spread it over jobs instead."""
+    import jax
+
+    if jax.process_count() > 1:
+        raise UserError(f"this is a multi-process JAX launch ({jax.process_count()} processes): {what} runs on one "
+                        f"process's local devices only. To scale out, {scale_out}")

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cxrfeat import locks
-from cxrfeat.errors import UserError, os_error_message
+from cxrfeat.errors import UserError, os_error_message, refuse_multi_process
 from cxrfeat.store import COMPLETE, DEFAULT_CHUNK_ROWS, FeatureStore, ids_digest, lock_path
 
 DEFAULT_SEED = 0
@@ -112,6 +112,8 @@ def extract(
     only its damaged chunks are recomputed (equal bit for bit to the original). `overwrite` builds
     the new store as `<split>.zarr.new` beside the old one and swaps it in only when complete.
     """
+    refuse_multi_process("cxrfeat extract", "start one independent process (without jax.distributed) per split "
+                         "or dataset; each uses every local device")
     from cxrfeat.augment import AUGMENTATION
     from cxrfeat.datasets import load_split
     from cxrfeat.preprocess import PREPROCESSING

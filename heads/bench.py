@@ -4,7 +4,8 @@ The paper's Table III: the median time of one training step (value and gradient,
 batch 32, after warm-up steps) for CDL and DQC at 8, 14 and 19 qubits. Timed here, per task
 (number of qubits — any n ≥ 2, e.g. 16 or 20–24 on a GPU) and back end:
 
-- `cdl`: Dense 2048→n, mean binary cross-entropy from logits, Adam update (`heads.models.CDL`).
+- `cdl`: Dense 2048→n, mean binary cross-entropy from logits, Adam update (`heads.models.CDL`); the
+  step is `heads.train.make_train_step`, the one `heads train` runs.
 - `dqc`: Dense 2048→n, tanh·π/2, circuit ⟨Z⟩, Dense n→n, the same loss and update (`heads.models.DQC`).
 - `circuit`: value and gradient (in angles and weights) of the circuit alone.
 - with `--with-backbone`, also `cdl+resnet50` and `dqc+resnet50`: a random-weight ResNet50 and the
@@ -114,20 +115,17 @@ def _program(cell: Cell):
         args = (params, optimizer.init(params), backbone.batch_stats, images, labels, keys)
         return step, args, lambda out, args: (out[0], out[1], *args[2:])
 
-    from heads.train import masked_bce
+    from heads.train import head_logits, make_train_step, optimizer
 
+    optimizer = optimizer(LEARNING_RATE)  # training's optimizer (its learning rate in the state)
     params = head.init(jax.random.key(1), jnp.zeros((1, EMBEDDING_DIM), jnp.float32))["params"]
     embeddings = jnp.asarray(rng.normal(size=(b, EMBEDDING_DIM)), jnp.float32)
     rows = jnp.ones((b,), bool)
+    train_step = make_train_step(head_logits(head), optimizer)  # the step that `heads train` scans
 
     def head_step(params, opt_state, x, y):
-        def loss_fn(params):
-            total, count = masked_bce(head.apply({"params": params}, x), y, rows)
-            return total / jnp.maximum(count, 1)
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
+        params, opt_state, loss, _ = train_step(params, opt_state, x, y, rows)
+        return params, opt_state, loss
 
     args = (params, optimizer.init(params), embeddings, labels)
     return jax.jit(head_step, donate_argnums=(0, 1)), args, lambda out, args: (out[0], out[1], *args[2:])

@@ -13,13 +13,14 @@ app = typer.Typer(
 
 
 # ---------------------------------------------------------------- train, sweep, params
+from enum import StrEnum  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Annotated  # noqa: E402
 
 from cxrfeat.cliutil import friendly  # noqa: E402
 
 _Features = Annotated[Path, typer.Option("--features", help="Features folder: <features>/<dataset>/<split>.zarr.")]
-_Runs = Annotated[Path, typer.Option("--runs", help="Runs folder: runs go to <runs>/<name>/cxr-<task>/<model>/seed-<s>/.")]
+_Runs = Annotated[Path, typer.Option("--runs", help="Runs folder: runs go to <runs>/<name>/cxr-<task>/<model>/[<config>/]seed-<s>/ (<config>: a grid configuration).")]
 _Name = Annotated[str, typer.Option("--name", help="Sweep folder name under --runs (shared by `heads train` and `heads sweep`).")]
 _Seeds = Annotated[int, typer.Option("--seeds", help="Number of seeds, numbered 1..N, trained together.")]
 _Layers = Annotated[int, typer.Option("--layers", help="DQC circuit layers (RY + CNOT ring).")]
@@ -34,17 +35,40 @@ _FeatureNorm = Annotated[str, typer.Option("--feature-norm", help="none (the pap
 _External = Annotated[str, typer.Option("--external", help="External test set, used when <features>/<external>/test.zarr exists ('none': never).")]
 
 
+class ViewsFrom(StrEnum):
+    augmented = "augmented"
+    all = "all"
+
+
+_ViewsFrom = Annotated[ViewsFrom, typer.Option("--views-from", help="Stored views an epoch draws its one view per example from: augmented (views 1..V-1, the design; view 0 when the store has only it) or all (0..V-1, view 0 being the plain image).")]
+_GRID = " A comma-separated list sweeps a grid (the product of all such lists; see README, Hyper-parameter grids)."
+_LrList = Annotated[str, typer.Option("--lr", help="Adam learning rate." + _GRID + " Learning rates train together as per-member data.")]
+_LayersList = Annotated[str, typer.Option("--layers", help="DQC circuit layers (RY + CNOT ring)." + _GRID + " CDL ignores it.")]
+_BatchList = Annotated[str, typer.Option("--batch-size", help="Training batch size (the last batch is padded, not dropped)." + _GRID)]
+_PatienceList = Annotated[str, typer.Option("--patience", help="Stop a seed after this many epochs without a lower validation loss." + _GRID)]
+_CircuitInitList = Annotated[str, typer.Option("--circuit-init", help="RY angles: uniform in [0, 2pi) (paper text) or normal (std 2pi, its public code)." + _GRID + " CDL ignores it.")]
+_FeatureNormList = Annotated[str, typer.Option("--feature-norm", help="none (the paper) or standardize: z-score each embedding dimension with the training split's statistics (needed for random-weight backbones, whose embeddings saturate the DQC's tanh)." + _GRID)]
+
+
 def _spec(*, tasks, models, seeds, features, runs, name, layers, backend, lr, batch_size, max_epochs, patience,
-          circuit_init, dataset, external, shard=None, feature_norm="none"):
+          circuit_init, dataset, external, shard=None, feature_norm="none", views_from=ViewsFrom.augmented):
+    """The sweep; each of lr, layers, circuit_init, feature_norm, batch_size, patience may be a
+    comma-separated list (a grid)."""
+    from heads.grid import SETTINGS, parse_values
     from heads.sweep import HeadConfig, SweepSpec, parse_shard
     from heads.train import TrainConfig
 
+    given = {"lr": lr, "layers": layers, "circuit_init": circuit_init, "feature_norm": feature_norm,
+             "batch_size": batch_size, "patience": patience}
+    values = {k: parse_values(k, given[k]) for k in SETTINGS}
+    first = {k: v[0] for k, v in values.items()}
     return SweepSpec(
         tasks=tasks, models=models, seeds=seeds, features=features, runs=runs, name=name, dataset=dataset,
         external=None if external.lower() in ("", "none") else external,
-        train=TrainConfig(lr=lr, batch_size=batch_size, max_epochs=max_epochs, patience=patience),
-        head=HeadConfig(layers=layers, backend=backend, circuit_init=circuit_init), shard=parse_shard(shard),
-        feature_norm=feature_norm,
+        train=TrainConfig(lr=first["lr"], batch_size=first["batch_size"], max_epochs=max_epochs, patience=first["patience"]),
+        head=HeadConfig(layers=first["layers"], backend=backend, circuit_init=first["circuit_init"]),
+        shard=parse_shard(shard), feature_norm=first["feature_norm"],
+        grid={k: v for k, v in values.items() if len(v) > 1}, views_from=ViewsFrom(views_from).value,
     )
 
 
@@ -59,8 +83,10 @@ def _run(spec) -> None:
         outcomes = run_sweep(spec, reporter=reporter)
     where = spec.runs / spec.name
     pairs = list(dict.fromkeys((o.task, o.model) for o in outcomes))
-    rows = summarize(where, pairs, spec.seeds)
-    print_summary(Console(), rows, flagged_runs(where, pairs, spec.seeds), f"{where}: mean AUROC over seeds", where)
+    configs = {m: [c.name for c in spec.configs(m)] for m in spec.models}
+    rows = summarize(where, pairs, spec.seeds, configs)
+    print_summary(Console(), rows, flagged_runs(where, pairs, spec.seeds, configs), f"{where}: mean AUROC over seeds",
+                  where)
 
 
 @app.command()
@@ -83,6 +109,7 @@ def train(
     dataset: _Dataset = "nih-cxr-lt",
     external: _External = "mimic-cxr-lt",
     feature_norm: _FeatureNorm = "none",
+    views_from: _ViewsFrom = ViewsFrom.augmented,
 ):
     """Train one head (task, model) for every seed at once; finished seeds are skipped."""
     from cxrfeat.errors import UserError
@@ -96,7 +123,7 @@ def train(
     _run(_spec(tasks=tasks, models=parse_models(model), seeds=seeds, features=features, runs=runs, name=name,
                layers=layers, backend=backend, lr=lr, batch_size=batch_size, max_epochs=max_epochs,
                patience=patience, circuit_init=circuit_init, dataset=dataset, external=external,
-               feature_norm=feature_norm))
+               feature_norm=feature_norm, views_from=views_from))
 
 
 @app.command()
@@ -106,22 +133,27 @@ def sweep(
     seeds: _Seeds = 5,
     models: Annotated[str, typer.Option("--models", help="Heads, comma-separated: cdl,dqc.")] = "cdl,dqc",
     tasks_file: Annotated[Path, typer.Option("--tasks-file", help="One more task from a file: one label name a line (aliases allowed, # comments), or one label set name (nih-cxr-lt, cxr-lt-2023, cxr-lt-2024); named after the file.")] = None,
-    shard: Annotated[str, typer.Option("--shard", help="i/N: run only the i-th of N slices of the (task, model) grid (1-based).")] = None,
+    shard: Annotated[str, typer.Option("--shard", help="i/N: run only the i-th of N contiguous slices of the grid's runs (cells: task, model, configuration, seed; 1-based). Seeds and configurations of one job still train together.")] = None,
     features: _Features = Path("features"),
     runs: _Runs = Path("runs"),
     name: _Name = "sweep",
-    layers: _Layers = 3,
+    layers: _LayersList = "3",
     backend: _Backend = "fast",
-    lr: _Lr = 1e-4,
-    batch_size: _Batch = 32,
+    lr: _LrList = "1e-4",
+    batch_size: _BatchList = "32",
     max_epochs: _MaxEpochs = 50,
-    patience: _Patience = 5,
-    circuit_init: _CircuitInit = "uniform",
+    patience: _PatienceList = "5",
+    circuit_init: _CircuitInitList = "uniform",
     dataset: _Dataset = "nih-cxr-lt",
     external: _External = "mimic-cxr-lt",
-    feature_norm: _FeatureNorm = "none",
+    feature_norm: _FeatureNormList = "none",
+    views_from: _ViewsFrom = ViewsFrom.augmented,
 ):
-    """Train the grid tasks x models x seeds; re-running skips finished runs and redoes unfinished ones."""
+    """Train the grid tasks x models x configurations x seeds; re-running skips finished runs and redoes unfinished ones.
+
+    Configurations with the same compiled shapes (same model, layers, batch size, feature norm) train
+    together in one program: learning rates, patiences and circuit initialisers are per-member data.
+    """
     from cxrfeat.errors import UserError
     from cxrfeat.labels import parse_task_specs
     from heads.sweep import parse_models
@@ -133,7 +165,7 @@ def sweep(
     _run(_spec(tasks=task_list, models=parse_models(models), seeds=seeds, features=features, runs=runs, name=name,
                layers=layers, backend=backend, lr=lr, batch_size=batch_size, max_epochs=max_epochs,
                patience=patience, circuit_init=circuit_init, dataset=dataset, external=external, shard=shard,
-               feature_norm=feature_norm))
+               feature_norm=feature_norm, views_from=views_from))
 
 
 @app.command()

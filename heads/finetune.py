@@ -54,7 +54,7 @@ import numpy as np
 import optax
 
 from cxrfeat.atomic import write_bytes, write_json
-from cxrfeat.errors import UserError
+from cxrfeat.errors import UserError, refuse_multi_process
 from cxrfeat.labels import task_labels, task_name
 from heads import runs
 from heads.imagecache import DEFAULT_CACHE, ImageCache, build_cache, cache_path, prefetch
@@ -158,26 +158,26 @@ def make_step(backbone, head, optimizer: optax.GradientTransformation, *, freeze
     - `loss`: mean binary cross-entropy over the known labels of the batch, before the update.
     """
     from cxrfeat.augment import random_augment
+    from heads.train import make_train_step
 
-    def loss_fn(params, batch_stats, images, labels):
-        emb = backbone.module.apply({"params": params["backbone"], "batch_stats": batch_stats}, images)
-        logits = head.apply({"params": params["head"]}, emb)
-        s, c = masked_bce(logits, labels, jnp.ones(labels.shape[:1], bool))
-        return s / jnp.maximum(c, 1)
+    def embed(backbone_params, batch_stats, images):
+        return backbone.module.apply({"params": backbone_params, "batch_stats": batch_stats}, images)
+
+    # The head's training step (`heads.train.make_train_step`, the one `heads train` runs), with the
+    # backbone in front: trained (params `{"backbone", "head"}`), or frozen (an input of the step).
+    full_step = make_train_step(lambda p, inp: head.apply({"params": p["head"]}, embed(p["backbone"], *inp)), optimizer)
+    frozen_step = make_train_step(lambda t, inp: head.apply({"params": t["head"]}, embed(*inp)), optimizer)
 
     def step(params, opt_state, batch_stats, images, labels, keys):
         images = random_augment(images.astype(jnp.float32), keys)
+        rows = jnp.ones(labels.shape[:1], bool)
         if freeze_backbone:
             frozen = jax.lax.stop_gradient(params["backbone"])
-            loss, grads = jax.value_and_grad(
-                lambda t: loss_fn({"backbone": frozen, "head": t["head"]}, batch_stats, images, labels)
-            )({"head": params["head"]})
-            updates, opt_state = optimizer.update(grads, opt_state, {"head": params["head"]})
-            new = optax.apply_updates({"head": params["head"]}, updates)
+            new, opt_state, loss, _ = frozen_step({"head": params["head"]}, opt_state, (frozen, batch_stats, images),
+                                                  labels, rows)
             return {"backbone": params["backbone"], "head": new["head"]}, opt_state, loss
-        loss, grads = jax.value_and_grad(loss_fn)(params, batch_stats, images, labels)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
+        params, opt_state, loss, _ = full_step(params, opt_state, (batch_stats, images), labels, rows)
+        return params, opt_state, loss
 
     return jax.jit(step, donate_argnums=(0, 1))
 
@@ -395,6 +395,8 @@ def finetune(
     """
     from heads.models import make_model
 
+    refuse_multi_process("heads finetune", "start one independent job (without jax.distributed) per --task, "
+                                           "--model and --seed on one shared --runs folder")
     say = say or (lambda msg: print(msg, file=sys.stderr))
     opts.check()
     run_dir = opts.run_dir

@@ -9,9 +9,11 @@
 - `DONE` — written last: a run folder without it is unfinished and is redone by a sweep. A run
   with `DONE` whose other files are not all there is damaged (`damage`): a sweep says so and redoes it.
 
+A hyper-parameter grid adds one level: `runs/<sweep>/cxr-<task>/<model>/<config>/seed-<s>/`
+(`heads.grid`; config.json `grid` holds the configuration's name and point).
 `runs/<sweep>/sweep.json` records the grid and the settings. Every file is written atomically.
-`runs/<sweep>/cxr-<task>/<model>/.lock` is held (`cxrfeat.locks`) by the process working on that
-run group; only its holder may clear an unfinished run folder (`start`).
+`.seed-<s>.lock` beside a run folder is held (`cxrfeat.locks`) by the process working on that
+run; only its holder may clear an unfinished run folder (`start`).
 """
 
 from __future__ import annotations
@@ -33,17 +35,20 @@ from cxrfeat.labels import task_name
 from cxrfeat.locks import Lock
 
 DONE = "DONE"
-GROUP_LOCK = ".lock"
+LOCK_SUFFIX = ".lock"
 RUN_FILES = ("config.json", "history.jsonl", "best.safetensors", "metrics.json")
 
 
-def seed_dir(runs: str | Path, name: str, task: int, model: str, seed: int) -> Path:
-    return Path(runs) / name / task_name(task) / model / f"seed-{seed}"
+def seed_dir(runs: str | Path, name: str, task: int, model: str, seed: int, config: str = "") -> Path:
+    """A run folder: `<runs>/<name>/<task>/<model>/[<config>/]seed-<s>` (`config`: a grid
+    configuration's name, `heads.grid`; "" without a grid)."""
+    return Path(runs) / name / task_name(task) / model / config / f"seed-{seed}"
 
 
-def group_lock_path(runs: str | Path, name: str, task: int, model: str) -> Path:
-    """The lock file of one run group (task, model) of a sweep."""
-    return Path(runs) / name / task_name(task) / model / GROUP_LOCK
+def run_lock_path(path: str | Path) -> Path:
+    """The lock file of one run folder (`.seed-<s>.lock` beside it), held by the process training it."""
+    path = Path(path)
+    return path.parent / f".{path.name}{LOCK_SUFFIX}"
 
 
 def is_done(path: str | Path) -> bool:
@@ -74,12 +79,12 @@ def invalidate(path: str | Path) -> None:
 def start(path: str | Path, config: dict, *, lock: Lock | None = None) -> None:
     """Begin (or begin again) a run: clear what an unfinished earlier attempt left, write config.json.
 
-    A finished run is never cleared (`invalidate` it first). A sweep passes the group's held lock
-    (`group_lock_path`), so that no other process can be training the run folder it clears.
+    A finished run is never cleared (`invalidate` it first). A sweep passes the run's held lock
+    (`run_lock_path`), so that no other process can be training the run folder it clears.
     """
     path = Path(path)
-    if lock is not None and not (lock.held and Path(lock.path) == path.parent / GROUP_LOCK):
-        raise RuntimeError(f"{path}: runs.start needs the held lock {path.parent / GROUP_LOCK}, not {lock.path}")
+    if lock is not None and not (lock.held and Path(lock.path) == run_lock_path(path)):
+        raise RuntimeError(f"{path}: runs.start needs the held lock {run_lock_path(path)}, not {lock.path}")
     if is_done(path):
         raise RuntimeError(f"{path}: a finished run is never cleared by runs.start")
     if path.exists():
@@ -159,6 +164,7 @@ class Run:
     model: str
     seed: int
     path: Path
+    config: str = ""  # the grid configuration's name ("" without a grid)
 
     @property
     def done(self) -> bool:
@@ -166,18 +172,21 @@ class Run:
 
 
 def iter_runs(sweep: str | Path) -> Iterator[Run]:
-    """Every run folder under `runs/<sweep>/`, finished or not, sorted by task, model, seed."""
+    """Every run folder under `runs/<sweep>/`, finished or not (grid configurations' too), sorted by
+    task, model, configuration, seed."""
     found = []
-    for p in Path(sweep).glob("*/*/seed-*"):
-        try:
-            seed = int(p.name.removeprefix("seed-"))
-        except ValueError:
-            continue
-        if p.is_dir():
-            found.append(Run(p.parent.parent.name, p.parent.name, seed, p))
+    for pattern, levels in (("*/*/seed-*", 0), ("*/*/*/seed-*", 1)):
+        for p in Path(sweep).glob(pattern):
+            try:
+                seed = int(p.name.removeprefix("seed-"))
+            except ValueError:
+                continue
+            if p.is_dir():
+                model_dir = p.parents[levels]
+                found.append(Run(model_dir.parent.name, model_dir.name, seed, p, p.parent.name if levels else ""))
 
     def order(r: Run):
         digits = r.task.rsplit("-", 1)[-1]
-        return (int(digits) if digits.isdigit() else 10**6, r.task, r.model, r.seed)
+        return (int(digits) if digits.isdigit() else 10**6, r.task, r.model, r.config, r.seed)
 
     yield from sorted(found, key=order)

@@ -1,29 +1,37 @@
-"""Sweeps: every (task, model) of a grid, all seeds of each trained together, into run folders.
+"""Sweeps: every (task, model, configuration, seed) of a grid into run folders, trained together.
 
 `run_sweep` is what `heads sweep` and `heads train` call. It
 1. checks every option and every feature store (present, complete, finite, compatible, holding
    the tasks' labels) before it writes anything;
 2. records the grid and the settings in `runs/<name>/sweep.json` (a sweep folder holds runs of
-   one set of settings: resuming with other settings is refused);
-3. per (task, model): skips the seeds whose run folder has `DONE`, trains the others together,
-   then writes parameters, predictions on the test store(s), metrics and finally `DONE`.
+   one set of settings and one grid: resuming with others is refused);
+3. per run group — the runs of one (task, model) whose configurations have the same compiled
+   shapes (`heads.grid.shape_key`: e.g. every learning rate x every seed) — skips the runs whose
+   folder has `DONE`, trains the others together in one compiled program (`heads.train.train_members`),
+   then writes parameters, predictions on the validation and test store(s), metrics and finally `DONE`.
 
-`--shard i/N` (1 <= i <= N) keeps the (task, model) pairs whose position in the grid (tasks
-outer, models inner) is i-1 modulo N, so N cluster jobs share one sweep folder without overlap.
-A shard with no pair is refused (exit 2: more slices than cells is a mistake in the job script).
+Hyper-parameter grids (`heads.grid`): a configuration with a name adds one folder level,
+`runs/<name>/<task>/<model>/<config>/seed-<s>/`; a sweep without a grid keeps `<model>/seed-<s>/`.
 
-Concurrency: each (task, model) is worked on under its lock file (`runs.group_lock_path`,
-`cxrfeat.locks`). A process that finds a group locked by a live process moves on to the next one
-with a message, and at the end waits for the groups others held, then finishes what they left
-(normally nothing). So overlapping jobs (a requeued job, `heads train` during a shard, two sweeps
-started together) never clear each other's run folders and end with the same files as one job.
-`sweep.json` is read, merged and rewritten under its own lock. Within a group, a seed's results
-do not depend on which seeds are trained with it (`heads.train`), so resuming, sharding or
-splitting the work between processes gives the same bits.
+`--shard i/N` (1 <= i <= N) splits the cells (task, model, configuration, seed) — listed tasks
+outermost, then models, configurations, seeds — into N contiguous, nearly equal slices and keeps
+the i-th, so N cluster jobs share one sweep folder without overlap (the paper's 3 tasks x 2 models
+x 5 seeds give 30 one-run jobs), and the seeds (and configurations) that share a job still train
+together. A shard with no cell is refused (exit 2: more slices than cells is a mistake in the job
+script). The union of the shards' runs equals an unsharded sweep's, bit for bit (a member's
+bits do not depend on its companions: `heads.train`).
+
+Concurrency: each run is worked on under its own lock file (`runs.run_lock_path`, `cxrfeat.locks`).
+A process that finds a run locked by a live process moves on with a message, and at the end waits
+for the runs others held, then finishes what they left (normally nothing). So overlapping jobs (a
+requeued job, `heads train` during a shard, two sweeps started together) never clear each other's
+run folders and end with the same files as one job. `sweep.json` is read, merged and rewritten
+under its own lock.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import statistics
@@ -39,12 +47,23 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from cxrfeat import __version__, atomic, locks
 from cxrfeat.errors import UserError
+from cxrfeat.errors import refuse_multi_process as _refuse_multi_process
 from cxrfeat.labels import ALL, as_task, resolve_tasks, task_labels, task_name
 from cxrfeat.store import Features, FeatureStore, check_compatible
 from heads import runs, sanity
+from heads.grid import PER_MEMBER, SETTINGS, Config, configurations, format_value, shape_key, varying
 from heads.metrics import auroc_report
 from heads.models import MODELS, make_model, param_counts
-from heads.train import SEED_BLOCK, TrainConfig, TrainData, predict, seed_mesh, train_seeds
+from heads.train import (
+    SEED_BLOCK,
+    VIEWS_FROM,
+    Member,
+    TrainConfig,
+    TrainData,
+    predict,
+    seed_mesh,
+    train_members,
+)
 
 DEFAULT_NAME = "sweep"
 DEFAULT_DATASET = "nih-cxr-lt"
@@ -81,10 +100,31 @@ class SweepSpec:
     head: HeadConfig = HeadConfig()
     shard: tuple[int, int] = (1, 1)
     feature_norm: str = "none"
+    # Hyper-parameter grid: setting (`heads.grid.SETTINGS`) -> its values; a setting absent (or with
+    # one value) takes its value from `train`, `head` or `feature_norm`.
+    grid: dict = field(default_factory=dict)
+    views_from: str = "augmented"
 
     def __post_init__(self) -> None:  # `--tasks 8,8` is task 8 once, everywhere (sweep.json too)
         object.__setattr__(self, "tasks", list(dict.fromkeys(self.tasks)))
         object.__setattr__(self, "models", list(dict.fromkeys(self.models)))
+        object.__setattr__(self, "grid", {k: list(v) for k, v in self.grid.items()})
+
+    def values(self) -> dict[str, list]:
+        """Every setting of the grid -> its list of values (one value for a setting that does not vary)."""
+        base = {"lr": self.train.lr, "layers": self.head.layers, "circuit_init": self.head.circuit_init,
+                "feature_norm": self.feature_norm, "batch_size": self.train.batch_size, "patience": self.train.patience}
+        return {k: list(self.grid.get(k) or [base[k]]) for k in SETTINGS}
+
+    def configs(self, model: str) -> list[Config]:
+        return configurations(self.values(), model)
+
+    def at(self, config: Config) -> SweepSpec:
+        """This sweep with the single configuration `config` (grid-free: its settings as plain values)."""
+        v = config.values
+        return replace(self, grid={}, feature_norm=v["feature_norm"],
+                       train=replace(self.train, lr=v["lr"], batch_size=v["batch_size"], patience=v["patience"]),
+                       head=replace(self.head, layers=v["layers"], circuit_init=v["circuit_init"]))
 
     def check(self) -> None:
         if self.seeds < 1:
@@ -93,6 +133,9 @@ class SweepSpec:
             raise UserError("no tasks given")
         if not self.models:
             raise UserError("no models given")
+        unknown = [k for k in self.grid if k not in SETTINGS]
+        if unknown:
+            raise ValueError(f"not grid settings: {unknown} (choose from {SETTINGS})")
         for task in self.tasks:
             if str(task) == ALL:  # resolved against the training store's labels by run_sweep
                 continue
@@ -100,26 +143,50 @@ class SweepSpec:
                 task_labels(task)
             except ValueError as e:
                 raise UserError(str(e)) from None
-        for model in self.models:
-            make_model(model, 2, layers=self.head.layers, backend=self.head.backend,
-                       circuit_init=self.head.circuit_init)
-        self.train.check()
-        if self.feature_norm not in FEATURE_NORMS:
-            raise UserError(f"--feature-norm {self.feature_norm!r}: choose from {', '.join(FEATURE_NORMS)}")
+        if self.views_from not in VIEWS_FROM:
+            raise UserError(f"--views-from {self.views_from!r}: choose from {', '.join(VIEWS_FROM)}")
+        values = self.values()
+        for key, options in values.items():  # each value once, with the others at their first value
+            for value in options:
+                one = self.at(Config("", {}, {**{k: v[0] for k, v in values.items()}, key: value}))
+                for model in self.models:
+                    make_model(model, 2, layers=one.head.layers, backend=one.head.backend,
+                               circuit_init=one.head.circuit_init)
+                one.train.check()
+                if one.feature_norm not in FEATURE_NORMS:
+                    raise UserError(f"--feature-norm {one.feature_norm!r}: choose from {', '.join(FEATURE_NORMS)}")
         i, n = self.shard
         if not (n >= 1 and 1 <= i <= n):
             raise UserError(f"--shard {i}/{n}: give i/N with 1 <= i <= N")
-        if not grid(self) and not any(str(t) == ALL for t in self.tasks):  # `all`: checked once resolved
-            cells = len(self.tasks) * len(self.models)
-            raise UserError(f"--shard {i}/{n}: this grid has only {cells} (task, model) cell(s), so slice {i} of {n} "
-                            f"is empty and would train nothing; use at most {cells} slices")
+        if not shard_cells(self) and not any(str(t) == ALL for t in self.tasks):  # `all`: checked once resolved
+            cells = len(plan(self))
+            raise UserError(f"--shard {i}/{n}: this grid has only {cells} cell(s) (task, model, configuration, seed), "
+                            f"so slice {i} of {n} is empty and would train nothing; use at most {cells} slices")
         if not self.name or "/" in self.name or self.name in (".", ".."):
             raise UserError(f"--name {self.name!r} is not a usable folder name")
 
     def settings(self) -> dict:
-        """What must be the same for every run in one sweep folder."""
-        return {"dataset": self.dataset, "external": self.external, "training": asdict(self.train),
-                "head": asdict(self.head), "feature_norm": self.feature_norm, "seed_block": SEED_BLOCK}
+        """What must be the same for every run in one sweep folder; a setting the grid varies is
+        recorded as its list of values."""
+        values = self.values()
+        vary = varying(values)
+        training, head = asdict(self.train), asdict(self.head)
+        for k in ("lr", "batch_size", "patience"):
+            if k in vary:
+                training[k] = values[k]
+        for k in ("layers", "circuit_init"):
+            if k in vary:
+                head[k] = values[k]
+        return {"dataset": self.dataset, "external": self.external, "training": training, "head": head,
+                "feature_norm": values["feature_norm"] if "feature_norm" in vary else self.feature_norm,
+                "seed_block": SEED_BLOCK, "views_from": self.views_from}
+
+    def grid_record(self) -> dict:
+        """sweep.json `grid`: the value lists (as folder names spell them), the settings that vary,
+        those that train as per-member data, and every model's configuration names."""
+        values = self.values()
+        return {"values": {k: [format_value(v) for v in vs] for k, vs in values.items()}, "varying": varying(values),
+                "per_member": list(PER_MEMBER), "configs": {m: [c.name for c in self.configs(m)] for m in self.models}}
 
 
 def parse_shard(spec: str | None) -> tuple[int, int]:
@@ -143,12 +210,48 @@ def parse_models(spec: str) -> list[str]:
     return list(dict.fromkeys(models))
 
 
-def grid(spec: SweepSpec) -> list[tuple[int, str]]:
-    """This shard's (task, model) pairs (tasks as `cxrfeat.labels.Task`s)."""
-    i, n = spec.shard
+@dataclass(frozen=True)
+class Cell:
+    """The unit of sharding: one run (task, model, configuration, seed)."""
+
+    task: object
+    model: str
+    config: Config
+    seed: int
+
+    def run_dir(self, spec: SweepSpec) -> Path:
+        return runs.seed_dir(spec.runs, spec.name, self.task, self.model, self.seed, self.config.name)
+
+    def label(self) -> str | int:
+        """How progress messages name the run: its seed, prefixed by its configuration in a grid."""
+        return f"{self.config.name}/seed-{self.seed}" if self.config.name else self.seed
+
+
+def plan(spec: SweepSpec) -> list[Cell]:
+    """Every cell of the grid, in order (tasks, models, configurations, seeds); tasks as `Task`s."""
     tasks = {task_name(t): as_task(t) for t in spec.tasks if str(t) != ALL}
-    pairs = [(t, m) for t in tasks.values() for m in spec.models]
-    return [p for k, p in enumerate(pairs) if k % n == i - 1]
+    return [Cell(t, m, c, s) for t in tasks.values() for m in spec.models for c in spec.configs(m)
+            for s in range(1, spec.seeds + 1)]
+
+
+def shard_cells(spec: SweepSpec) -> list[Cell]:
+    """This shard's cells: the i-th of N contiguous, nearly equal slices of `plan`."""
+    cells = plan(spec)
+    i, n = spec.shard
+    return cells[(i - 1) * len(cells) // n: i * len(cells) // n]
+
+
+def grid(spec: SweepSpec) -> list[tuple[int, str]]:
+    """The (task, model) pairs with a cell in this shard, in grid order."""
+    return list(dict.fromkeys((c.task, c.model) for c in shard_cells(spec)))
+
+
+def run_groups(cells: Sequence[Cell]) -> list[list[Cell]]:
+    """Cells that train together: same (task, model) and compiled shapes (`heads.grid.shape_key`)."""
+    groups: dict[tuple, list[Cell]] = {}
+    for c in cells:
+        groups.setdefault((task_name(c.task), c.model, shape_key(c.config, c.model)), []).append(c)
+    return list(groups.values())
 
 
 # ---------------------------------------------------------------- feature stores
@@ -178,16 +281,36 @@ class Stores:
             path = store_path(spec.features, dataset, split)
             if not (path / "zarr.json").exists():
                 raise UserError(f"{path}: no feature store; make it with `{_extract_hint(spec.features, dataset, split)}`")
-        self.all: dict[str, Features] = {
-            key: FeatureStore.open(store_path(spec.features, *where)).load() for key, where in wanted.items()
-        }
+        self.all: dict[str, Features] = {}
+        for key, where in wanted.items():
+            store = FeatureStore.open(store_path(spec.features, *where))
+            # Training embeddings keep their stored dtype (float16 stays float16 on the device; the
+            # training step casts each batch); the smaller evaluation sets are read as float32.
+            dtype = store.attrs.get("dtype", "float32") if key == "train" else np.float32
+            self.all[key] = store.load(dtype=dtype)
         check_compatible(list(self.all.values()))
         self.test_sets = [k for k in self.all if k not in ("train", "val")]
-        self.norm = standardize(self.all) if spec.feature_norm == "standardize" else None
+        norms = {c.values["feature_norm"] for m in spec.models for c in spec.configs(m)}
+        self._normed: dict[str, np.ndarray] = {}
+        self._in_place = False
+        self.norm = None  # the standardization constants, when some configuration uses them
+        if "standardize" in norms:
+            if norms == {"standardize"}:  # nothing needs the raw embeddings: standardize in place
+                self.norm = standardize(self.all)
+                self._in_place = True
+            else:
+                self.norm = standardize(self.all, copy=True, out=self._normed)
+                self._in_place = False
         backbone = self.all["train"].attrs.get("backbone") or {}
-        if self.norm is None and backbone.get("random"):
+        if "none" in norms and backbone.get("random"):
             print("warning: these features come from a RANDOM-weight backbone; their scale saturates the DQC's "
                   "tanh, so DQC heads may not learn. Consider --feature-norm standardize.", file=sys.stderr)
+
+    def embeddings(self, key: str, feature_norm: str) -> np.ndarray:
+        """The embeddings of store `key` as the heads of a configuration with `feature_norm` see them."""
+        if feature_norm == "none" or self._in_place:
+            return self.all[key].embeddings
+        return self._normed[key]
 
     def labels_for(self, key: str, task: int) -> np.ndarray:
         f = self.all[key]
@@ -244,7 +367,8 @@ def settings_record(spec: SweepSpec, model: str) -> dict:
     return {"lr": t.lr, "batch_size": t.batch_size, "max_epochs": t.max_epochs, "patience": t.patience,
             "feature_norm": spec.feature_norm, "layers": h.layers if dqc else None,
             "backend": h.backend if dqc else None, "circuit_init": h.circuit_init if dqc else None,
-            "seeds": spec.seeds, "mode": "features", "freeze_backbone": None, "limit": None}
+            "seeds": spec.seeds, "mode": "features", "freeze_backbone": None, "limit": None,
+            "views_from": spec.views_from}
 
 
 def differences(old, new, prefix: str = "") -> list[str]:
@@ -259,15 +383,21 @@ def differences(old, new, prefix: str = "") -> list[str]:
     return [f"{prefix.rstrip('.')}: {json.dumps(old, default=str)} there, {json.dumps(new, default=str)} now"]
 
 
-def standardize(stores: dict[str, Features]) -> dict[str, np.ndarray]:
-    """Z-score every store's embeddings in place with the training store's per-dimension mean and sd."""
+def standardize(stores: dict[str, Features], *, copy: bool = False, out: dict | None = None) -> dict[str, np.ndarray]:
+    """Z-score every store's embeddings with the training store's per-dimension mean and sd: in
+    place (float32), or, with `copy`, into float32 copies put in `out` by store key (same values)."""
     x = stores["train"].embeddings
     mean = x.mean(axis=(0, 1), dtype=np.float64).astype(np.float32)
     sd = x.std(axis=(0, 1), dtype=np.float64).astype(np.float32)
     sd = np.where(sd > 1e-6, sd, np.float32(1.0))
-    for f in stores.values():
-        f.embeddings -= mean
-        f.embeddings /= sd
+    for key, f in stores.items():
+        y = f.embeddings.astype(np.float32, copy=copy)
+        y -= mean
+        y /= sd
+        if copy:
+            out[key] = y
+        else:
+            f.embeddings = y
     return {"mean": mean, "sd": sd}
 
 
@@ -285,7 +415,7 @@ def record_sweep(spec: SweepSpec, stores: Stores) -> dict:
     fixed = {**spec.settings(), "backbone": train.attrs.get("backbone"), "preprocessing": train.attrs.get("preprocessing")}
     record = {"name": spec.name, "tasks": [task_name(t) for t in spec.tasks], "models": list(spec.models), "seeds": spec.seeds,
               "settings": fixed, "features": str(spec.features), "provenance": stores.provenance(),
-              "package_version": __version__, "created": now, "updated": now}
+              "package_version": __version__, "created": now, "updated": now, "grid": spec.grid_record()}
     if path.exists():
         old = json.loads(path.read_text())
         if old.get("settings") != fixed:
@@ -299,17 +429,19 @@ def record_sweep(spec: SweepSpec, stores: Stores) -> dict:
         record["models"] = [m for m in MODELS if m in set(old["models"]) | set(spec.models)]
         record["seeds"] = max(old["seeds"], spec.seeds)
         record["created"] = old.get("created", now)
+        configs = {**((old.get("grid") or {}).get("configs") or {}), **record["grid"]["configs"]}
+        record["grid"]["configs"] = {m: configs[m] for m in record["models"] if m in configs}
     atomic.write_json(path, record)
     return record
 
 
-# ---------------------------------------------------------------- one (task, model)
+# ---------------------------------------------------------------- one run group
 @dataclass
 class GroupOutcome:
     task: int
     model: str
-    trained: list[int] = field(default_factory=list)
-    skipped: list[int] = field(default_factory=list)
+    trained: list = field(default_factory=list)  # run labels (`Cell.label`): seeds, or config/seed-<s> in a grid
+    skipped: list = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -329,48 +461,30 @@ def _versions() -> dict:
             "python": platform.python_version()}
 
 
-def finished_seeds(dirs: dict[int, Path], test_sets: Sequence[str]) -> list[int]:
-    """The seeds whose runs are finished and intact; a damaged one (DONE but files missing) is
-    reported and marked unfinished, so that it is trained again. Call with the group's lock held."""
+def finished_runs(dirs: Sequence[Path], test_sets: Sequence[str]) -> list[bool]:
+    """Per run folder: finished and intact. A damaged one (DONE but files missing) is reported and
+    marked unfinished, so that it is trained again. Call with the runs' locks held."""
     done = []
-    for s, d in dirs.items():
+    for d in dirs:
         missing = runs.damage(d, test_sets)
         if missing:
             print(f"warning: {d} is marked DONE but lacks {', '.join(missing)} (damaged, or made before that test "
                   f"set existed): training it again", file=sys.stderr)
             runs.invalidate(d)
-        elif runs.is_done(d):
-            done.append(s)
+        done.append(not missing and runs.is_done(d))
     return done
 
 
-def run_group(spec: SweepSpec, stores: Stores, task: int, model_name: str, *, reporter=None,
-              device_cache: dict | None = None, lock: locks.Lock | None = None) -> GroupOutcome:
-    """Train the unfinished seeds of one (task, model) and write their run folders (holding `lock`,
-    the group's lock, when other processes may share the folder: see `run_sweep`)."""
-    out = GroupOutcome(task, model_name)
-    dirs = {s: runs.seed_dir(spec.runs, spec.name, task, model_name, s) for s in range(1, spec.seeds + 1)}
-    out.skipped = finished_seeds(dirs, stores.test_sets)
-    todo = [s for s in dirs if s not in out.skipped]
-    if not todo:
-        if reporter:
-            reporter.skipped(task, model_name, out.skipped)
-        return out
-
-    names = list(task_labels(task))
+def _run_config(spec: SweepSpec, stores: Stores, cell: Cell, together: list, mesh) -> dict:
+    """config.json of one run (`spec` at the run's configuration)."""
+    task, model_name, head = cell.task, cell.model, spec.head
     train, val = stores.all["train"], stores.all["val"]
     n, views, dim = train.embeddings.shape
-    head = spec.head
-    model = make_model(model_name, len(names), layers=head.layers, backend=head.backend, circuit_init=head.circuit_init)
-    mesh = seed_mesh()
-    cache = device_cache if device_cache is not None else {}
-    if "train_x" not in cache:  # the embeddings go to the device once per sweep
-        cache["train_x"] = jax.device_put(train.embeddings, NamedSharding(mesh, PartitionSpec()))
-    data = TrainData(cache["train_x"], stores.labels_for("train", task), val.embeddings[:, 0], stores.labels_for("val", task))
-
-    base = {
-        "sweep": spec.name, "task": task, "task_name": task_name(task), "labels": names, "model": model_name,
-        "seeds_trained_together": todo,
+    return {
+        "sweep": spec.name, "task": task, "task_name": task_name(task), "labels": list(task_labels(task)),
+        "model": model_name, "seed": cell.seed,
+        "seeds_trained_together": together,
+        "grid": cell.config.record(),
         "head": {"model": model_name, **(asdict(head) if model_name == "dqc" else {})},
         "training": asdict(spec.train),
         "features": {"dir": str(spec.features), "dataset": spec.dataset, "external": spec.external,
@@ -384,30 +498,70 @@ def run_group(spec: SweepSpec, stores: Stores, task: int, model_name: str, *, re
         "versions": _versions(),
         "devices": [str(d) for d in mesh.devices.flat],
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "feature_norm": spec.feature_norm,
     }
-    base["feature_norm"] = spec.feature_norm
-    for s in todo:
-        runs.start(dirs[s], {**base, "seed": s}, lock=lock)
-        if stores.norm is not None:  # the constants the saved parameters expect their inputs to be scaled by
-            atomic.write_bytes(dirs[s] / "feature_norm.npz", _npz_bytes(stores.norm))
 
-    histories: dict[int, list[dict]] = {s: [] for s in todo}
+
+def run_group(spec: SweepSpec, stores: Stores, cells: Sequence[tuple[Cell, locks.Lock | None]], *, reporter=None,
+              device_cache: dict | None = None) -> GroupOutcome:
+    """Train the unfinished runs of one run group (`run_groups`: cells of one task and model with the
+    same compiled shapes) together, and write their run folders; each cell comes with its held lock
+    (`runs.run_lock_path`) when other processes may share the folder (see `run_sweep`)."""
+    task, model_name = cells[0][0].task, cells[0][0].model
+    out = GroupOutcome(task, model_name)
+    dirs = [c.run_dir(spec) for c, _ in cells]
+    done = finished_runs(dirs, stores.test_sets)
+    out.skipped = [c.label() for (c, _), d in zip(cells, done, strict=True) if d]
+    todo = [(c, lock, d) for (c, lock), d, fin in zip(cells, dirs, done, strict=True) if not fin]
+    if not todo:
+        if reporter:
+            reporter.skipped(task, model_name, out.skipped)
+        return out
+
+    names = list(task_labels(task))
+    shape = spec.at(todo[0][0].config)  # layers, batch size and feature norm: the same for the whole group
+    norm = shape.feature_norm
+    model = make_model(model_name, len(names), layers=shape.head.layers, backend=shape.head.backend)
+    mesh = seed_mesh()
+    cache = device_cache if device_cache is not None else {}
+    if ("train_x", norm) not in cache:  # the embeddings go to the device once per sweep (and normalisation)
+        cache[("train_x", norm)] = jax.device_put(stores.embeddings("train", norm), NamedSharding(mesh, PartitionSpec()))
+    val_x = stores.embeddings("val", norm)[:, 0]
+    val_y = stores.labels_for("val", task)
+    data = TrainData(cache[("train_x", norm)], stores.labels_for("train", task), val_x, val_y)
+
+    members, specs = [], []
+    for c, lock, d in todo:
+        cs = spec.at(c.config)
+        specs.append(cs)
+        members.append(Member(c.seed, cs.train.lr, cs.train.patience, cs.head.circuit_init if model_name == "dqc" else "uniform"))
+        together = [o.seed for o, _, _ in todo if o.config.name == c.config.name] if not c.config.name else \
+            [o.label() for o, _, _ in todo]
+        runs.start(d, _run_config(cs, stores, c, together, mesh), lock=lock)
+        if norm == "standardize":  # the constants the saved parameters expect their inputs to be scaled by
+            atomic.write_bytes(d / "feature_norm.npz", _npz_bytes(stores.norm))
+
+    histories: dict[int, list[dict]] = {k: [] for k in range(len(todo))}
 
     def on_epoch(info: dict) -> None:
         for row in info["seeds"]:
-            seed = row["seed"]
-            histories[seed].append({k: v for k, v in row.items() if k != "seed"})
-            runs.write_history(dirs[seed], histories[seed])
+            k = row["member"]
+            histories[k].append({key: v for key, v in row.items() if key not in ("seed", "member")})
+            runs.write_history(todo[k][2], histories[k])
         if reporter:
             reporter.epoch(info)
 
+    labels = [c.label() for c, _, _ in todo]
     if reporter:
-        reporter.group_start(task, model_name, todo, spec.train.max_epochs)
+        reporter.group_start(task, model_name, labels, spec.train.max_epochs)
     t0 = time.perf_counter()
-    result = train_seeds(model, data, todo, spec.train, on_epoch=on_epoch)
-    probs = {key: predict(model, result, stores.all[key].embeddings[:, 0]) for key in stores.test_sets}
+    result = train_members(model, data, members, batch_size=shape.train.batch_size, max_epochs=spec.train.max_epochs,
+                           views_from=spec.views_from, on_epoch=on_epoch)
+    probs = {key: predict(model, result, stores.embeddings(key, norm)[:, 0]) for key in stores.test_sets}
+    val_probs = predict(model, result, val_x)
     for j, r in enumerate(result.results):
-        d = dirs[r.seed]
+        c, _, d = todo[j]
+        cs = specs[j]
         runs.write_history(d, r.history)
         runs.save_params(d, r.best_params, metadata={"task": str(task), "model": model_name, "seed": str(r.seed)})
         test_metrics = {}
@@ -416,25 +570,30 @@ def run_group(spec: SweepSpec, stores: Stores, task: int, model_name: str, *, re
             y_true = stores.labels_for(key, task)
             runs.save_predictions(d, key, ids=f.ids, y_true=y_true, y_prob=probs[key][j], label_names=names)
             test_metrics[key] = auroc_report(y_true, probs[key][j], names)
+        val_report = auroc_report(val_y, val_probs[j], names)
         saturated = None
-        if model_name == "dqc":  # the test inputs as the head saw them (stores are standardized in place)
+        if model_name == "dqc":  # the test inputs as the head saw them
             saturated = sanity.saturated_fraction(
-                [sanity.dqc_pre_activations(r.best_params, stores.all[key].embeddings[:, 0]) for key in stores.test_sets])
+                [sanity.dqc_pre_activations(r.best_params, stores.embeddings(key, norm)[:, 0]) for key in stores.test_sets])
         check = sanity.check(
             predictions={key: probs[key][j] for key in stores.test_sets}, reports=test_metrics, label_names=names,
             best_epoch=r.best_epoch, epochs=r.epochs, max_epochs=spec.train.max_epochs, saturated=saturated,
             losses=[v for row in r.history for v in (row["train_loss"], row["val_loss"])],
-            feature_norm=spec.feature_norm)
+            feature_norm=norm)
         runs.write_metrics(d, {
             "complete": True, "task": task, "model": model_name, "seed": r.seed,
             "best_epoch": r.best_epoch, "best_val_loss": r.best_val_loss, "epochs": r.epochs,
-            "stopped_early": r.epochs < spec.train.max_epochs,
+            "stopped_early": r.epochs < cs.train.max_epochs,
             "compile_seconds": round(result.compile_seconds, 3), "train_seconds": round(result.train_seconds, 3),
+            # Model selection reads this, never the test sets: the best parameters on the validation split.
+            "validation": {"loss": r.best_val_loss, "mean_auroc": val_report["mean_auroc"],
+                           "per_label_auroc": val_report["per_label"], "labels_used": val_report["labels_used"],
+                           "n": val_report["n"]},
             "test_sets": test_metrics,
             "sanity": check,
         })
         runs.finish(d)
-    out.trained = todo
+    out.trained = labels
     out.seconds = time.perf_counter() - t0
     if reporter:
         reporter.group_end(task, model_name, out)
@@ -442,12 +601,10 @@ def run_group(spec: SweepSpec, stores: Stores, task: int, model_name: str, *, re
 
 
 # ---------------------------------------------------------------- the sweep
-def refuse_multi_process() -> None:
+def refuse_multi_process(what: str = "heads sweep") -> None:
     """A `jax.distributed` launch would have every process write the same run folders."""
-    if jax.process_count() > 1:
-        raise UserError(f"this is a multi-process JAX launch ({jax.process_count()} processes): heads trains on one "
-                        f"process's local devices only. To scale out, start independent jobs (without "
-                        f"jax.distributed) with --shard i/N on one shared --runs folder")
+    _refuse_multi_process(what, "start independent jobs (without jax.distributed) with --shard i/N on one shared "
+                                "--runs folder")
 
 
 def _say(message: str) -> None:
@@ -462,32 +619,38 @@ def run_sweep(spec: SweepSpec, *, reporter=None) -> list[GroupOutcome]:
     if any(str(t) == ALL for t in spec.tasks):  # `--tasks all`: every label of the training store
         spec = replace(spec, tasks=resolve_tasks(spec.tasks, stores.all["train"].label_names))
         spec.check()
-    pairs = grid(spec)
-    for task in dict.fromkeys(t for t, _ in pairs):
+    cells = shard_cells(spec)
+    for task in dict.fromkeys(c.task for c in cells):
         stores.check_task(task)
     sweep_dir = Path(spec.runs) / spec.name
     with locks.acquire(sweep_dir / SWEEP_LOCK, what=f"{sweep_dir / 'sweep.json'}", timeout=600):
         record_sweep(spec, stores)
+    groups = run_groups(cells)
     if reporter:
-        reporter.sweep_start(pairs, spec, stores)
+        reporter.sweep_start(groups, spec, stores)
     cache: dict = {}
-    outcomes: dict[tuple[int, str], GroupOutcome] = {}
-    held: list[tuple[int, str]] = []
-    for t, m in pairs:
-        path = runs.group_lock_path(spec.runs, spec.name, t, m)
-        lock = locks.try_acquire(path, what=f"run group {task_name(t)}/{m} of {sweep_dir}")
-        if lock is None:
-            _say(f"{task_name(t)} {m}: being trained by {locks.describe(locks.read_owner(path))}; moving on, "
-                 f"and coming back to it at the end")
-            held.append((t, m))
-            continue
-        with lock:
-            outcomes[(t, m)] = run_group(spec, stores, t, m, reporter=reporter, device_cache=cache, lock=lock)
-    for t, m in held:  # wait for the other process, then do what it left (nothing, unless it stopped)
-        path = runs.group_lock_path(spec.runs, spec.name, t, m)
-        with locks.acquire(path, what=f"run group {task_name(t)}/{m} of {sweep_dir}") as lock:
-            outcomes[(t, m)] = run_group(spec, stores, t, m, reporter=reporter, device_cache=cache, lock=lock)
-    return [outcomes[p] for p in pairs]
+    outcomes: list[GroupOutcome] = []
+    held: list[Cell] = []
+    for group in groups:
+        with contextlib.ExitStack() as stack:
+            mine = []
+            for c in group:
+                path = runs.run_lock_path(c.run_dir(spec))
+                lock = locks.try_acquire(path, what=f"run {c.run_dir(spec)}")
+                if lock is None:
+                    _say(f"{task_name(c.task)} {c.model} {c.label() if c.config.name else f'seed {c.seed}'}: being "
+                         f"trained by {locks.describe(locks.read_owner(path))}; moving on, and coming back to it at the end")
+                    held.append(c)
+                    continue
+                mine.append((c, stack.enter_context(lock)))
+            if mine:
+                outcomes.append(run_group(spec, stores, mine, reporter=reporter, device_cache=cache))
+    for group in run_groups(held):  # wait for the other process, then do what it left (nothing, unless it stopped)
+        with contextlib.ExitStack() as stack:
+            mine = [(c, stack.enter_context(locks.acquire(runs.run_lock_path(c.run_dir(spec)),
+                                                          what=f"run {c.run_dir(spec)}"))) for c in group]
+            outcomes.append(run_group(spec, stores, mine, reporter=reporter, device_cache=cache))
+    return outcomes
 
 
 def _row_flags(sanity_record: dict | None, test_set: str) -> list[str]:
@@ -498,15 +661,27 @@ def _row_flags(sanity_record: dict | None, test_set: str) -> list[str]:
     return [f for f in sanity_record.get("flags", []) if f != "constant_predictions" or test_set in constant]
 
 
-def summarize(sweep_dir: str | Path, pairs: Sequence[tuple[int, str]], seeds: int) -> list[dict]:
-    """Mean ± sd AUROC over the finished seeds 1..seeds, per (task, model, test set), with each row's
-    sanity flags: `flags` maps a flag to the seeds that carry it (runs without a `sanity` record have none)."""
-    rows = []
+def _grid_runs(sweep_dir, pairs, seeds, configs):
+    """(task, model, config name, seed, run folder) of the grid, configs: model -> names (default: [""])."""
     for task, model in pairs:
+        for name in (configs or {}).get(model, [""]):
+            for s in range(1, seeds + 1):
+                yield task, model, name, s, Path(sweep_dir) / task_name(task) / model / name / f"seed-{s}"
+
+
+def summarize(sweep_dir: str | Path, pairs: Sequence[tuple[int, str]], seeds: int,
+              configs: dict[str, list[str]] | None = None) -> list[dict]:
+    """Mean ± sd AUROC over the finished seeds 1..seeds, per (task, model, configuration, test set),
+    with each row's sanity flags: `flags` maps a flag to the seeds that carry it (runs without a
+    `sanity` record have none). `configs`: each model's configuration names (default: none, "")."""
+    rows = []
+    groups: dict[tuple, list] = {}
+    for task, model, name, s, d in _grid_runs(sweep_dir, pairs, seeds, configs):
+        groups.setdefault((task, model, name), []).append((s, d))
+    for (task, model, name), members in groups.items():
         per_set: dict[str, list[float]] = {}
         flags: dict[str, dict[str, list[int]]] = {}
-        for s in range(1, seeds + 1):
-            d = Path(sweep_dir) / task_name(task) / model / f"seed-{s}"
+        for s, d in members:
             if not runs.is_done(d):
                 continue
             metrics = runs.read_metrics(d)
@@ -516,21 +691,20 @@ def summarize(sweep_dir: str | Path, pairs: Sequence[tuple[int, str]], seeds: in
                 for flag in _row_flags(metrics.get("sanity"), key):
                     flags.setdefault(key, {}).setdefault(flag, []).append(s)
         for key, values in per_set.items():
-            rows.append({"task": task, "model": model, "test_set": key, "n": len(values),
+            rows.append({"task": task, "model": model, "config": name, "test_set": key, "n": len(values),
                          "mean": statistics.fmean(values),
                          "sd": statistics.stdev(values) if len(values) > 1 else None,
                          "flags": {f: flags.get(key, {})[f] for f in sanity.FLAGS if f in flags.get(key, {})}})
     return rows
 
 
-def flagged_runs(sweep_dir: str | Path, pairs: Sequence[tuple[int, str]], seeds: int) -> list[tuple[Path, dict]]:
+def flagged_runs(sweep_dir: str | Path, pairs: Sequence[tuple[int, str]], seeds: int,
+                 configs: dict[str, list[str]] | None = None) -> list[tuple[Path, dict]]:
     """(run folder, sanity record) of every finished run of the grid whose sanity check failed."""
     out = []
-    for task, model in pairs:
-        for s in range(1, seeds + 1):
-            d = Path(sweep_dir) / task_name(task) / model / f"seed-{s}"
-            if runs.is_done(d):
-                record = runs.read_metrics(d).get("sanity")
-                if record and not record.get("ok", True):
-                    out.append((d, record))
+    for *_, d in _grid_runs(sweep_dir, pairs, seeds, configs):
+        if runs.is_done(d):
+            record = runs.read_metrics(d).get("sanity")
+            if record and not record.get("ok", True):
+                out.append((d, record))
     return out

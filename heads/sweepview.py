@@ -19,7 +19,10 @@ from cxrfeat.labels import task_name
 
 
 def _seeds(seeds) -> str:
+    """'1-5' or '1,3' for seeds; run labels of a grid ('lr-1e-3/seed-2') joined as they are."""
     seeds = list(seeds)
+    if not all(isinstance(s, int) for s in seeds):
+        return ", ".join(map(str, seeds))
     return f"{seeds[0]}-{seeds[-1]}" if len(seeds) > 1 and seeds == list(range(seeds[0], seeds[-1] + 1)) else ",".join(map(str, seeds))
 
 
@@ -45,13 +48,15 @@ class LiveReporter:
     def __exit__(self, *exc):
         self.progress.stop()
 
-    def sweep_start(self, pairs, spec, stores) -> None:
+    def sweep_start(self, groups, spec, stores) -> None:
+        """`groups`: this shard's run groups (`heads.sweep.run_groups`), each trained in one program."""
         sets = ", ".join(stores.test_sets)
-        self.console.print(f"sweep [bold]{spec.runs}/{spec.name}[/]: {len(pairs)} (task, model) pair(s) x "
-                           f"{spec.seeds} seed(s); test sets: {sets}")
+        runs = sum(len(g) for g in groups)
+        self.console.print(f"sweep [bold]{spec.runs}/{spec.name}[/]: {runs} run(s) in {len(groups)} group(s) trained "
+                           f"together (up to {spec.seeds} seed(s) each); test sets: {sets}")
         if stores.external_missing is not None:
             self.console.print(f"(no external test store at {stores.external_missing}: skipping it)")
-        self.overall = self.progress.add_task("grid", total=len(pairs), status="")
+        self.overall = self.progress.add_task("grid", total=len(groups), status="")
 
     def skipped(self, task, model, seeds) -> None:
         self.console.print(f"{task_name(task)} {model}: seed(s) {_seeds(seeds)} finished already, skipped")
@@ -59,7 +64,8 @@ class LiveReporter:
 
     def group_start(self, task, model, seeds, max_epochs) -> None:
         self.n_seeds, self.max_epochs = len(seeds), max_epochs
-        self.group = self.progress.add_task(f"{task_name(task)} {model} seed(s) {_seeds(seeds)}", total=max_epochs,
+        what = f"seed(s) {_seeds(seeds)}" if all(isinstance(s, int) for s in seeds) else f"{len(seeds)} run(s)"
+        self.group = self.progress.add_task(f"{task_name(task)} {model} {what}", total=max_epochs,
                                             status="compiling")
 
     def epoch(self, info) -> None:
@@ -93,13 +99,15 @@ def summary_table(rows: list[dict], title: str) -> Table:
     """Mean AUROC ± sd over seeds per task × model × test set (rows from `heads.sweep.summarize`), with a
     Sanity column: the failed checks of the row's seeds (see `heads.sanity`)."""
     table = Table(title=title)
-    for col in ("Task", "Model", "Test set", "Mean AUROC ± sd", "Seeds", "Sanity"):
+    grid = any(r.get("config") for r in rows)
+    for col in ("Task", "Model", *(("Configuration",) if grid else ()), "Test set", "Mean AUROC ± sd", "Seeds", "Sanity"):
         table.add_column(col, justify="right" if col in ("Mean AUROC ± sd", "Seeds") else "left")
     for r in rows:
         sd = f" ± {r['sd']:.4f}" if r["sd"] is not None else ""
         flags = r.get("flags") or {}
         sanity = flag_text(flags, r["n"])
-        table.add_row(task_name(r["task"]).upper(), r["model"].upper(), r["test_set"], f"{r['mean']:.4f}{sd}", str(r["n"]),
+        table.add_row(task_name(r["task"]).upper(), r["model"].upper(), *((r.get("config") or "-",) if grid else ()),
+                      r["test_set"], f"{r['mean']:.4f}{sd}", str(r["n"]),
                       f"[bold red]{sanity}[/]" if flags else sanity)
     return table
 

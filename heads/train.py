@@ -7,7 +7,7 @@ function. The features stay on the device; the host only reads back a few number
 
 Determinism and fairness (DESIGN "The models"):
 - Epoch e of seed s visits the training rows in the order `epoch_order(s, e)` and uses, for each
-  row, the stored view that it names; both depend only on (s, e), so CDL and DQC with the same
+  row, the stored view that it names (one augmented view, 1..V-1, by default: `views_from`); both depend only on (s, e), so CDL and DQC with the same
   seed see identical batches. `history.jsonl` records `order_digest` of them per epoch.
 - The initial parameters depend only on the seed (and the model).
 - The last batch is padded and masked, never dropped: every example is used every epoch.
@@ -23,15 +23,17 @@ after two epochs of a CDL, growing with training; 3.8e-4 in DQC-19 predictions a
 batched dots and reductions are compiled differently for each batch width. Companions and order
 do not matter at a fixed width. Besides, the evaluation batch size used to depend on the number of
 seeds. Decision: the program is compiled for a FIXED number of members, `block` per device
-(default `SEED_BLOCK`); seed s always occupies slot (s-1) mod W of block (s-1) div W, where
-W = block x devices, and the block holds the seeds b*W+1 .. (b+1)*W. A group of seeds runs the
-blocks that hold them, one call of the same executable per block and epoch; slots of seeds not
-asked for are trained too and thrown away. The evaluation batch size depends on W only. So every
-seed's arithmetic is the same executable on the same data whatever the grouping. Cost: up to
-W-1 wasted members per group (with `SEED_BLOCK` 4 on one device, `--seeds 1` trains 4 members
-and `--seeds 5` 8), and blocks of one group run one after another rather than side by side.
-A block whose seeds have all stopped is no longer run. Members are plain data (the seed array),
-so per-member settings (a learning rate per member) fit the same layout later.
+(default `SEED_BLOCK`), W = block x devices. A member is a seed with its per-member settings
+(`Member`: learning rate, patience, circuit initialiser — plain data, so configurations of a grid
+that differ only in these train together); the members asked for are packed in order into blocks
+of W slots, the last block padded with copies of its last member (trained and thrown away). A
+call runs the blocks one after another with the same executable per block and epoch. Since at a
+fixed width neither the companions nor the slot matter (tested: a seed alone, in other groupings,
+and a grid member alone, in every slot, give the same bits), every member's arithmetic is the
+same whatever the grouping. (Until grids, seed s sat in the fixed slot (s-1) mod W; packing
+wastes fewer members: `--seeds 5` trains 8, a 4 x 5 grid 20.) The evaluation batch size depends on
+W only. Cost: up to W-1 wasted members per call. A block whose members have all stopped is no
+longer run.
 The block size changes the bits, so a sweep records it with its settings.
 - With several local devices, each block is sharded over a 1-D mesh (`block` members per
   device); the results equal a one-device run to float tolerance (not bit for bit: other widths).
@@ -53,7 +55,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from cxrfeat.errors import UserError
-from heads.models import DQC
+from heads.models import CIRCUIT_INITS, DQC
 
 ORDER_STREAM = 1  # fold_in tags that keep the data order and the initial parameters independent
 INIT_STREAM = 2
@@ -100,6 +102,17 @@ class TrainData:
             raise ValueError("training and validation data differ in embedding size or labels")
 
 
+@dataclass(frozen=True)
+class Member:
+    """One model of a compiled call: its seed and its per-member settings, which are plain data in
+    the program (so configurations differing only in these train together, without recompiling)."""
+
+    seed: int
+    lr: float = 1e-4
+    patience: int = 5
+    circuit_init: str = "uniform"  # DQC only: the RY angles' initialiser (`heads.models.CIRCUIT_INITS`)
+
+
 @dataclass
 class SeedResult:
     seed: int
@@ -107,29 +120,43 @@ class SeedResult:
     best_params: dict  # numpy tree
     best_epoch: int
     best_val_loss: float
-    epochs: int  # epochs this seed trained before it stopped
+    epochs: int  # epochs this member trained before it stopped
+    member: Member | None = None
 
 
 @dataclass
 class TrainResult:
-    results: list[SeedResult]
+    results: list[SeedResult]  # in the order of the members asked for
     best_params: list[Any]  # per block: the parameters stacked over its W members, on the device(s)
-    block_seeds: list[np.ndarray]  # per block: the W seeds of its slots
+    block_seeds: list[np.ndarray]  # per block: the W seeds of its slots (padding slots repeat a member)
     mesh: Mesh
     compile_seconds: float
     train_seconds: float
     timing: dict = field(default_factory=dict)
+    slots: list[tuple[int, int]] = field(default_factory=list)  # per result: (block, slot)
 
 
 # ---------------------------------------------------------------- pieces of the program
-def epoch_order(seed, epoch, n: int, views: int):
-    """The permutation of the n training rows and the view of each row for (seed, epoch).
+VIEWS_FROM = ("augmented", "all")
+
+
+def first_training_view(views_from: str, views: int) -> int:
+    """The first stored view an epoch may draw: `augmented` (the design: one augmented view per
+    example) draws from views 1..V-1, or view 0 when the store has only it (V == 1); `all` from 0..V-1."""
+    if views_from not in VIEWS_FROM:
+        raise UserError(f"--views-from must be one of {', '.join(VIEWS_FROM)}, not {views_from!r}")
+    return 1 if views_from == "augmented" and views > 1 else 0
+
+
+def epoch_order(seed, epoch, n: int, views: int, first_view: int = 0):
+    """The permutation of the n training rows and the view of each row (in first_view..views-1) for
+    (seed, epoch).
 
     Works on Python ints and on traced values alike; `epoch` counts from 1 as in `history.jsonl`.
     """
     key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), ORDER_STREAM), epoch)
     kp, kv = jax.random.split(key)
-    return jax.random.permutation(kp, n), jax.random.randint(kv, (n,), 0, views)
+    return jax.random.permutation(kp, n), jax.random.randint(kv, (n,), first_view, views)
 
 
 def order_digest(perm, views) -> str:
@@ -178,13 +205,57 @@ def _mean_loss(model, params, xb, yb, rb):
     return s / jnp.maximum(c, 1)
 
 
-def _init_state(model, tx, dim: int):
-    def init(seed):
+def optimizer(lr) -> optax.GradientTransformation:
+    """Adam with its learning rate held in the optimizer state (`optax.inject_hyperparams`), so that
+    every member of a compiled call can have its own: the update reads it from the state."""
+    return optax.inject_hyperparams(optax.adam)(learning_rate=lr)
+
+
+def make_train_step(logits: Callable, tx: optax.GradientTransformation) -> Callable:
+    """The training step of a head: value and gradient of the mean masked BCE, then the update.
+
+    `logits(params, inputs) -> (B, L)`; the step is `step(params, opt_state, inputs, labels, rows) ->
+    (params, opt_state, loss, (bce_sum, known_count))` with `rows` (B,) marking the real rows (padding
+    rows and unknown labels, -1, are left out of the loss). Not jitted: `heads train` scans it inside
+    its epoch, `heads finetune` wraps it around the backbone, `heads bench` jits and times it alone;
+    all three build it here (one step, so the bench times what training runs).
+    """
+
+    def loss_fn(params, inputs, labels, rows):
+        s, c = masked_bce(logits(params, inputs), labels, rows)
+        return s / jnp.maximum(c, 1), (s, c)
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def step(params, opt_state, inputs, labels, rows):
+        (loss, sc), grads = grad_fn(params, inputs, labels, rows)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss, sc
+
+    return step
+
+
+def head_logits(model) -> Callable:
+    """`logits(params, x)` of a Flax head on embeddings."""
+    return lambda params, x: model.apply({"params": params}, x)
+
+
+def _init_state(model, dim: int):
+    """Per member (seed, lr, circuit-init flag): the initial parameters and optimizer state. A DQC's
+    circuit angles are drawn by both initialisers and one is selected, so the flag is data; the
+    selection is exact, so a member gets the bits of a model built with its initialiser alone."""
+    variants = (model.clone(circuit_init="uniform"), model.clone(circuit_init="normal")) if isinstance(model, DQC) else None
+
+    def init(seed, lr, normal):
         key = jax.random.fold_in(jax.random.key(seed), INIT_STREAM)
-        params = model.init(key, jnp.zeros((1, dim), jnp.float32))["params"]
+        x0 = jnp.zeros((1, dim), jnp.float32)
+        if variants is None:
+            params = model.init(key, x0)["params"]
+        else:
+            params = _where(normal, variants[1].init(key, x0)["params"], variants[0].init(key, x0)["params"])
         return {
             "params": params,
-            "opt": tx.init(params),
+            "opt": optimizer(lr).init(params),
             "best_params": params,
             "best_val": jnp.float32(jnp.inf),
             "best_epoch": jnp.int32(0),
@@ -199,28 +270,25 @@ def _where(cond, new, old):
     return jax.tree.map(lambda a, b: jnp.where(cond, a, b), new, old)
 
 
-def _epoch_fn(model, tx, *, n: int, views: int, batch: int, patience: int):
-    """One seed's epoch: train over all rows, validate, update early stopping. vmapped by the caller."""
+def _epoch_fn(model, *, n: int, views: int, batch: int, first_view: int = 0):
+    """One member's epoch: train over all rows, validate, update early stopping. vmapped by the caller.
+
+    The training embeddings stay in their stored dtype on the device; each batch is cast to float32
+    in the gather (exact for float16 and float32 alike)."""
     steps = -(-n // batch)
     pad = steps * batch - n
+    step_fn = make_train_step(head_logits(model), optimizer(0.0))  # the learning rate comes from the state
 
-    def loss_fn(params, x, y, rows):
-        s, c = masked_bce(model.apply({"params": params}, x), y, rows)
-        return s / jnp.maximum(c, 1), (s, c)
-
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-
-    def one_seed(state, seed, epoch, train_x, train_y, val_xb, val_yb, val_rb):
-        perm, view = epoch_order(seed, epoch, n, views)
+    def one_member(state, member, epoch, train_x, train_y, val_xb, val_yb, val_rb):
+        perm, view = epoch_order(member["seed"], epoch, n, views, first_view)
         idx = jnp.concatenate([perm, jnp.zeros((pad,), perm.dtype)]).reshape(steps, batch)
         rows = (jnp.arange(steps * batch) < n).reshape(steps, batch)
 
         def step(carry, inp):
             params, opt = carry
             i, r = inp
-            (_, (s, c)), grads = grad_fn(params, train_x[i, view[i]], train_y[i], r)
-            updates, opt = tx.update(grads, opt, params)
-            return (optax.apply_updates(params, updates), opt), (s, c)
+            params, opt, _, sc = step_fn(params, opt, train_x[i, view[i]].astype(jnp.float32), train_y[i], r)
+            return (params, opt), sc
 
         (params, opt), (s, c) = jax.lax.scan(step, (state["params"], state["opt"]), (idx, rows))
         train_loss = s.sum() / jnp.maximum(c.sum(), 1)
@@ -230,19 +298,19 @@ def _epoch_fn(model, tx, *, n: int, views: int, batch: int, patience: int):
         improved = active & (val_loss < state["best_val"])
         bad = jnp.where(improved, 0, state["bad"] + 1)
         new_state = {
-            # A seed that has stopped keeps everything as it was.
+            # A member that has stopped keeps everything as it was.
             "params": _where(active, params, state["params"]),
             "opt": _where(active, opt, state["opt"]),
             "best_params": _where(improved, params, state["best_params"]),
             "best_val": jnp.where(improved, val_loss, state["best_val"]),
             "best_epoch": jnp.where(improved, epoch, state["best_epoch"]),
             "bad": jnp.where(active, bad, state["bad"]),
-            "stopped": state["stopped"] | (active & (bad >= patience)),
+            "stopped": state["stopped"] | (active & (bad >= member["patience"])),
         }
         out = {"train_loss": train_loss, "val_loss": val_loss, "improved": improved, "perm": perm, "views": view}
         return new_state, out
 
-    return jax.vmap(one_seed, in_axes=(0, 0, None, None, None, None, None, None))
+    return jax.vmap(one_member, in_axes=(0, 0, None, None, None, None, None, None))
 
 
 def seed_mesh(devices=None) -> Mesh:
@@ -251,104 +319,132 @@ def seed_mesh(devices=None) -> Mesh:
     return Mesh(np.array(devices), ("seeds",))
 
 
-def seed_blocks(seeds: Sequence[int], width: int) -> dict[int, np.ndarray]:
-    """The blocks that hold `seeds`: block b -> its `width` slot seeds b*width+1 .. (b+1)*width.
+def member_blocks(count: int, width: int) -> list[list[int]]:
+    """Members 0..count-1 packed in order into blocks of `width` slots; the last block's spare slots
+    repeat its last member (trained and thrown away)."""
+    blocks = [list(range(b, min(b + width, count))) for b in range(0, count, width)]
+    if blocks:
+        blocks[-1] += [blocks[-1][-1]] * (width - len(blocks[-1]))
+    return blocks
 
-    Seed s sits in slot (s-1) % width of block (s-1) // width, whatever other seeds are asked for.
-    """
-    blocks = sorted({(int(s) - 1) // width for s in seeds})
-    return {b: np.arange(b * width + 1, (b + 1) * width + 1, dtype=np.int32) for b in blocks}
 
-
-def _check_seeds(seeds: Sequence[int]) -> None:
-    if not seeds:
+def _check_members(members: Sequence[Member]) -> None:
+    if not members:
         raise UserError("--seeds must be at least 1")
-    if any(int(s) < 1 for s in seeds):
-        raise UserError(f"seeds are numbered from 1, not {min(seeds)}")
-    if len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds must be distinct: {list(seeds)}")
+    if any(int(m.seed) < 1 for m in members):
+        raise UserError(f"seeds are numbered from 1, not {min(int(m.seed) for m in members)}")
+    if len(set(members)) != len(members):
+        raise ValueError(f"members must be distinct: {list(members)}")
+    for m in members:
+        if not (math.isfinite(m.lr) and m.lr > 0):
+            raise UserError(f"--lr must be a positive number, not {m.lr}")
+        if not m.patience >= 1:
+            raise UserError(f"--patience must be at least 1, not {m.patience}")
+        if m.circuit_init not in CIRCUIT_INITS:
+            raise UserError(f"--circuit-init must be one of {', '.join(CIRCUIT_INITS)}, not {m.circuit_init!r}")
 
 
 # ---------------------------------------------------------------- the loop
-def train_seeds(
+def train_seeds(model, data: TrainData, seeds: Sequence[int], config: TrainConfig = TrainConfig(), **kw) -> TrainResult:
+    """Train `model` once per seed with one configuration (`train_members` with those members)."""
+    config.check()
+    if not seeds:
+        raise UserError("--seeds must be at least 1")
+    init = getattr(model, "circuit_init", "uniform")
+    members = [Member(int(s), config.lr, config.patience, init) for s in seeds]
+    return train_members(model, data, members, batch_size=config.batch_size, max_epochs=config.max_epochs, **kw)
+
+
+def train_members(
     model,
     data: TrainData,
-    seeds: Sequence[int],
-    config: TrainConfig = TrainConfig(),
+    members: Sequence[Member],
     *,
+    batch_size: int = 32,
+    max_epochs: int = 50,
     devices=None,
     block: int = SEED_BLOCK,
+    views_from: str = "augmented",
     on_epoch: Callable[[dict], None] | None = None,
 ) -> TrainResult:
-    """Train `model` (a Flax head) once per seed, all seeds together; see the module docstring.
+    """Train `model` (a Flax head) once per member, all members together; see the module docstring.
 
-    `block` is the number of members per device in one compiled call; a seed's bits depend on it
-    (and on the device count) but never on the other seeds asked for.
-    `on_epoch` is called after every epoch with `{"epoch", "seconds", "seeds": [per-seed rows of
-    the seeds still training at that epoch]}`; each row is what `history.jsonl` records.
+    `block` is the number of members per device in one compiled call; a member's bits depend on it
+    (and on the device count) but never on the other members asked for. `views_from` picks the
+    stored views an epoch draws from (`VIEWS_FROM`).
+    `on_epoch` is called after every epoch with `{"epoch", "seconds", "seeds": [per-member rows of
+    the members still training at that epoch], "stopped"}`; each row is what `history.jsonl`
+    records, plus `seed` and `member` (the member's index in `members`).
     """
-    config.check()
-    _check_seeds(seeds)
+    TrainConfig(batch_size=batch_size, max_epochs=max_epochs).check()
+    _check_members(members)
     if not block >= 1:
         raise ValueError(f"block must be at least 1, not {block}")
     data.check()
     n, views, dim = data.train_x.shape
+    first_view = first_training_view(views_from, views)
     mesh = seed_mesh(devices)
     n_dev = mesh.devices.size
     width = block * n_dev
-    blocks = seed_blocks(seeds, width)
-    where = {int(s): ((int(s) - 1) // width, (int(s) - 1) % width) for s in seeds}  # seed -> (block, slot)
+    blocks = member_blocks(len(members), width)
+    where = {k: (k // width, k % width) for k in range(len(members))}  # member -> (block, slot)
     per_seed = NamedSharding(mesh, PartitionSpec("seeds"))
     replicated = NamedSharding(mesh, PartitionSpec())
 
-    tx = optax.adam(config.lr)
     eb = eval_batch_size(model, data.val_x.shape[0], block)
     val_xb, val_rb = pad_rows(np.asarray(data.val_x, np.float32), eb)
     val_yb, _ = pad_rows(np.asarray(data.val_y, np.int8), eb)
     put = lambda x: jax.device_put(x, replicated)  # noqa: E731
     inputs = (put(data.train_x), put(data.train_y), put(val_xb), put(val_yb), put(val_rb))
-    seeds_dev = {b: jax.device_put(slots, per_seed) for b, slots in blocks.items()}
+
+    def member_arrays(slots):
+        ms = [members[k] for k in slots]
+        return {"seed": np.array([m.seed for m in ms], np.int32), "lr": np.array([m.lr for m in ms], np.float32),
+                "patience": np.array([m.patience for m in ms], np.int32),
+                "normal": np.array([m.circuit_init == "normal" for m in ms], bool)}
+
+    block_data = [member_arrays(slots) for slots in blocks]
+    members_dev = [jax.device_put({"seed": d["seed"], "patience": d["patience"]}, per_seed) for d in block_data]
 
     t0 = time.perf_counter()
-    init_fn = jax.jit(jax.vmap(_init_state(model, tx, dim)), out_shardings=per_seed)
-    state = {b: init_fn(sd) for b, sd in seeds_dev.items()}
+    init_fn = jax.jit(jax.vmap(_init_state(model, dim)), out_shardings=per_seed)
+    state = [init_fn(*(jax.device_put(d[k], per_seed) for k in ("seed", "lr", "normal"))) for d in block_data]
     epoch_jit = jax.jit(
-        _epoch_fn(model, tx, n=n, views=views, batch=config.batch_size, patience=config.patience),
+        _epoch_fn(model, n=n, views=views, batch=batch_size, first_view=first_view),
         in_shardings=(per_seed, per_seed, replicated) + (replicated,) * 5,
         out_shardings=(per_seed, per_seed),
         donate_argnums=0,
     )
     epoch0 = jax.device_put(np.int32(1), replicated)
-    first = next(iter(blocks))
     # Compiled once, ahead of time, for one block: every block and epoch runs this executable.
-    epoch_fn = epoch_jit.lower(state[first], seeds_dev[first], epoch0, *inputs).compile()
+    epoch_fn = epoch_jit.lower(state[0], members_dev[0], epoch0, *inputs).compile()
     compile_seconds = time.perf_counter() - t0
 
-    histories: dict[int, list[dict]] = {int(s): [] for s in seeds}
-    stopped = {int(s): False for s in seeds}
+    histories: dict[int, list[dict]] = {k: [] for k in where}
+    stopped = {k: False for k in where}
     t_train = time.perf_counter()
-    for epoch in range(1, config.max_epochs + 1):
+    for epoch in range(1, max_epochs + 1):
         t = time.perf_counter()
         e = jax.device_put(np.int32(epoch), replicated)
-        # Blocks with a seed still training; the others would only repeat masked updates.
-        active = [b for b in blocks if any(not stopped[s] for s in where if where[s][0] == b)]
+        # Blocks with a member still training; the others would only repeat masked updates.
+        active = [b for b in range(len(blocks)) if any(not stopped[k] for k in where if where[k][0] == b)]
         outs = {}
         for b in active:  # dispatched one after another, read back together
-            state[b], outs[b] = epoch_fn(state[b], seeds_dev[b], e, *inputs)
+            state[b], outs[b] = epoch_fn(state[b], members_dev[b], e, *inputs)
         outs = jax.device_get(outs)
         best = jax.device_get({b: (state[b]["best_val"], state[b]["stopped"]) for b in active})
         seconds = time.perf_counter() - t
         rows = []
-        for seed in (int(s) for s in seeds):
-            b, j = where[seed]
-            if stopped[seed]:
+        for k in where:
+            b, j = where[k]
+            if stopped[k]:
                 continue
             out = outs[b]
             train_loss, val_loss = float(out["train_loss"][j]), float(out["val_loss"][j])
             if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
                 raise UserError(
-                    f"training diverged: seed {seed}, epoch {epoch} has loss {train_loss} (val {val_loss}); "
-                    f"try a lower --lr (now {config.lr})"
+                    f"training diverged: seed {members[k].seed}, epoch {epoch} has loss {train_loss} "
+                    f"(val {val_loss}); try a lower --lr (now {members[k].lr:g})"
                 )
             row = {
                 "epoch": epoch,
@@ -359,39 +455,41 @@ def train_seeds(
                 "seconds": round(seconds, 4),
                 "order_digest": order_digest(out["perm"][j], out["views"][j]),
             }
-            histories[seed].append(row)
-            rows.append({"seed": seed, **row})
-        for seed in stopped:
-            b, j = where[seed]
+            histories[k].append(row)
+            rows.append({"seed": members[k].seed, "member": k, **row})
+        for k in stopped:
+            b, j = where[k]
             if b in best:
-                stopped[seed] = bool(best[b][1][j])
-        flags = [stopped[int(s)] for s in seeds]
+                stopped[k] = bool(best[b][1][j])
+        flags = [stopped[k] for k in range(len(members))]
         if on_epoch is not None:
             on_epoch({"epoch": epoch, "seconds": seconds, "seeds": rows, "stopped": flags})
         if all(flags):
             break
     train_seconds = time.perf_counter() - t_train
 
-    host = jax.device_get({b: {k: state[b][k] for k in ("best_params", "best_epoch", "best_val")} for b in blocks})
+    host = jax.device_get([{k: s[k] for k in ("best_params", "best_epoch", "best_val")} for s in state])
     results = []
-    for seed in (int(s) for s in seeds):
-        b, j = where[seed]
+    for k, m in enumerate(members):
+        b, j = where[k]
         results.append(SeedResult(
-            seed=seed,
-            history=histories[seed],
+            seed=m.seed,
+            history=histories[k],
             best_params=jax.tree.map(lambda a, j=j: np.asarray(a[j]), host[b]["best_params"]),
             best_epoch=int(host[b]["best_epoch"][j]),
             best_val_loss=float(host[b]["best_val"][j]),
-            epochs=len(histories[seed]),
+            epochs=len(histories[k]),
+            member=m,
         ))
-    return TrainResult(results, [state[b]["best_params"] for b in blocks], list(blocks.values()), mesh,
+    return TrainResult(results, [s["best_params"] for s in state], [d["seed"] for d in block_data], mesh,
                        compile_seconds, train_seconds,
                        {"devices": n_dev, "eval_batch": eb, "block": block, "members_per_call": width,
-                        "blocks": len(blocks), "padded_seeds": width * len(blocks)})
+                        "blocks": len(blocks), "padded_seeds": width * len(blocks), "views_from": views_from},
+                       slots=[where[k] for k in range(len(members))])
 
 
 def predict(model, result: TrainResult, x: np.ndarray, *, block: int | None = None) -> np.ndarray:
-    """Probabilities (seeds, N, L) of every seed's best parameters on embeddings x (N, D), in the
+    """Probabilities (members, N, L) of every member's best parameters on embeddings x (N, D), in the
     order of `result.results`; computed block by block with one executable (see the module docstring)."""
     mesh = result.mesh
     per_seed = NamedSharding(mesh, PartitionSpec("seeds"))
@@ -400,15 +498,14 @@ def predict(model, result: TrainResult, x: np.ndarray, *, block: int | None = No
     eb = eval_batch_size(model, x.shape[0], block or result.timing.get("block", width // mesh.devices.size))
     xb, _ = pad_rows(np.asarray(x, np.float32), eb)
 
-    def one_seed(params, xb):
+    def one_member(params, xb):
         def body(_, xi):
             return None, jax.nn.sigmoid(model.apply({"params": params}, xi))
 
         return jax.lax.scan(body, None, xb)[1].reshape(-1, model.n)
 
-    fn = jax.jit(jax.vmap(one_seed, in_axes=(0, None)), in_shardings=(per_seed, replicated), out_shardings=per_seed)
+    fn = jax.jit(jax.vmap(one_member, in_axes=(0, None)), in_shardings=(per_seed, replicated), out_shardings=per_seed)
     xd = jax.device_put(xb, replicated)
     outs = [fn(params, xd) for params in result.best_params]
     probs = [np.asarray(p) for p in jax.device_get(outs)]
-    slot = {int(s): (b, j) for b, slots in enumerate(result.block_seeds) for j, s in enumerate(slots)}
-    return np.stack([probs[slot[r.seed][0]][slot[r.seed][1], : x.shape[0]] for r in result.results])
+    return np.stack([probs[b][j, : x.shape[0]] for b, j in result.slots])

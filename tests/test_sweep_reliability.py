@@ -130,7 +130,7 @@ def resume_scenario(root: Path) -> None:
     cdl = b / "t" / "cxr-8" / "cdl"
     assert [runs.is_done(cdl / f"seed-{s}") for s in (1, 2, 3)] == [True, False, False]
     assert (cdl / "seed-2" / "metrics.json").exists()  # looks finished, but is not: no DONE
-    assert not (cdl / runs.GROUP_LOCK).exists()  # Ctrl-C released the group lock
+    assert not list(cdl.glob(".*.lock"))  # Ctrl-C released the runs' locks
 
     with pytest.raises(KeyboardInterrupt):
         run_sweep(spec(root, b, 3), reporter=InterruptAt("dqc", 2))
@@ -187,12 +187,12 @@ def test_two_sweeps_at_once_end_like_one(tmp_path):
     assert_same_sweep(tmp_path / "one" / "t", tmp_path / "both" / "t")
 
 
-def test_a_locked_group_is_skipped_never_cleared_then_taken_over_when_its_owner_dies(tmp_path):
+def test_a_locked_run_is_skipped_never_cleared_then_taken_over_when_its_owner_dies(tmp_path):
     make_stores(tmp_path / "features", n_train=60, n_val=20, n_test=20, dim=16)
     runs_dir = tmp_path / "runs"
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     try:
-        lock = runs.group_lock_path(runs_dir, "t", 8, "cdl")
+        lock = runs.run_lock_path(runs.seed_dir(runs_dir, "t", 8, "cdl", 1))
         lock.parent.mkdir(parents=True)
         lock.write_text(json.dumps({"host": locks.HOST, "pid": other.pid, "started": "now"}))
         work = runs.seed_dir(runs_dir, "t", 8, "cdl", 1) / "history.jsonl"  # the other process's work in progress
@@ -226,9 +226,9 @@ def test_a_locked_group_is_skipped_never_cleared_then_taken_over_when_its_owner_
     assert not lock.exists()
 
 
-def test_runs_start_never_clears_a_finished_run_or_without_the_group_lock(tmp_path):
+def test_runs_start_never_clears_a_finished_run_or_without_its_lock(tmp_path):
     d = runs.seed_dir(tmp_path, "t", 8, "cdl", 1)
-    with locks.acquire(runs.group_lock_path(tmp_path, "t", 8, "cdl")) as lock:
+    with locks.acquire(runs.run_lock_path(d)) as lock:
         runs.start(d, {"seed": 1}, lock=lock)
         runs.finish(d)
         with pytest.raises(RuntimeError, match="finished"):
@@ -272,9 +272,9 @@ def test_a_finished_run_with_a_lost_file_is_reported_and_redone(finished, lost, 
 
 def test_an_empty_shard_says_so_and_writes_nothing(tmp_path):
     make_stores(tmp_path / "features", n_train=40, n_val=16, n_test=16, external=False)
-    result = CliRunner().invoke(app, ["sweep", "--tasks", "8", "--models", "cdl,dqc", "--shard", "3/4",
+    result = CliRunner().invoke(app, ["sweep", "--tasks", "8", "--models", "cdl,dqc", "--seeds", "1", "--shard", "3/4",
                                       "--features", str(tmp_path / "features"), "--runs", str(tmp_path / "runs")])
-    assert result.exit_code == 2 and "--shard 3/4" in result.output and "2 (task, model) cell" in result.output
+    assert result.exit_code == 2 and "--shard 3/4" in result.output and "only 2 cell(s)" in result.output
     assert not (tmp_path / "runs").exists()
 
 

@@ -1,4 +1,4 @@
-"""Multi-seed training: seeds together equal seeds alone (bit for bit), one compilation, fair and complete epochs."""
+"""Multi-seed training: seeds (and grid members) together equal alone (bit for bit), one compilation, fair and complete epochs."""
 
 import json
 import os
@@ -18,12 +18,15 @@ from heads.models import make_model
 from heads.train import (
     INIT_STREAM,
     SEED_BLOCK,
+    Member,
     TrainConfig,
     TrainData,
     epoch_order,
+    first_training_view,
+    member_blocks,
     order_digest,
     predict,
-    seed_blocks,
+    train_members,
     train_seeds,
 )
 
@@ -99,10 +102,10 @@ def test_a_seed_is_bit_identical_whatever_it_is_trained_with(cdl_together):
     assert five.timing["blocks"] == -(-5 // SEED_BLOCK) and five.timing["eval_batch"] == part.timing["eval_batch"]
 
 
-def test_seed_blocks_place_a_seed_by_its_number_only():
-    assert {b: v.tolist() for b, v in seed_blocks([3], 4).items()} == {0: [1, 2, 3, 4]}
-    blocks = seed_blocks([2, 9], 4)
-    assert sorted(blocks) == [0, 2] and blocks[2].tolist() == [9, 10, 11, 12]
+def test_member_blocks_pack_members_in_order_and_pad_the_last():
+    assert member_blocks(3, 4) == [[0, 1, 2, 2]]
+    assert member_blocks(5, 4) == [[0, 1, 2, 3], [4, 4, 4, 4]]
+    assert member_blocks(8, 4) == [[0, 1, 2, 3], [4, 5, 6, 7]]
     with pytest.raises(UserError, match="from 1"):
         train_seeds(make_model("cdl", 8), DATA, [0, 1], RAGGED)
 
@@ -152,7 +155,7 @@ def test_cdl_and_dqc_see_the_same_batches(dqc_run):
     assert len(set(digests)) == len(digests)  # every (seed, epoch) has its own order
     # Anyone can recompute an epoch's digest from (seed, epoch) alone.
     n, v, _ = data.train_x.shape
-    assert cdl.results[1].history[2]["order_digest"] == order_digest(*epoch_order(2, 3, n, v))
+    assert cdl.results[1].history[2]["order_digest"] == order_digest(*epoch_order(2, 3, n, v, first_training_view("augmented", v)))
 
 
 def test_epoch_order_is_a_permutation_with_valid_views():
@@ -168,7 +171,7 @@ def test_last_batch_is_padded_not_dropped():
     model = make_model("cdl", 8)
     r = train_seeds(model, data, [3], TrainConfig(lr=1e-12, batch_size=16, max_epochs=1)).results[0]
     params = model.init(jax.random.fold_in(jax.random.key(3), INIT_STREAM), jnp.zeros((1, 16)))["params"]
-    perm, views = (np.asarray(a) for a in epoch_order(3, 1, 37, 2))
+    perm, views = (np.asarray(a) for a in epoch_order(3, 1, 37, 2, 1))  # the augmented view (1) of each row
     x = data.train_x[perm, views[perm]]
     losses = optax.sigmoid_binary_cross_entropy(model.apply({"params": params}, x), data.train_y[perm].astype(np.float32))
     assert r.history[0]["train_loss"] == pytest.approx(float(losses.mean()), rel=1e-5)
@@ -285,3 +288,121 @@ def test_bench_epoch_times_and_projects(tmp_path):
     assert row["epoch_s_nih"] == pytest.approx(row["epoch_s"] * 78_506 / 157, rel=1e-3)
     assert row["run_s_nih"] == pytest.approx(row["compile_s"] + 3 * row["epoch_s_nih"], rel=1e-3)
     assert record["projected_sweep_s"] == pytest.approx(row["run_s_nih"], abs=0.1)
+
+
+# ---------------------------------------------------------------- grids: per-member settings as data
+GRID_LRS = (0.003, 0.01, 0.03, 0.1)
+
+
+@pytest.fixture(scope="module")
+def cdl_grid():
+    members = [Member(s, lr, patience) for lr in GRID_LRS for patience in (2, 3) for s in (1, 2)]
+    return members, train_members(make_model("cdl", 8), DATA, members, batch_size=32, max_epochs=12)
+
+
+def test_grid_members_trained_together_equal_each_trained_alone(cdl_grid):
+    """A (config, seed) member gets the same bits in a 16-member grid (4 blocks of one executable) as
+    in a sweep of its configuration alone: per-member learning rate and patience are data."""
+    members, grid = cdl_grid
+    model = make_model("cdl", 8)
+    assert grid.timing["blocks"] == 4
+    epochs = {r.epochs for r in grid.results}
+    assert len(epochs) > 1 and len({r.best_val_loss for r in grid.results}) >= 8  # lr and seed matter
+    probs = predict(model, grid, DATA.val_x)
+    for k in (0, 5, 10, 15):  # members in every block and slot position
+        m = members[k]
+        alone = train_seeds(model, DATA, [m.seed], TrainConfig(lr=m.lr, patience=m.patience, max_epochs=12))
+        assert_identical_run(grid.results[k], alone.results[0])
+        np.testing.assert_array_equal(probs[k], predict(model, alone, DATA.val_x)[0])
+
+
+def test_a_grid_compiles_once_whatever_its_epochs():
+    compiles = []
+
+    def listener(event, duration, **kwargs):
+        if event == BACKEND_COMPILE_EVENT:
+            compiles.append(duration)
+
+    members = [Member(s, lr, 50) for lr in GRID_LRS for s in (1, 2, 3)]
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        counts = []
+        for epochs in (2, 6):
+            compiles.clear()
+            train_members(make_model("cdl", 8), DATA, members, max_epochs=epochs)
+            counts.append(len(compiles))
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert counts[0] == counts[1] and counts[0] <= 4, counts
+
+
+def test_dqc_circuit_init_is_per_member_data():
+    data = tiny_data(labels=3, n=48, n_val=16, dim=8)
+    members = [Member(1, 0.02, 3, "uniform"), Member(1, 0.02, 3, "normal"), Member(2, 0.05, 3, "normal")]
+    grid = train_members(make_model("dqc", 3), data, members, max_epochs=2)
+    a, b = grid.results[0].best_params["circuit"], grid.results[1].best_params["circuit"]
+    assert not np.allclose(a, b)
+    for k in (1, 2):
+        m = members[k]
+        model = make_model("dqc", 3, circuit_init=m.circuit_init)
+        alone = train_seeds(model, data, [m.seed], TrainConfig(lr=m.lr, patience=m.patience, max_epochs=2))
+        assert_identical_run(grid.results[k], alone.results[0])
+
+
+def test_float16_features_train_as_their_float32_values():
+    """Float16 embeddings stay float16 on the device and are cast per batch: the same bits as the
+    float32 array of the same values."""
+    half = TrainData(DATA.train_x.astype(np.float16), DATA.train_y, DATA.val_x, DATA.val_y)
+    widened = TrainData(half.train_x.astype(np.float32), DATA.train_y, DATA.val_x, DATA.val_y)
+    a = train_seeds(make_model("cdl", 8), half, [1], TrainConfig(lr=0.01, max_epochs=2)).results[0]
+    b = train_seeds(make_model("cdl", 8), widened, [1], TrainConfig(lr=0.01, max_epochs=2)).results[0]
+    assert_identical_run(a, b)
+
+
+def test_views_from_augmented_never_draws_the_plain_view():
+    """DESIGN: one augmented view per example (views 1..V-1), view 0 only when it is all there is."""
+    assert first_training_view("augmented", 4) == 1 and first_training_view("augmented", 1) == 0
+    assert first_training_view("all", 4) == 0
+    with pytest.raises(UserError, match="--views-from"):
+        first_training_view("plain", 4)
+    data = tiny_data(n=64, views=3, n_val=8)
+    model = make_model("cdl", 8)
+    drawn = {}
+    for views_from in ("augmented", "all"):
+        r = train_members(model, data, [Member(1, 1e-12, 5)], max_epochs=3, views_from=views_from).results[0]
+        first = first_training_view(views_from, 3)
+        assert [h["order_digest"] for h in r.history] == [order_digest(*epoch_order(1, e, 64, 3, first)) for e in (1, 2, 3)]
+        drawn[views_from] = set(np.concatenate([np.asarray(epoch_order(1, e, 64, 3, first)[1]) for e in (1, 2, 3)]).tolist())
+    assert drawn == {"augmented": {1, 2}, "all": {0, 1, 2}}
+    one_view = tiny_data(n=32, views=1, n_val=8)
+    train_members(model, one_view, [Member(1, 1e-3, 5)], max_epochs=1)  # V == 1: view 0, no error
+
+
+def test_train_finetune_and_bench_build_their_step_with_one_function(monkeypatch):
+    """One training step: `heads train`'s epoch, `heads finetune`'s step and `heads bench`'s timed
+    step are all built by `heads.train.make_train_step` (spied on), with training's optimizer."""
+    from types import SimpleNamespace
+
+    import heads.train as train
+    from heads.bench import Cell, _program
+    from heads.finetune import make_step
+
+    calls, real = [], train.make_train_step
+
+    def spy(logits, tx):
+        calls.append(tx)
+        return real(logits, tx)
+
+    monkeypatch.setattr(train, "make_train_step", spy)
+    step, args, _ = _program(Cell("cdl", 4, "-"))
+    assert len(calls) == 1
+    params, _, loss = step(*args)  # the bench's step runs and its loss is the training loss
+    x, y = args[2], args[3]
+    assert float(loss) == pytest.approx(float(optax.sigmoid_binary_cross_entropy(
+        make_model("cdl", 4).apply({"params": jax.tree.map(jnp.asarray, _program(Cell("cdl", 4, "-"))[1][0])}, x),
+        y.astype(jnp.float32)).mean()), rel=1e-6)
+    calls.clear()
+    train_seeds(make_model("cdl", 8), tiny_data(n=16, n_val=4), [1], TrainConfig(max_epochs=1))
+    assert len(calls) == 1
+    make_step(SimpleNamespace(module=None), make_model("cdl", 4), optax.adam(1e-4))
+    assert len(calls) == 3  # finetune: trained and frozen backbone variants
