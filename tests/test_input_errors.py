@@ -68,10 +68,10 @@ def test_cxr_lt_2023_trains_end_to_end_with_all_its_labels(data, backbone, tmp_p
     with np.load(run / "predictions" / "mimic-cxr-lt.npz") as z:
         assert z["y_prob"].shape == (6, 25)
     assert list(json.loads((run / "metrics.json").read_text())["test_sets"]) == ["mimic-cxr-lt"]
-    empty = CliRunner().invoke(heads_app, [  # `all` is one cell once resolved: slice 2 of 2 is empty
-        "sweep", "--dataset", "mimic-cxr-lt", "--tasks", "all", "--models", "cdl", "--seeds", "1", "--shard", "2/2",
+    empty = CliRunner().invoke(heads_app, [  # `all` is one cell once resolved: slice 1 of 2 is empty
+        "sweep", "--dataset", "mimic-cxr-lt", "--tasks", "all", "--models", "cdl", "--seeds", "1", "--shard", "1/2",
         "--features", str(features), "--runs", str(tmp_path / "runs"), "--name", "lt23b", "--max-epochs", "1"])
-    assert empty.exit_code == 2 and "slice 2 of 2 is empty" in empty.output, empty.output
+    assert empty.exit_code == 2 and "slice 1 of 2 is empty" in empty.output, empty.output
 
 
 def test_extraction_warns_about_missing_task_labels_and_stores_named_extra_columns(data, backbone, tmp_path):
