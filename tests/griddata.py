@@ -1,23 +1,19 @@
-"""Hyper-parameter grid folders for the report tests, from real small sweeps.
+"""Hyper-parameter grid folders for the report tests, from one real grid sweep (`heads.sweep`).
 
-EMULATES THE GRID SWEEP (`heads sweep --lr a,b --layers c,d`, being built elsewhere): every
-configuration is trained by a real `heads sweep` of one setting each (the Python API), and the
-result is arranged into the grid layout of the contract:
+The layout the sweep writes (and the report reads):
 
 - `runs/<sweep>/<task>/<model>/<config>/seed-<s>/`, `<config>` e.g. `lr-1e-2_layers-1`;
 - config.json gains `"grid": {"name": <config>, "point": {only the varying settings}}`;
 - metrics.json gains `"validation": {"loss", "mean_auroc", "per_label_auroc"}` (the best validation
   loss the run recorded, and the AUROC of its best parameters on the validation store, computed
   here from the saved parameters);
-- sweep.json gains `"grid": {setting: [values]}`.
-Only the grid keys are written here; everything else is what the real sweep wrote.
+- sweep.json gains `"grid": {"values", "varying", "configs", ...}`.
+`validation_record` recomputes a run's `validation` block from its saved parameters (a reference).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-from itertools import product
 from pathlib import Path
 
 import numpy as np
@@ -57,42 +53,12 @@ def validation_record(run_dir: Path, features: Path, model: str, layers: int) ->
 
 
 def make_grid(root: Path, features: Path, *, name: str = "grid", task: int = 8, seeds: int = 2,
-              grid: dict[str, dict[str, list]] | None = None, max_epochs: int = 2, feature_norm: str = "standardize") -> Path:
-    """Train every configuration of `grid` (model -> {setting: values}; settings: lr, layers) and lay them out.
-
-    Returns `root/runs/<name>`.
-    """
-    grid = grid or {"cdl": {"lr": [0.01, 0.03]}, "dqc": {"lr": [0.01, 0.03], "layers": [1, 2]}}
-    sweep = root / "runs" / name
-    scratch = root / "scratch"
-    values: dict[str, list] = {}
-    meta = None
-    for model, axes in grid.items():
-        for k, v in axes.items():
-            values.setdefault(k, [])
-            values[k] += [x for x in v if x not in values[k]]
-        for combo in product(*axes.values()):
-            point = dict(zip(axes, combo, strict=True))
-            cfg = config_name(point)
-            layers = int(point.get("layers", 3))
-            spec = SweepSpec(tasks=[task], models=[model], seeds=seeds, features=features, runs=scratch,
-                             name=f"{model}-{cfg}",
-                             train=TrainConfig(lr=float(point.get("lr", 1e-4)), max_epochs=max_epochs, patience=2),
-                             head=HeadConfig(layers=layers), feature_norm=feature_norm)
-            run_sweep(spec)
-            src = scratch / spec.name / f"cxr-{task}" / model
-            meta = meta or json.loads((scratch / spec.name / "sweep.json").read_text())
-            for seed_dir in sorted(src.glob("seed-*")):
-                c = json.loads((seed_dir / "config.json").read_text())
-                c["grid"] = {"name": cfg, "point": point}
-                (seed_dir / "config.json").write_text(json.dumps(c))
-                m = runs.read_metrics(seed_dir)
-                m["validation"] = validation_record(seed_dir, features, model, layers)
-                (seed_dir / "metrics.json").write_text(json.dumps(m))
-            dest = sweep / f"cxr-{task}" / model / cfg
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(src), str(dest))
-    meta = {**meta, "name": name, "models": list(grid), "grid": values}
-    (sweep / "sweep.json").write_text(json.dumps(meta))
-    shutil.rmtree(scratch)
-    return sweep
+              grid: dict[str, list] | None = None, max_epochs: int = 2, feature_norm: str = "standardize") -> Path:
+    """Train every configuration of `grid` (setting -> values; CDL ignores layers) with ONE real grid sweep
+    (`heads sweep --lr 0.01,0.03 --layers 1,2`). Returns `root/runs/<name>`."""
+    grid = grid or {"lr": [0.01, 0.03], "layers": [1, 2]}
+    spec = SweepSpec(tasks=[task], models=["cdl", "dqc"], seeds=seeds, features=features, runs=root / "runs",
+                     name=name, train=TrainConfig(max_epochs=max_epochs, patience=2), head=HeadConfig(),
+                     feature_norm=feature_norm, grid=grid)
+    run_sweep(spec)
+    return root / "runs" / name

@@ -1,8 +1,7 @@
 """`analysis report` of a hyper-parameter grid (selection on validation data only) and of `heads shots` results.
 
-The grid is trained for real, one small `heads sweep` per configuration, and laid out as the grid
-sweep will lay it out (`tests/griddata.py`, which emulates the grid sweep's keys); `heads shots`
-runs for real on its DQCs. Every number is checked against a recomputation from the run files
+The grid is trained for real by one small grid sweep (`tests/griddata.py`: `heads sweep --lr
+0.01,0.03 --layers 1,2`); `heads shots` runs for real on its DQCs. Every number is checked against a recomputation from the run files
 (scikit-learn AUROC, scipy `ttest_rel`, the JSON files themselves).
 """
 
@@ -91,9 +90,9 @@ def test_both_layouts_are_read(grid, tmp_path):
     _, _, sweep = grid
     s = load_sweep(sweep)
     assert s.is_grid and len(s.runs) == 12
-    assert s.configs("cxr-8", "cdl") == ["lr-1e-2", "lr-3e-2"]
-    assert s.configs("cxr-8", "dqc") == ["lr-1e-2_layers-1", "lr-1e-2_layers-2", "lr-3e-2_layers-1", "lr-3e-2_layers-2"]
-    run = s.runs_of("cxr-8", "dqc", "lr-3e-2_layers-1")[2]
+    assert s.configs("cxr-8", "cdl") == ["lr-0.01", "lr-0.03"]
+    assert s.configs("cxr-8", "dqc") == ["lr-0.01_layers-1", "lr-0.01_layers-2", "lr-0.03_layers-1", "lr-0.03_layers-2"]
+    run = s.runs_of("cxr-8", "dqc", "lr-0.03_layers-1")[2]
     assert run.point == {"lr": 0.03, "layers": 1} and run.seed == 2
     # Without config.json `grid.point`, the point is what the model's configurations differ in.
     copy = tmp_path / "grid"
@@ -103,10 +102,10 @@ def test_both_layouts_are_read(grid, tmp_path):
         del c["grid"]["point"]
         cfg.write_text(json.dumps(c))
     bare = load_sweep(copy)
-    assert bare.runs_of("cxr-8", "dqc", "lr-3e-2_layers-1")[2].point == {"lr": 0.03, "layers": 1}
+    assert bare.runs_of("cxr-8", "dqc", "lr-0.03_layers-1")[2].point == {"lr": 0.03, "layers": 1}
     # The plain layout is no grid.
     plain = tmp_path / "plain"
-    shutil.copytree(sweep / "cxr-8" / "cdl" / "lr-1e-2", plain / "cxr-8" / "cdl")
+    shutil.copytree(sweep / "cxr-8" / "cdl" / "lr-0.01", plain / "cxr-8" / "cdl")
     p = load_sweep(plain)
     assert not p.is_grid and p.configs("cxr-8", "cdl") == [""] and sorted(p.runs_of("cxr-8", "cdl")) == [1, 2]
     # The folder above a sweep is no grid whose tasks are sweeps: refused, naming the sweep inside.
