@@ -17,6 +17,7 @@ made by one process, bit for bit.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import sys
@@ -84,17 +85,19 @@ def _is_synthetic(data_dir: Path) -> bool:
     return readme.exists() and "synthetic" in readme.read_text(errors="ignore").lower()
 
 
-def _embed_views_fn(backbone, views: int, seed: int):
+@functools.lru_cache(maxsize=8)
+def _embed_views_fn(module, views: int, seed: int):
     """Jitted (params, stats, images (b,H,W,C), rows (b,)) -> (b, views, D) embeddings.
 
     Laid out by its inputs: images and rows split along the batch over the mesh, parameters
-    replicated (see `_Embedder`)."""
+    replicated (see `_Embedder`). Memoised (modules compare by value) so that the runs of one
+    process (parts, splits, tests) compile once per shape."""
     from cxrfeat.augment import make_views
 
     def fn(params, stats, images, rows):
         x = make_views(images, seed, rows, views) if views > 1 else images[:, None]
         b = x.shape[0]
-        emb = backbone.module.apply({"params": params, "batch_stats": stats}, x.reshape((b * views,) + x.shape[2:]))
+        emb = module.apply({"params": params, "batch_stats": stats}, x.reshape((b * views,) + x.shape[2:]))
         return emb.reshape(b, views, -1)
 
     return jax.jit(fn)
@@ -112,7 +115,7 @@ class _Embedder:
         same = devs.replicated(self.mesh)
         self.params = jax.device_put(backbone.params, same)
         self.stats = jax.device_put(backbone.batch_stats, same)
-        self.fn = _embed_views_fn(backbone, views, seed)
+        self.fn = _embed_views_fn(backbone.module, views, seed)
 
     def __call__(self, images: np.ndarray, rows: np.ndarray) -> np.ndarray:
         x = jax.device_put(images, self.batch)

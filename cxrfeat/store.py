@@ -24,6 +24,15 @@ Integrity (nothing read as fill values, nothing silently damaged):
   and refuses a damaged store naming the array, the chunk, the store and the repair command
   (`cxrfeat extract ... --repair` recomputes only the damaged chunks, bit for bit).
 
+Several writers (`cxrfeat extract --part i/N`, `cxrfeat.extract._extract_part`): every file above
+that a row chunk owns (its embeddings and `valid` chunk files, its `progress` flag, its sidecar) is
+written by the one process filling that chunk, so N processes fill disjoint chunk ranges
+(`part_chunks`) at the same time. Each part records itself in `parts/part-<i>-of-<N>.json` (its
+chunk range and state; one writer each) and holds `<split>.zarr.part-<i>-of-<N>.lock`; creation and
+`finalize` happen under the store lock `<split>.zarr.lock`, so the store is created once (the first
+creator wins) and completed once, by whichever part finds every chunk done. The format is the one
+of single-process stores (format version 1): stores written before parts existed read unchanged.
+
 Attributes (`zarr.json`): `format_version`, `dataset`, `split`, `label_names`, `backbone`,
 `preprocessing`, `augmentation`, `views`, `seed`, `dtype`, `created`, `package_version`, `settings`
 (what must match for a resume), `extract_args` (the command that made it); `FeatureStore.attrs`

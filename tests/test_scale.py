@@ -2,24 +2,29 @@
 refusal of multi-process JAX launches."""
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import TINY_RESNET
 
+from cxrfeat.errors import UserError
 from cxrfeat.extract import extract
-from cxrfeat.store import FeatureStore
+from cxrfeat.store import FeatureStore, part_lock_path
 
 HERE = os.path.dirname(__file__)
 
 
 def _run(data, out, backbone, split="train", **kw):
     kw.setdefault("views", 3)
+    kw.setdefault("announce", lambda m: None)
     return extract(dataset="nih-cxr-lt", split=split, data_dir=data / "nih-cxr-lt", out=out, backbone=backbone,
-                   chunk_rows=2, batch_size=6, progress=False, announce=lambda m: None, **kw)
+                   chunk_rows=2, batch_size=6, progress=False, **kw)
 
 
 def _env(devices: int = 1) -> dict:
@@ -78,3 +83,100 @@ def test_two_devices_equal_one_device_bit_for_bit(data, backbone, tmp_path):
     out = _finish(_child(data, tmp_path / "two", devices=2))
     assert "DEVICES 2 IMAGES 12" in out
     assert_same_store(one, tmp_path / "two" / "nih-cxr-lt" / "train.zarr")
+
+
+@pytest.fixture(scope="module")
+def reference(data, backbone, tmp_path_factory):
+    """The train store made by one process, in one go."""
+    path, _ = _run(data, tmp_path_factory.mktemp("reference"), backbone)
+    return path
+
+
+def test_parts_started_together_equal_one_process(data, reference, tmp_path):
+    procs = [_child(data, tmp_path, part) for part in ("1/2", "2/2")]
+    outs = [_finish(p) for p in procs]
+    store = tmp_path / "nih-cxr-lt" / "train.zarr"
+    assert sum("complete (finalised by part" in o for o in outs) == 1  # exactly one finaliser
+    assert all("IMAGES 6" in o for o in outs)  # each part computed its own half only
+    assert_same_store(reference, store)
+    s = FeatureStore.open(store)
+    assert [(r["part"], r["parts"], r["state"]) for r in s.parts()] == [(1, 2, "done"), (2, 2, "done")]
+    assert set(s.marker()["timing"]["parts"]) == {"1/2", "2/2"}
+    assert not part_lock_path(store, (1, 2)).exists() and not part_lock_path(store, (2, 2)).exists()
+
+
+def test_part_killed_mid_way_resumes_and_equals(data, backbone, reference, tmp_path):
+    from cxrfeat.info import render, summary
+
+    store = tmp_path / "nih-cxr-lt" / "train.zarr"
+    slow = _child(data, tmp_path, "2/2", sleep=1.5)  # 3 s a chunk
+    fast = _child(data, tmp_path, "1/2")
+    deadline = time.time() + 120
+    while not (store.exists() and FeatureStore.open(store, require_complete=False).done_chunks()[3:].any()):
+        assert slow.poll() is None and time.time() < deadline, slow.stderr.read()[-2000:]
+        time.sleep(0.05)
+    os.kill(slow.pid, signal.SIGKILL)
+    slow.wait()
+    out = _finish(fast)
+    assert "part 1/2 done" in out and "still to write" in out
+    info = summary(store)
+    assert not info["complete"] and info["chunks_done"] < 6
+    one, two = info["parts"]
+    assert one["part"] == "1/2" and one["state"] == "done" and one["chunks_done"] == 3
+    assert two["part"] == "2/2" and two["state"].startswith("stopped") and 1 <= two["chunks_done"] < 3
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    render(info, console)
+    text = console.export_text()
+    assert "part 2/2" in text and "stopped: re-run it with --part 2/2" in text
+    _, timing = _run(data, tmp_path, backbone, part="2/2")  # the stale lock of the killed part is taken over
+    assert 1 <= timing.images <= 4  # only part 2's unfinished chunks
+    assert_same_store(reference, store)
+    assert summary(store)["parts"][1]["state"] == "done"
+
+
+def test_parts_in_turn_and_more_parts_than_chunks(data, backbone, reference, tmp_path):
+    msgs = []
+    for i in range(1, 9):  # 6 chunks in 8 parts: parts 1 and 5 have none
+        _run(data, tmp_path, backbone, part=f"{i}/8", announce=msgs.append)
+    assert sum("still to write" in m for m in msgs) == 7 and "finalised by part 8/8" in msgs[-1]
+    assert_same_store(reference, tmp_path / "nih-cxr-lt" / "train.zarr")
+    _run(data, tmp_path, backbone, part="3/8", announce=msgs.append)
+    assert "already complete" in msgs[-1]
+
+
+def test_part_refusals(data, backbone, tmp_path, monkeypatch):
+    from cxrfeat import locks
+
+    with pytest.raises(UserError, match="--part 1/2 and --overwrite exclude each other"):
+        _run(data, tmp_path, backbone, part="1/2", overwrite=True)
+    with pytest.raises(UserError, match="--part 1/2 and --repair exclude each other"):
+        _run(data, tmp_path, backbone, part="1/2", repair=True)
+    for bad in ("3/2", "0/2", "two", "1/0"):
+        with pytest.raises(UserError, match="--part"):
+            _run(data, tmp_path, backbone, part=bad)
+    store = tmp_path / "nih-cxr-lt" / "train.zarr"
+    store.parent.mkdir(parents=True)
+    with locks.acquire(part_lock_path(store, (1, 3))):  # a live part of a 3-part partition
+        with pytest.raises(UserError, match="another partition.*part 1/3"):
+            _run(data, tmp_path, backbone, part="2/2")
+        with pytest.raises(UserError, match="being filled in parts right now.*part 1/3"):
+            _run(data, tmp_path, backbone)
+        _run(data, tmp_path, backbone, part="2/3")  # the same partition is welcome
+    monkeypatch.setattr("jax.process_count", lambda: 2)
+    with pytest.raises(UserError, match="multi-process JAX launch.*--part i/N.*--shard i/N"):
+        _run(data, tmp_path, backbone, part="1/3")
+
+
+def test_cli_part(data, tmp_path):
+    from typer.testing import CliRunner
+
+    from cxrfeat.cli import app
+
+    args = ["extract", "--split", "val", "--data-dir", str(data / "nih-cxr-lt"), "--out", str(tmp_path), "--weights",
+            "random", "--limit", "2"]
+    result = CliRunner().invoke(app, [*args, "--part", "x/2"])
+    assert result.exit_code == 2 and "--part 'x/2': give i/N" in result.output
+    result = CliRunner().invoke(app, ["extract", "--help"])
+    assert "--part" in result.output
