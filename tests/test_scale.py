@@ -180,3 +180,59 @@ def test_cli_part(data, tmp_path):
     assert result.exit_code == 2 and "--part 'x/2': give i/N" in result.output
     result = CliRunner().invoke(app, ["extract", "--help"])
     assert "--part" in result.output
+
+
+FINETUNE_TWO_DEVICES = textwrap.dedent(f"""
+    import sys
+    from pathlib import Path
+    import jax, numpy as np
+    from transformers import ResNetConfig
+    from cxrfeat.backbone import load_backbone
+    from cxrfeat.synth import write_synthetic
+    from heads import finetune as ft, runs
+    from heads.train import TrainConfig
+    assert jax.local_device_count() == 2
+    root = Path(sys.argv[1])
+    write_synthetic(root / "data", n_train=7, n_val=3, n_test=3, n_external=2, image_size=64, seed=3)
+    bb = load_backbone("random", seed=0, config=ResNetConfig(**{TINY_RESNET!r}))
+    out = {{}}
+    for name, devices in (("one", jax.devices()[:1]), ("two", jax.devices())):
+        opts = ft.FinetuneOptions(task=8, model="cdl", seed=1, data_dir=root / "data" / "nih-cxr-lt",
+                                  external_dir=None, runs=root / name, name="t", cache=root / "cache",
+                                  train=TrainConfig(lr=1e-3, batch_size=3, max_epochs=1))
+        out[name] = ft.finetune(opts, backbone=bb, devices=devices, say=lambda m: None)
+    one, two = out["one"], out["two"]
+    np.testing.assert_allclose(one.history[0]["train_loss"], two.history[0]["train_loss"], rtol=1e-5)
+    np.testing.assert_allclose(one.history[0]["val_loss"], two.history[0]["val_loss"], rtol=1e-5)
+    assert one.history[0]["order_digest"] == two.history[0]["order_digest"]
+    pa, pb = runs.load_params(one.path), runs.load_params(two.path)
+    fa, fb = runs.flatten(pa), runs.flatten(pb)
+    assert fa.keys() == fb.keys()
+    init = runs.flatten({{"backbone": bb.params}})
+    moved = max(float(np.abs(fa[k] - init[k]).max()) for k in init)
+    assert moved > 1e-4  # the backbone was trained, so the comparison below means something
+    for k in fa:
+        np.testing.assert_allclose(fa[k], fb[k], rtol=1e-4, atol=1e-6, err_msg=k)
+    a, b = runs.load_predictions(one.path, "nih-cxr-lt"), runs.load_predictions(two.path, "nih-cxr-lt")
+    np.testing.assert_allclose(a["y_prob"], b["y_prob"], rtol=1e-4, atol=1e-6)
+    print("OK", moved)
+""")
+
+
+def test_finetune_on_two_devices_equals_one_device(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", FINETUNE_TWO_DEVICES, str(tmp_path)], env=_env(2),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_finetune_takes_the_run_group_lock(data, backbone, tmp_path):
+    from cxrfeat import locks
+    from heads import finetune as ft
+    from heads import runs
+    from heads.train import TrainConfig
+
+    opts = ft.FinetuneOptions(task=8, model="cdl", seed=1, data_dir=data / "nih-cxr-lt", runs=tmp_path, name="t",
+                              cache=tmp_path / "cache", train=TrainConfig(batch_size=4, max_epochs=1))
+    held = locks.try_acquire(runs.group_lock_path(tmp_path, "t", 8, "cdl-finetune"))
+    with held, pytest.raises(UserError, match="run group cxr-8/cdl-finetune.*is locked"):
+        ft.finetune(opts, backbone=backbone, say=lambda m: None, lock_timeout=0.1)
