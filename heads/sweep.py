@@ -38,6 +38,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from cxrfeat import __version__, atomic, locks
+from cxrfeat.devices import refuse_multi_process  # the one refusal, shared with extract and finetune
 from cxrfeat.errors import UserError
 from cxrfeat.labels import ALL, as_task, resolve_tasks, task_labels, task_name
 from cxrfeat.store import Features, FeatureStore, check_compatible
@@ -442,14 +443,6 @@ def run_group(spec: SweepSpec, stores: Stores, task: int, model_name: str, *, re
 
 
 # ---------------------------------------------------------------- the sweep
-def refuse_multi_process() -> None:
-    """A `jax.distributed` launch would have every process write the same run folders."""
-    if jax.process_count() > 1:
-        raise UserError(f"this is a multi-process JAX launch ({jax.process_count()} processes): heads trains on one "
-                        f"process's local devices only. To scale out, start independent jobs (without "
-                        f"jax.distributed) with --shard i/N on one shared --runs folder")
-
-
 def _say(message: str) -> None:
     print(message, file=sys.stderr)
 

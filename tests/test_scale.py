@@ -236,3 +236,13 @@ def test_finetune_takes_the_run_group_lock(data, backbone, tmp_path):
     held = locks.try_acquire(runs.group_lock_path(tmp_path, "t", 8, "cdl-finetune"))
     with held, pytest.raises(UserError, match="run group cxr-8/cdl-finetune.*is locked"):
         ft.finetune(opts, backbone=backbone, say=lambda m: None, lock_timeout=0.1)
+
+
+def test_finetune_refuses_a_multi_process_launch(data, tmp_path, monkeypatch):
+    from heads import finetune as ft
+
+    monkeypatch.setattr("jax.process_count", lambda: 4)
+    opts = ft.FinetuneOptions(task=8, model="cdl", data_dir=data / "nih-cxr-lt", runs=tmp_path, cache=tmp_path / "c")
+    with pytest.raises(UserError, match=r"multi-process JAX launch \(4 processes\).*--part i/N.*--shard i/N"):
+        ft.finetune(opts, say=lambda m: None)
+    assert not (tmp_path / "sweep").exists() and not (tmp_path / "c").exists()
