@@ -413,6 +413,7 @@ def finetune(
     say = say or (lambda msg: print(msg, file=sys.stderr))
     refuse_multi_process()
     opts.check()
+    _data_dirs(opts)  # before the lock makes the run folder's parents
     lock_file = runs.group_lock_path(opts.runs, opts.name, opts.task, opts.run_model)
     with locks.acquire(lock_file, what=f"run group {task_name(opts.task)}/{opts.run_model} of "
                                         f"{Path(opts.runs) / opts.name}", timeout=lock_timeout) as lock:
@@ -488,14 +489,20 @@ def _finetune(opts: FinetuneOptions, *, backbone, devices, say, on_epoch, lock) 
     return FinetuneResult(run_dir, history, state["best_epoch"], state["best_val"], metrics, resumed_from=resumed)
 
 
-def _load_splits(opts: FinetuneOptions, labels: tuple[str, ...], say) -> dict[str, Split]:
-    """train, val and test of NIH-CXR-LT, and `external` (MIMIC-CXR-LT test) when its folder exists; cached."""
+def _data_dirs(opts: FinetuneOptions) -> tuple[Path, Path]:
+    """--data-dir and the external folder (default: mimic-cxr-lt beside it), refused when missing."""
     data_dir = Path(opts.data_dir)
     if not data_dir.is_dir():
         raise UserError(f"--data-dir {data_dir}: no such folder")
     external_dir = Path(opts.external_dir) if opts.external_dir is not None else data_dir.parent / MIMIC
     if opts.external_dir is not None and not external_dir.is_dir():
         raise UserError(f"--external-dir {external_dir}: no such folder")
+    return data_dir, external_dir
+
+
+def _load_splits(opts: FinetuneOptions, labels: tuple[str, ...], say) -> dict[str, Split]:
+    """train, val and test of NIH-CXR-LT, and `external` (MIMIC-CXR-LT test) when its folder exists; cached."""
+    data_dir, external_dir = _data_dirs(opts)
     splits = {split: _split(NIH, data_dir, split, labels, opts, say) for split in ("train", "val", "test")}
     if external_dir.is_dir():
         splits["external"] = _split(MIMIC, external_dir, "test", labels, opts, say)
