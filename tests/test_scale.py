@@ -193,7 +193,7 @@ FINETUNE_TWO_DEVICES = textwrap.dedent(f"""
     from heads.train import TrainConfig
     assert jax.local_device_count() == 2
     root = Path(sys.argv[1])
-    write_synthetic(root / "data", n_train=7, n_val=3, n_test=3, n_external=2, image_size=64, seed=3)
+    write_synthetic(root / "data", n_train=4, n_val=2, n_test=2, n_external=2, image_size=32, seed=3)
     bb = load_backbone("random", seed=0, config=ResNetConfig(**{TINY_RESNET!r}))
     out = {{}}
     for name, devices in (("one", jax.devices()[:1]), ("two", jax.devices())):
