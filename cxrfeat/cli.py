@@ -29,19 +29,21 @@ def extract(
     out: Path = typer.Option(Path("features"), "--out", help="Features folder; the store is <out>/<dataset>/<split>.zarr."),
     views: int = typer.Option(None, "--views", help="Views per image: view 0 plain, the rest augmented (default 8 for train, 1 otherwise)."),
     weights: str = typer.Option("microsoft/resnet-50", "--weights", help="Hugging Face hub name, a local checkpoint folder, or 'random' (offline smoke runs; recorded in the store)."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Backbone forward passes per call (images x views)."),
-    workers: int = typer.Option(None, "--workers", help="Decode/preprocess threads (default 2 x CPU cores, at most 16)."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Backbone forward passes per device and call (images x views, default 64; at most one store chunk of images). Every local device (GPU) gets its own batch in each call."),
+    workers: int = typer.Option(None, "--workers", help="Decode/preprocess threads (default 8 per device, at least 16, at most 2 x CPU cores)."),
     limit: int = typer.Option(None, "--limit", help="Only the first N rows (quick looks)."),
     dtype: str = typer.Option("float16", "--dtype", help="Embedding dtype in the store: float16 or float32."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip missing/corrupt images (recorded in the store) instead of stopping."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store (e.g. one made with different settings): the new one is built beside it and swapped in only when complete."),
     repair: bool = typer.Option(False, "--repair", help="Recompute only the damaged chunks of a store that `cxrfeat verify` refuses (same options as the command that made it)."),
     seed: int = typer.Option(0, "--seed", help="Augmentation seed: view v of row r is drawn from (seed, r, v)."),
+    part: str = typer.Option(None, "--part", help="i/N: fill only the i-th of N chunk ranges of the store, so that N processes (e.g. a cluster array job, --part $((SLURM_ARRAY_TASK_ID+1))/N) fill one store at once; the last part to finish completes it. Same other options in every part; not with --overwrite or --repair."),
 ):
-    """Embed a dataset split with the ResNet50 backbone into a resumable Zarr store.
+    """Embed a dataset split with the ResNet50 backbone into a resumable Zarr store, on every local device.
 
     Kill it at any time and run the same command again: it continues where it stopped. One
-    process at a time works on a store (a second one waits for the first).
+    process at a time works on a store (a second one waits for the first), or on one part of it
+    with --part i/N (parts run at the same time; the result equals a one-process store bit for bit).
     """
     from cxrfeat.extract import extract as run_extract
 
@@ -49,12 +51,13 @@ def extract(
         dataset=dataset, split=split, data_dir=data_dir, out=out, csv=csv, source_split=source_split,
         label_columns=[c for c in (label_columns or "").split(",") if c.strip()], views=views, weights=weights,
         batch_size=batch_size, workers=workers, limit=limit, dtype=dtype, skip_bad=skip_bad,
-        overwrite=overwrite, repair=repair, seed=seed, announce=_announce,
+        overwrite=overwrite, repair=repair, seed=seed, part=part, announce=_announce,
     )
     if timing.images:
         t = timing.as_dict()
         typer.echo(
-            f"wrote {path}: {t['images']} images ({t['forward_passes']} views) in {t['wall_s']} s = "
+            f"wrote {path}{f' (part {part})' if part else ''}: {t['images']} images ({t['forward_passes']} views) "
+            f"on {t['devices']} device(s) in {t['wall_s']} s = "
             f"{t['images_per_s']} images/s; backbone {t['backbone_s']} s, decode+preprocess "
             f"{t['decode_preprocess_s_summed_over_threads']} s over threads, waited for decode {t['waited_for_decode_s']} s"
         )

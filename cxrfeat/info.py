@@ -108,11 +108,35 @@ def store_summary(path: str | Path) -> dict:
         "complete": store.complete,
         "chunks_done": int(done.sum()),
         "chunks_total": store.n_chunks,
+        "parts": part_progress(store, done),
         "skipped_ids": list(attrs.get("skipped_ids", [])),
         "label_names": store.label_names,
         "positives": {n: int((labels[valid, j] == 1).sum()) for j, n in enumerate(store.label_names)},
         "unknown": {n: int((labels[valid, j] == -1).sum()) for j, n in enumerate(store.label_names)},
     }
+
+
+def part_progress(store, done) -> list[dict]:
+    """Per `--part i/N` run recorded in the store: its chunk range, chunks done, and its state
+    (done; running, while its lock is held by a live process; stopped: killed or failed, re-run it)."""
+    from cxrfeat import locks
+    from cxrfeat.store import part_lock_path
+
+    out = []
+    for r in store.parts():
+        part = (int(r["part"]), int(r["parts"]))
+        a, b = (int(x) for x in r.get("chunks", (0, 0)))
+        n_done = int(done[a:b].sum())
+        owner = locks.read_owner(part_lock_path(store.path, part))
+        if n_done == b - a and (r.get("state") == "done" or store.complete):
+            state = "done"
+        elif owner is not None and not locks.is_stale(owner):
+            state = f"running ({locks.describe(owner)})"
+        else:
+            state = f"stopped: re-run it with --part {part[0]}/{part[1]} to resume"
+        out.append({"part": f"{part[0]}/{part[1]}", "chunks": [a, b], "chunks_done": n_done,
+                    "chunks_total": b - a, "state": state})
+    return out
 
 
 def cache_summary(path: str | Path) -> dict:
@@ -301,6 +325,9 @@ def _render_store(info: dict, console, *, counts: bool) -> None:
         ("views x dim", f"{info['views']} x {info['dim']}  ({info['dtype']})"),
         ("backbone", backbone),
         ("state", f"{state}: {info['chunks_done']}/{info['chunks_total']} chunks"),
+        *[(f"part {p['part']}", f"{p['chunks_done']}/{p['chunks_total']} chunks"
+           + (f" (chunks {p['chunks'][0]}..{p['chunks'][1] - 1})" if p["chunks_total"] else "")
+           + f": {p['state']}") for p in info.get("parts", [])],
         ("skipped ids", ", ".join(skipped[:10]) + (f" ... ({len(skipped)} in all)" if len(skipped) > 10 else "")
          if skipped else "none"),
         ("created", f"{info.get('created')} (cxr-qtl {info.get('package_version')})"),

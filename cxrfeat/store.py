@@ -24,6 +24,15 @@ Integrity (nothing read as fill values, nothing silently damaged):
   and refuses a damaged store naming the array, the chunk, the store and the repair command
   (`cxrfeat extract ... --repair` recomputes only the damaged chunks, bit for bit).
 
+Several writers (`cxrfeat extract --part i/N`, `cxrfeat.extract._extract_part`): every file above
+that a row chunk owns (its embeddings and `valid` chunk files, its `progress` flag, its sidecar) is
+written by the one process filling that chunk, so N processes fill disjoint chunk ranges
+(`part_chunks`) at the same time. Each part records itself in `parts/part-<i>-of-<N>.json` (its
+chunk range and state; one writer each) and holds `<split>.zarr.part-<i>-of-<N>.lock`; creation and
+`finalize` happen under the store lock `<split>.zarr.lock`, so the store is created once (the first
+creator wins) and completed once, by whichever part finds every chunk done. The format is the one
+of single-process stores (format version 1): stores written before parts existed read unchanged.
+
 Attributes (`zarr.json`): `format_version`, `dataset`, `split`, `label_names`, `backbone`,
 `preprocessing`, `augmentation`, `views`, `seed`, `dtype`, `created`, `package_version`, `settings`
 (what must match for a resume), `extract_args` (the command that made it); `FeatureStore.attrs`
@@ -95,6 +104,47 @@ def lock_path(path: str | Path) -> Path:
     """The lock file of a store (beside it, so that it exists before the store does)."""
     path = Path(path)
     return path.with_name(path.name + ".lock")
+
+
+# ------------------------------------------------------------------------------------------ parts
+PARTS = "parts"  # `<store>/parts/part-<i>-of-<N>.json`: one record per `--part i/N` run, one writer each
+
+
+def parse_part(spec: str | None) -> tuple[int, int] | None:
+    """'i/N' -> (i, N) with 1 <= i <= N; None -> None (the whole store in one process)."""
+    if spec is None:
+        return None
+    try:
+        i, n = (int(p) for p in str(spec).split("/"))
+    except ValueError:
+        raise UserError(f"--part {spec!r}: give i/N, e.g. 2/4 (the second of 4 parts)") from None
+    if not (n >= 1 and 1 <= i <= n):
+        raise UserError(f"--part {spec}: need 1 <= i <= N")
+    return i, n
+
+
+def part_chunks(n_chunks: int, part: tuple[int, int]) -> range:
+    """The row chunks of part i of N: the i-th of N contiguous, near-equal ranges (empty when N > chunks)."""
+    i, n = part
+    return range((i - 1) * n_chunks // n, i * n_chunks // n)
+
+
+def part_lock_path(path: str | Path, part: tuple[int, int]) -> Path:
+    """The lock file held by the process filling part i/N of a store (beside the store)."""
+    path = Path(path)
+    return path.with_name(f"{path.name}.part-{part[0]}-of-{part[1]}.lock")
+
+
+def part_locks(path: str | Path) -> dict[tuple[int, int], Path]:
+    """The part lock files beside a store: (i, N) -> lock path."""
+    path = Path(path)
+    out = {}
+    for p in path.parent.glob(f"{path.name}.part-*-of-*.lock"):
+        middle = p.name[len(path.name) + len(".part-"):-len(".lock")]
+        i, _, n = middle.partition("-of-")
+        if i.isdigit() and n.isdigit():
+            out[(int(i), int(n))] = p
+    return dict(sorted(out.items()))
 
 
 class FeatureStore:
@@ -433,6 +483,26 @@ class FeatureStore:
             raise UserError(self.write_error(e, "the completion marker")) from None
         self._marker = None
         return skipped
+
+    def part_file(self, part: tuple[int, int]) -> Path:
+        return self.path / PARTS / f"part-{part[0]}-of-{part[1]}.json"
+
+    def write_part(self, part: tuple[int, int], record: dict) -> None:
+        """Record what part i/N of this store did (only that part's lock holder writes its file)."""
+        try:
+            atomic.write_json(self.part_file(part), {"part": part[0], "parts": part[1], **record})
+        except OSError as e:
+            raise UserError(self.write_error(e, f"the record of part {part[0]}/{part[1]}")) from None
+
+    def parts(self) -> list[dict]:
+        """The records of the `--part` runs that worked on this store, sorted by (N, i)."""
+        out = []
+        for f in sorted((self.path / PARTS).glob("part-*-of-*.json")):
+            try:
+                out.append(json.loads(f.read_text()))
+            except (OSError, ValueError):
+                continue  # being replaced right now (atomic) or damaged: progress is read from the chunks
+        return sorted(out, key=lambda r: (r.get("parts", 0), r.get("part", 0)))
 
     def mark_for_repair(self, chunks: list[int]) -> None:
         """Make a complete store incomplete again with the given row chunks to be redone."""

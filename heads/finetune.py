@@ -53,7 +53,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from cxrfeat import locks
 from cxrfeat.atomic import write_bytes, write_json
+from cxrfeat.devices import batch_mesh, batch_sharding, replicated, round_up
 from cxrfeat.errors import UserError, refuse_multi_process
 from cxrfeat.labels import task_labels, task_name
 from heads import runs
@@ -260,26 +262,35 @@ def _batches(n: int, batch: int) -> int:
     return -(-n // batch)
 
 
-def _load_batch(split: Split, rows: np.ndarray, batch: int):
-    """Images (batch, 224, 224, 3) float16 and labels (batch, L) on the device, padded with
-    unknown-label rows, and the number of known labels. Runs on a prefetch thread."""
+def _load_batch(split: Split, rows: np.ndarray, batch: int, sharding=None):
+    """Images (batch, 224, 224, 3) float16 and labels (batch, L) on the device(s), padded with
+    unknown-label rows, and the number of known labels. Runs on a prefetch thread. With `sharding`
+    (`cxrfeat.devices.batch_sharding`) the batch axis is split over the devices of the mesh."""
     images = split.cache.read_rows(rows)
     labels = split.labels[rows]
     pad = batch - len(rows)
     if pad:
         images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
         labels = np.concatenate([labels, np.full((pad, labels.shape[1]), -1, labels.dtype)])
-    return jax.device_put(images), jax.device_put(labels), int((labels >= 0).sum())
+    return jax.device_put(images, sharding), jax.device_put(labels, sharding), int((labels >= 0).sum())
 
 
-def evaluate(eval_fn, params, batch_stats, split: Split, batch: int, *, saturation: bool = False):
+def _padded(batch: int, sharding) -> int:
+    """The batch padded (with unknown-label rows) to a multiple of the device count of `sharding`."""
+    return round_up(batch, len(sharding.device_set)) if sharding is not None else batch
+
+
+def evaluate(eval_fn, params, batch_stats, split: Split, batch: int, *, saturation: bool = False, sharding=None):
     """Probabilities (N, L) and mean BCE over the known labels of a split; with `saturation`, also the
     number of saturated (image, qubit) pre-circuit angles over its N real rows (see `make_eval`)."""
     steps = _batches(split.n, batch)
     chunks = [np.arange(i * batch, min(split.n, (i + 1) * batch)) for i in range(steps)]
+    width = _padded(batch, sharding)
     out = [eval_fn(params, batch_stats, images, labels)
-           for images, labels, _ in prefetch(lambda r: _load_batch(split, r, batch), chunks)]
+           for images, labels, _ in prefetch(lambda r: _load_batch(split, r, width, sharding), chunks)]
     probs, sums, counts, saturated = jax.device_get(list(zip(*out, strict=True)))
+    probs = [p[: len(c)] for p, c in zip(probs, chunks, strict=True)]  # the real rows of each batch
+    saturated = [x[: len(c)] for x, c in zip(saturated, chunks, strict=True)]
     result = np.concatenate(probs)[: split.n], float(np.sum(sums, dtype=np.float64) / max(int(np.sum(counts)), 1))
     return (*result, int(np.concatenate(saturated)[: split.n].sum())) if saturation else result
 
@@ -385,6 +396,8 @@ def finetune(
     opts: FinetuneOptions,
     *,
     backbone=None,
+    devices=None,
+    lock_timeout: float | None = None,
     say: Callable[[str], None] | None = None,
     on_epoch: Callable[[dict], None] | None = None,
 ) -> FinetuneResult:
@@ -392,13 +405,25 @@ def finetune(
 
     `backbone` may be given to reuse a loaded one (tests); otherwise `opts.weights` is loaded (random
     weights are announced loudly on stderr). `say` gets progress notes; `on_epoch` each history row.
+    Data-parallel over `devices` (default every local device): batches split over them, parameters,
+    optimizer state and BatchNorm statistics replicated (`cxrfeat.devices`); equal to one device
+    within float rounding. The run's lock (`runs.run_lock_path`, the one `heads sweep` takes)
+    is held throughout (a second process waits for it, at most `lock_timeout` seconds; None: forever).
     """
-    from heads.models import make_model
-
+    say = say or (lambda msg: print(msg, file=sys.stderr))
     refuse_multi_process("heads finetune", "start one independent job (without jax.distributed) per --task, "
                                            "--model and --seed on one shared --runs folder")
-    say = say or (lambda msg: print(msg, file=sys.stderr))
     opts.check()
+    _data_dirs(opts)  # before the lock makes the run folder's parents
+    lock_file = runs.run_lock_path(opts.run_dir)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with locks.acquire(lock_file, what=f"run {opts.run_dir}", timeout=lock_timeout) as lock:
+        return _finetune(opts, backbone=backbone, devices=devices, say=say, on_epoch=on_epoch, lock=lock)
+
+
+def _finetune(opts: FinetuneOptions, *, backbone, devices, say, on_epoch, lock) -> FinetuneResult:
+    from heads.models import make_model
+
     run_dir = opts.run_dir
     if runs.is_done(run_dir):
         say(f"{run_dir}: already finished (delete the folder to train it again)")
@@ -416,6 +441,9 @@ def finetune(
     if opts.init_head_from is not None:
         params["head"] = load_head(opts.init_head_from, opts, params["head"], backbone, say)
     optimizer, step, eval_fn = _programs(backbone.module, head, opts.train.lr, opts.freeze_backbone)
+    mesh = batch_mesh(devices)
+    sharding, same = batch_sharding(mesh), replicated(mesh)
+    params = jax.device_put(params, same)
     opt_state = optimizer.init(trainable(params, opts.freeze_backbone))
     config = _config(opts, labels, splits, backbone, params)
 
@@ -423,19 +451,20 @@ def finetune(
     state = {"epoch": 0, "best_val": math.inf, "best_epoch": 0, "bad": 0, "stopped": False}
     ck = _resume_point(run_dir, config["resume_settings"], opt_state)
     if ck is not None:
-        params, opt_state, state = ck
+        params, opt_state, state = jax.device_put(ck[:2], same) + (ck[2],)
         history = [r for r in runs.read_history(run_dir) if r["epoch"] <= state["epoch"]]
         say(f"{run_dir}: resuming after epoch {state['epoch']}")
     else:
-        runs.start(run_dir, {**config, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        runs.start(run_dir, {**config, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, lock=lock)
     resumed = state["epoch"]
 
-    stats = backbone.batch_stats
+    stats = jax.device_put(backbone.batch_stats, same)
     while not state["stopped"] and state["epoch"] < opts.train.max_epochs:
         epoch = state["epoch"] + 1
         t0 = time.perf_counter()
-        params, opt_state, train_loss, digest = _train_epoch(step, params, opt_state, stats, splits["train"], opts, epoch)
-        _, val_loss = evaluate(eval_fn, params, stats, splits["val"], opts.train.batch_size)
+        params, opt_state, train_loss, digest = _train_epoch(step, params, opt_state, stats, splits["train"], opts, epoch,
+                                                             sharding)
+        _, val_loss = evaluate(eval_fn, params, stats, splits["val"], opts.train.batch_size, sharding=sharding)
         if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
             raise UserError(f"training diverged: epoch {epoch} has loss {train_loss} (val {val_loss}); "
                             f"try a lower --lr (now {opts.train.lr}). Completed epochs are kept in {run_dir}")
@@ -457,36 +486,53 @@ def finetune(
         if on_epoch is not None:
             on_epoch(history[-1])
 
-    metrics = _finish(run_dir, opts, labels, splits, eval_fn, stats, state, history)
+    metrics = _finish(run_dir, opts, labels, splits, eval_fn, stats, state, history, sharding)
     return FinetuneResult(run_dir, history, state["best_epoch"], state["best_val"], metrics, resumed_from=resumed)
 
 
-def _load_splits(opts: FinetuneOptions, labels: tuple[str, ...], say) -> dict[str, Split]:
-    """train, val and test of NIH-CXR-LT, and `external` (MIMIC-CXR-LT test) when its folder exists; cached."""
+def _data_dirs(opts: FinetuneOptions) -> tuple[Path, Path]:
+    """--data-dir and the external folder (default: mimic-cxr-lt beside it), refused when missing."""
     data_dir = Path(opts.data_dir)
     if not data_dir.is_dir():
         raise UserError(f"--data-dir {data_dir}: no such folder")
     external_dir = Path(opts.external_dir) if opts.external_dir is not None else data_dir.parent / MIMIC
     if opts.external_dir is not None and not external_dir.is_dir():
         raise UserError(f"--external-dir {external_dir}: no such folder")
+    return data_dir, external_dir
+
+
+def _load_splits(opts: FinetuneOptions, labels: tuple[str, ...], say) -> dict[str, Split]:
+    """train, val and test of NIH-CXR-LT, and `external` (MIMIC-CXR-LT test) when its folder exists; cached."""
+    data_dir, external_dir = _data_dirs(opts)
     splits = {split: _split(NIH, data_dir, split, labels, opts, say) for split in ("train", "val", "test")}
     if external_dir.is_dir():
         splits["external"] = _split(MIMIC, external_dir, "test", labels, opts, say)
     return splits
 
 
-def _train_epoch(step, params, opt_state, stats, train: Split, opts: FinetuneOptions, epoch: int):
+def _train_epoch(step, params, opt_state, stats, train: Split, opts: FinetuneOptions, epoch: int, sharding=None):
     """One pass over every training row in the order and with the augmentation of (seed, epoch).
 
+    With `sharding`, each batch (padded with unknown-label rows to a multiple of the device count:
+    they add nothing to the loss) is split over the devices; the parameters are replicated, and the
+    mean loss over the batch makes the compiler average the gradients across devices.
     Returns (params, opt_state, mean training loss, order_digest)."""
     batch = opts.train.batch_size
+    width = _padded(batch, sharding)
     steps = _batches(train.n, batch)
     perm = np.asarray(epoch_order(opts.seed, epoch, train.n, 1)[0])
     keys = augment_keys(opts.seed, epoch, steps * batch)
     chunks = [perm[i * batch:(i + 1) * batch] for i in range(steps)]
     losses, known = [], []
-    for i, (images, labels, n_known) in enumerate(prefetch(lambda r: _load_batch(train, r, batch), chunks)):
-        params, opt_state, loss = step(params, opt_state, stats, images, labels, keys[i * batch:(i + 1) * batch])
+
+    def step_keys(i: int):
+        k = keys[i * batch:(i + 1) * batch]
+        if width > batch:  # the padding rows' keys: any key will do, their images are zeros
+            k = jnp.concatenate([k, jnp.repeat(k[:1], width - batch, axis=0)])
+        return jax.device_put(k, sharding)
+
+    for i, (images, labels, n_known) in enumerate(prefetch(lambda r: _load_batch(train, r, width, sharding), chunks)):
+        params, opt_state, loss = step(params, opt_state, stats, images, labels, step_keys(i))
         losses.append(loss)  # read back once per epoch: the host never waits for a step
         known.append(n_known)
     known = np.asarray(known, np.float64)
@@ -560,13 +606,13 @@ def _config(opts: FinetuneOptions, labels, splits: dict[str, Split], backbone, p
 
 
 def _finish(run_dir: Path, opts: FinetuneOptions, labels, splits: dict[str, Split], eval_fn, stats, state: dict,
-            history: list[dict]) -> dict:
+            history: list[dict], sharding=None) -> dict:
     """Predictions and metrics of the best parameters on the test set(s), best.safetensors, then DONE."""
     from heads import sanity
     from heads.metrics import auroc_report
 
     best, _ = _load_tree(_best_file(run_dir, state["best_epoch"]))
-    best = jax.tree.map(jnp.asarray, best)
+    best = jax.device_put(best, replicated(sharding.mesh)) if sharding is not None else jax.tree.map(jnp.asarray, best)
     metrics = {"complete": True, "task": opts.task, "model": opts.run_model, "seed": opts.seed,
                "best_epoch": state["best_epoch"], "best_val_loss": state["best_val"], "epochs": state["epoch"],
                "stopped_early": state["epoch"] < opts.train.max_epochs,
@@ -575,7 +621,8 @@ def _finish(run_dir: Path, opts: FinetuneOptions, labels, splits: dict[str, Spli
     for role in ("test", "external"):
         if role in splits:
             split = splits[role]
-            probs, _, n_saturated = evaluate(eval_fn, best, stats, split, opts.train.batch_size, saturation=True)
+            probs, _, n_saturated = evaluate(eval_fn, best, stats, split, opts.train.batch_size, saturation=True,
+                                             sharding=sharding)
             saturated, entries = saturated + n_saturated, entries + split.n * len(labels)
             predictions[split.name] = probs
             runs.save_predictions(run_dir, split.name, ids=split.ids, y_true=split.labels, y_prob=probs,
