@@ -165,7 +165,7 @@ def test_part_refusals(data, backbone, tmp_path, monkeypatch):
             _run(data, tmp_path, backbone)
         _run(data, tmp_path, backbone, part="2/3")  # the same partition is welcome
     monkeypatch.setattr("jax.process_count", lambda: 2)
-    with pytest.raises(UserError, match="multi-process JAX launch.*--part i/N.*--shard i/N"):
+    with pytest.raises(UserError, match="multi-process JAX launch.*cxrfeat extract.*--part i/N"):
         _run(data, tmp_path, backbone, part="1/3")
 
 
@@ -225,7 +225,7 @@ def test_finetune_on_two_devices_equals_one_device(tmp_path):
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
 
 
-def test_finetune_takes_the_run_group_lock(data, backbone, tmp_path):
+def test_finetune_takes_the_run_lock(data, backbone, tmp_path):
     from cxrfeat import locks
     from heads import finetune as ft
     from heads import runs
@@ -233,8 +233,9 @@ def test_finetune_takes_the_run_group_lock(data, backbone, tmp_path):
 
     opts = ft.FinetuneOptions(task=8, model="cdl", seed=1, data_dir=data / "nih-cxr-lt", runs=tmp_path, name="t",
                               cache=tmp_path / "cache", train=TrainConfig(batch_size=4, max_epochs=1))
-    held = locks.try_acquire(runs.group_lock_path(tmp_path, "t", 8, "cdl-finetune"))
-    with held, pytest.raises(UserError, match="run group cxr-8/cdl-finetune.*is locked"):
+    opts.run_dir.parent.mkdir(parents=True)
+    held = locks.try_acquire(runs.run_lock_path(opts.run_dir))  # the lock `heads sweep` takes for a run
+    with held, pytest.raises(UserError, match="run .*cxr-8/cdl-finetune/seed-1.*is locked"):
         ft.finetune(opts, backbone=backbone, say=lambda m: None, lock_timeout=0.1)
 
 
@@ -243,6 +244,6 @@ def test_finetune_refuses_a_multi_process_launch(data, tmp_path, monkeypatch):
 
     monkeypatch.setattr("jax.process_count", lambda: 4)
     opts = ft.FinetuneOptions(task=8, model="cdl", data_dir=data / "nih-cxr-lt", runs=tmp_path, cache=tmp_path / "c")
-    with pytest.raises(UserError, match=r"multi-process JAX launch \(4 processes\).*--part i/N.*--shard i/N"):
+    with pytest.raises(UserError, match=r"multi-process JAX launch \(4 processes\): heads finetune .*per --task"):
         ft.finetune(opts, say=lambda m: None)
     assert not (tmp_path / "sweep").exists() and not (tmp_path / "c").exists()
