@@ -136,7 +136,7 @@ def expvals(angles, weights):
 def _expvals(angles, weights):
     dtype = jnp.promote_types(jnp.result_type(angles, weights), jnp.float32)
     angles, weights = angles.astype(dtype), weights.astype(dtype)
-    n, layers = angles.shape[1], weights.shape[0]
+    n = angles.shape[1]
     layout = sites(n)
     left_q = np.array([a for a, _ in layout])
     right_q = np.array([b if b is not None else 0 for _, b in layout])
@@ -175,7 +175,7 @@ def _apply(t, kernel):
 
 
 def _measure(n, t):
-    S, B, D = t.shape[0], t.shape[1], t.shape[2]
+    B, D = t.shape[1], t.shape[2]
     dtype = t.dtype
     sign = {k: jnp.asarray(v, dtype) for k, v in _SIGNS.items()}
     e0 = jnp.zeros((B, D, D), dtype).at[:, 0, 0].set(1)
@@ -205,7 +205,7 @@ def _measure(n, t):
     js = np.array([j for j, _, _ in plan])
     cs = np.array([0 if rest == "II" else 1 for _, _, rest in plan])
     out = inner[js, :, cs].T  # (B, n)
-    for k, (_, head, rest) in enumerate(plan):
+    for k, (_, head, _) in enumerate(plan):
         if head != "ZI":  # site 0 carries another pattern (row 0: I⊗Z), then the suffix from site 1
             env = jnp.einsum("bxpc,p,bxpd->bcd", t[0, :, :1], sign[head], t[0, :, :1])
             out = out.at[:, k].set((env * rights[1, :, cs[k]]).sum((1, 2)))
