@@ -7,6 +7,9 @@ batch 32, after warm-up steps) for CDL and DQC at 8, 14 and 19 qubits. Timed her
 - `cdl`: Dense 2048→n, mean binary cross-entropy from logits, Adam update (`heads.models.CDL`).
 - `dqc`: Dense 2048→n, tanh·π/2, circuit ⟨Z⟩, Dense n→n, the same loss and update (`heads.models.DQC`).
 - `circuit`: value and gradient (in angles and weights) of the circuit alone.
+
+Every record names the exact `method` its circuit ran: for `fast`, `heads.quantum.method(n, layers)`
+(mps, halves or statevector); for an explicit back end, the back end.
 - with `--with-backbone`, also `cdl+resnet50` and `dqc+resnet50`: a random-weight ResNet50 and the
   head trained end to end on 224×224 images (`heads.finetune.make_step`, the paper's setting).
 
@@ -175,7 +178,7 @@ def run_cell(cell: Cell, *, isolated: bool = False) -> dict:
         dt, args = one(args)
         times.append(dt)
 
-    record = {**asdict(cell), "status": "ok", "timed_steps": len(times), "capped": len(times) < cell.steps,
+    record = {**asdict(cell), "method": _method(cell), "status": "ok", "timed_steps": len(times), "capped": len(times) < cell.steps,
               "median_s": float(np.median(times)), "sd_s": float(np.std(times, ddof=1)) if len(times) > 1 else 0.0,
               "min_s": float(np.min(times)), "compile_s": compile_s}
     stats = device.memory_stats() if device.platform != "cpu" else None
@@ -187,6 +190,15 @@ def run_cell(cell: Cell, *, isolated: bool = False) -> dict:
         peak, source = xla_bytes, "XLA memory analysis of the compiled step (temporaries + arguments + outputs)"
     record |= {"peak_memory_mib": _mib(peak), "xla_memory_mib": _mib(xla_bytes), "peak_memory_source": source}
     return record
+
+
+def _method(cell: Cell) -> str:
+    """The exact method a cell's circuit runs: `heads.quantum.method` for "fast", else the back end."""
+    from heads.quantum import method
+
+    if cell.backend == "-":
+        return "-"
+    return method(cell.qubits, cell.layers) if cell.backend == "fast" else cell.backend
 
 
 def _xla_bytes(compiled) -> int | None:
@@ -341,15 +353,15 @@ def markdown(doc: dict) -> str:
     lines = [f"Measured by `heads bench` on {doc['machine']}, {doc['date'][:10]}, JAX {doc['jax_version']}: "
              f"batch {s['batch_size']}, {s['layers']} circuit layers, median of up to {s['steps']} steps "
              f"after up to {s['warmup']} warm-up steps (at most {s['max_seconds']:g} s per cell).", "",
-             "| Task | Model | Back end | Median step | SD | Steps | Compile | Peak memory | XLA buffers | × fastest | Speed-up vs PennyLane |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| Task | Model | Back end | Method | Median step | SD | Steps | Compile | Peak memory | XLA buffers | × fastest | Speed-up vs PennyLane |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in doc["records"]:
         task = f"CXR-{r['qubits']}" if r["qubits"] in (8, 14, 19) else f"{r['qubits']} qubits"
         if r.get("status") != "ok":
-            lines.append(f"| {task} | {r['model']} | {r['backend']} | {r['status']} | | | | | | | |")
+            lines.append(f"| {task} | {r['model']} | {r['backend']} | {_method(Cell(r['model'], r['qubits'], r['backend'], r['layers']))} | {r['status']} | | | | | | | |")
             continue
         speedup = f"{r['speedup_vs_pennylane']:.1f}×" if "speedup_vs_pennylane" in r else ""
-        lines.append(f"| {task} | {r['model']} | {r['backend']} | {_duration(r['median_s'])} | {_duration(r['sd_s'])} | "
+        lines.append(f"| {task} | {r['model']} | {r['backend']} | {r.get('method', '?')} | {_duration(r['median_s'])} | {_duration(r['sd_s'])} | "
                      f"{r['timed_steps']} | {r['compile_s']:.1f} s | {_size(r.get('peak_memory_mib'))} | "
                      f"{_size(r.get('xla_memory_mib'))} | {r['ratio_to_fastest']:.2f} | {speedup} |")
     lines += ["", f"Peak memory: {_sources(doc['records'])}. XLA buffers: the compiled step's memory analysis "
@@ -363,10 +375,10 @@ def table(doc: dict):
 
     t = Table(title=f"Seconds per step on {doc['machine']} (batch {doc['settings']['batch_size']}, "
                     f"{doc['settings']['layers']} layers)")
-    for col in ("Task", "Model", "Back end", "Median", "SD", "Steps", "Compile", "Peak MiB", "× fastest", "vs PennyLane"):
-        t.add_column(col, justify="left" if col in ("Task", "Model", "Back end") else "right")
+    for col in ("Task", "Model", "Back end", "Method", "Median", "SD", "Steps", "Compile", "Peak MiB", "× fastest", "vs PennyLane"):
+        t.add_column(col, justify="left" if col in ("Task", "Model", "Back end", "Method") else "right")
     for r in doc["records"]:
-        head = (str(r["qubits"]), r["model"], r["backend"])
+        head = (str(r["qubits"]), r["model"], r["backend"], r.get("method", _method(Cell(r["model"], r["qubits"], r["backend"], r["layers"]))))
         if r.get("status") != "ok":
             t.add_row(*head, f"[red]{r['status']}[/red]")
             continue

@@ -38,6 +38,7 @@ def test_one_record_per_cell_with_consistent_ratios(tiny_run):
     assert cells == {("cdl", "-"), ("dqc", "fast"), ("dqc", "pennylane"), ("circuit", "fast"), ("circuit", "pennylane")}
     for r in doc["records"]:
         assert r["status"] == "ok" and r["qubits"] == 4 and r["timed_steps"] == 2
+        assert r["method"] == {"-": "-", "fast": "statevector", "pennylane": "pennylane"}[r["backend"]]
         assert 0 < r["min_s"] <= r["median_s"] and r["sd_s"] >= 0 and r["compile_s"] > 0
         assert r["peak_memory_mib"] >= 0 and r["peak_memory_source"]
         if r["model"] != "circuit":  # parameters and Adam moments alone make 0.1 MiB
