@@ -1,4 +1,4 @@
-"""⟨Z_i⟩ of the DQC circuit: our fast simulator and the PennyLane reference behind one function.
+"""⟨Z_i⟩ of the DQC circuit: exact simulators and the PennyLane reference behind one function.
 
 The circuit (DESIGN "The models"): H on every qubit; RY(angles_i) on qubit i; then `layers` times
 [RY(weights_l,i) on every qubit, the CNOT ring of PennyLane's `BasicEntanglerLayers`]; ⟨Z_i⟩ of
@@ -6,7 +6,12 @@ every qubit. The ring is 0→1, 1→2, …, n−2→n−1, n−1→0 for n ≥ 3
 (PennyLane's rule: a two-wire "ring" would apply the same pair twice). Qubit 0 is the most
 significant bit of a basis index (PennyLane's wire order).
 
-How `backend="fast"` works. H, RY and CNOT are real matrices, so amplitudes stay real (float32, or
+`backend="fast"` runs the cheapest exact method for (n, layers), named by `method(n, layers)`:
+"mps" (`heads.mps`: a matrix-product state in the folded qubit order, bond 4^(layers−1), cost
+linear in n), "halves" (below) or "statevector"; the choice and the timings behind it are in
+`method`'s docstring.
+
+How `backend="halves"` works. H, RY and CNOT are real matrices, so amplitudes stay real (float32, or
 float64 under `jax_enable_x64`), and every step below is plain JAX, so `jit`, `grad` and `vmap` all
 apply.
 
@@ -30,9 +35,9 @@ apply.
   applied in blocks of up to `_BLOCK` qubits as matrix products, and the last ring and ⟨Z⟩
   become the same parities, now reductions over Ψ².
 
-`backend="statevector"` runs the state-vector path from the product state on (the design's plain
+`backend="statevector"` runs the halves' state-vector path from the product state on (the design's plain
 algorithm, kept for tests and benchmarks); `backend="pennylane"` is the reference
-(`heads.pennylane_ref`). All three agree to ~1e-6 in float32 (tests/test_quantum.py).
+(`heads.pennylane_ref`). All agree to ~1e-6 in float32 (tests/test_quantum.py, tests/test_mps.py).
 """
 
 from __future__ import annotations
