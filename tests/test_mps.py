@@ -41,28 +41,23 @@ def test_mps_matches_pennylane_values_and_gradients(case):
     assert_close(value_and_grads("mps", x, w, g), (ref["expvals"], ref["grad_angles"], ref["grad_weights"]))
 
 
-@pytest.mark.parametrize("n", [15, 18, 21, 24])
-def test_mps_matches_the_state_vector_beyond_the_stored_grid(n):
-    rng = np.random.default_rng(n)
-    for layers in (1, 2, 3, 4):
-        x, w, g = random_inputs(rng, 2, n, layers)
-        assert_close(value_and_grads("mps", x, w, g), value_and_grads("statevector", x, w, g))
+@pytest.mark.parametrize("n,layers", [(n, layers) for n in (15, 18, 21, 24) for layers in (1, 2, 3, 4)])
+def test_mps_matches_the_state_vector_beyond_the_stored_grid(n, layers):
+    x, w, g = random_inputs(np.random.default_rng(10 * n + layers), 1, n, layers)
+    assert_close(value_and_grads("mps", x, w, g), value_and_grads("statevector", x, w, g))
 
 
-@pytest.mark.parametrize("n", [20, 21])
-def test_fast_matches_the_state_vector_at_every_depth(n):
-    rng = np.random.default_rng(100 + n)
-    for layers in range(1, 7):
-        x, w, g = random_inputs(rng, 1, n, layers)
-        assert_close(value_and_grads("fast", x, w, g), value_and_grads("statevector", x, w, g))
+@pytest.mark.parametrize("n,layers", [(n, layers) for n in (17, 20) for layers in range(1, 7)])
+def test_fast_matches_the_state_vector_at_every_depth(n, layers):
+    x, w, g = random_inputs(np.random.default_rng(100 + 10 * n + layers), 1, n, layers)
+    assert_close(value_and_grads("fast", x, w, g), value_and_grads("statevector", x, w, g))
 
 
-def test_deep_mps_on_small_registers():
+@pytest.mark.parametrize("n,layers", [(5, 6), (6, 5), (7, 6)])
+def test_deep_mps_on_small_registers(n, layers):
     # 5 and 6 layers (bond 256 and 1024) stay exact; small n keeps the test fast
-    rng = np.random.default_rng(7)
-    for n, layers in ((5, 6), (6, 5), (7, 6)):
-        x, w, g = random_inputs(rng, 1, n, layers)
-        assert_close(value_and_grads("mps", x, w, g), value_and_grads("statevector", x, w, g))
+    x, w, g = random_inputs(np.random.default_rng(7 * n + layers), 1, n, layers)
+    assert_close(value_and_grads("mps", x, w, g), value_and_grads("statevector", x, w, g))
 
 
 # ---------------------------------------------------------------- beyond state-vector reach
