@@ -288,7 +288,7 @@ def bench_epoch(
 @friendly
 def bench(
     tasks: Annotated[str, typer.Option("--tasks", help="Qubit counts, comma-separated: the tasks 8,14,19, or any n >= 2 (e.g. 16,20,24 on a GPU).")] = "8,14,19",
-    backends: Annotated[str, typer.Option("--backends", help="Simulator back ends, comma-separated: fast (the cheapest exact method for n and --layers, heads.quantum.method), mps, halves, statevector, pennylane.")] = "fast,pennylane",
+    backends: Annotated[str, typer.Option("--backends", help="Simulator back ends, comma-separated: fast (the cheapest exact method for n and --layers, heads.quantum.method), mps, halves, statevector, pennylane; and the anchor tensorcircuit (TensorCircuit-NG's JAX state vector, circuit cells only).")] = "fast,pennylane",
     models: Annotated[str, typer.Option("--models", help="What to time, comma-separated: cdl, dqc (full training steps), circuit (the circuit's value and gradient alone).")] = "cdl,dqc,circuit",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Examples per step.")] = 32,
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed steps after compiling (fewer when they take over --max-seconds/4).")] = 10,
@@ -328,7 +328,7 @@ def bench(
             raise UserError(f"{name} must be at least {least}, not {value}")
     if max_seconds <= 0:
         raise UserError("--max-seconds must be positive")
-    backend_list = csv("--backends", backends, BACKENDS)
+    backend_list = csv("--backends", backends, (*BACKENDS, *b.ANCHORS))
     model_list = csv("--models", models, b.MODELS)
     if with_backbone:
         b._random_backbone()  # fail now, not after the other cells
