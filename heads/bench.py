@@ -8,6 +8,9 @@ batch 32, after warm-up steps) for CDL and DQC at 8, 14 and 19 qubits. Timed her
   step is `heads.train.make_train_step`, the one `heads train` runs.
 - `dqc`: Dense 2048→n, tanh·π/2, circuit ⟨Z⟩, Dense n→n, the same loss and update (`heads.models.DQC`).
 - `circuit`: value and gradient (in angles and weights) of the circuit alone.
+
+Every record names the exact `method` its circuit ran: for `fast`, `heads.quantum.method(n, layers)`
+(mps, halves or statevector); for an explicit back end, the back end.
 - with `--with-backbone`, also `cdl+resnet50` and `dqc+resnet50`: a random-weight ResNet50 and the
   head trained end to end on 224×224 images (`heads.finetune.make_step`, the paper's setting).
 
@@ -27,6 +30,7 @@ model), since the machine's load moves absolute times.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -41,6 +45,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 MODELS = ("cdl", "dqc", "circuit")
+# Simulators that researchers would otherwise pick, timed beside ours (the circuit alone; bench only).
+ANCHORS = ("tensorcircuit",)
 BACKBONE_SUFFIX = "+resnet50"
 EMBEDDING_DIM = 2048
 LEARNING_RATE = 1e-4
@@ -69,6 +75,8 @@ def plan(tasks, backends, models, *, with_backbone: bool = False, **settings) ->
             names = [model] + ([model + BACKBONE_SUFFIX] if with_backbone and model != "circuit" else [])
             for name in names:
                 for backend in (["-"] if model == "cdl" else backends):
+                    if backend in ANCHORS and model != "circuit":
+                        continue  # an anchor times the circuit alone
                     cells.append(Cell(name, n, backend, **settings))
     return cells
 
@@ -96,8 +104,10 @@ def _program(cell: Cell):
         weights = jnp.asarray(rng.uniform(0, 2 * math.pi, (cell.layers, n)), jnp.float32)
         cotangent = jnp.asarray(rng.normal(size=(b, n)), jnp.float32)
 
+        circuit = _tensorcircuit if cell.backend == "tensorcircuit" else functools.partial(expvals, backend=cell.backend)
+
         def circuit_step(angles, weights, cotangent):
-            loss = lambda x, w: jnp.vdot(expvals(x, w, backend=cell.backend), cotangent)  # noqa: E731
+            loss = lambda x, w: jnp.vdot(circuit(x, w), cotangent)  # noqa: E731
             return jax.value_and_grad(loss, argnums=(0, 1))(angles, weights)
 
         return jax.jit(circuit_step), (angles, weights, cotangent), lambda out, args: args
@@ -129,6 +139,32 @@ def _program(cell: Cell):
 
     args = (params, optimizer.init(params), embeddings, labels)
     return jax.jit(head_step, donate_argnums=(0, 1)), args, lambda out, args: (out[0], out[1], *args[2:])
+
+
+def _tensorcircuit(angles, weights):
+    """The DQC circuit in TensorCircuit-NG (JAX back end, state vector, complex64), vmapped over the batch."""
+    import jax
+    import jax.numpy as jnp
+    import tensorcircuit as tc
+
+    from heads.quantum import ring_pairs
+
+    tc.set_backend("jax")
+    n = angles.shape[1]
+
+    def one(x):
+        c = tc.Circuit(n)
+        for i in range(n):
+            c.h(i)
+            c.ry(i, theta=x[i])
+        for layer in weights:
+            for i in range(n):
+                c.ry(i, theta=layer[i])
+            for a, b in ring_pairs(n):
+                c.cnot(a, b)
+        return jnp.stack([jnp.real(c.expectation_ps(z=[i])) for i in range(n)])
+
+    return jax.vmap(one)(angles)
 
 
 def _random_backbone():
@@ -173,7 +209,7 @@ def run_cell(cell: Cell, *, isolated: bool = False) -> dict:
         dt, args = one(args)
         times.append(dt)
 
-    record = {**asdict(cell), "status": "ok", "timed_steps": len(times), "capped": len(times) < cell.steps,
+    record = {**asdict(cell), "method": _method(cell), "status": "ok", "timed_steps": len(times), "capped": len(times) < cell.steps,
               "median_s": float(np.median(times)), "sd_s": float(np.std(times, ddof=1)) if len(times) > 1 else 0.0,
               "min_s": float(np.min(times)), "compile_s": compile_s}
     stats = device.memory_stats() if device.platform != "cpu" else None
@@ -185,6 +221,15 @@ def run_cell(cell: Cell, *, isolated: bool = False) -> dict:
         peak, source = xla_bytes, "XLA memory analysis of the compiled step (temporaries + arguments + outputs)"
     record |= {"peak_memory_mib": _mib(peak), "xla_memory_mib": _mib(xla_bytes), "peak_memory_source": source}
     return record
+
+
+def _method(cell: Cell) -> str:
+    """The exact method a cell's circuit runs: `heads.quantum.method` for "fast", else the back end."""
+    from heads.quantum import method
+
+    if cell.backend in ("-", *ANCHORS):
+        return cell.backend
+    return method(cell.qubits, cell.layers) if cell.backend == "fast" else cell.backend
 
 
 def _xla_bytes(compiled) -> int | None:
@@ -339,15 +384,15 @@ def markdown(doc: dict) -> str:
     lines = [f"Measured by `heads bench` on {doc['machine']}, {doc['date'][:10]}, JAX {doc['jax_version']}: "
              f"batch {s['batch_size']}, {s['layers']} circuit layers, median of up to {s['steps']} steps "
              f"after up to {s['warmup']} warm-up steps (at most {s['max_seconds']:g} s per cell).", "",
-             "| Task | Model | Back end | Median step | SD | Steps | Compile | Peak memory | XLA buffers | × fastest | Speed-up vs PennyLane |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| Task | Model | Back end | Method | Median step | SD | Steps | Compile | Peak memory | XLA buffers | × fastest | Speed-up vs PennyLane |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in doc["records"]:
         task = f"CXR-{r['qubits']}" if r["qubits"] in (8, 14, 19) else f"{r['qubits']} qubits"
         if r.get("status") != "ok":
-            lines.append(f"| {task} | {r['model']} | {r['backend']} | {r['status']} | | | | | | | |")
+            lines.append(f"| {task} | {r['model']} | {r['backend']} | {_method(Cell(r['model'], r['qubits'], r['backend'], r['layers']))} | {r['status']} | | | | | | | |")
             continue
         speedup = f"{r['speedup_vs_pennylane']:.1f}×" if "speedup_vs_pennylane" in r else ""
-        lines.append(f"| {task} | {r['model']} | {r['backend']} | {_duration(r['median_s'])} | {_duration(r['sd_s'])} | "
+        lines.append(f"| {task} | {r['model']} | {r['backend']} | {r.get('method', '?')} | {_duration(r['median_s'])} | {_duration(r['sd_s'])} | "
                      f"{r['timed_steps']} | {r['compile_s']:.1f} s | {_size(r.get('peak_memory_mib'))} | "
                      f"{_size(r.get('xla_memory_mib'))} | {r['ratio_to_fastest']:.2f} | {speedup} |")
     lines += ["", f"Peak memory: {_sources(doc['records'])}. XLA buffers: the compiled step's memory analysis "
@@ -361,10 +406,10 @@ def table(doc: dict):
 
     t = Table(title=f"Seconds per step on {doc['machine']} (batch {doc['settings']['batch_size']}, "
                     f"{doc['settings']['layers']} layers)")
-    for col in ("Task", "Model", "Back end", "Median", "SD", "Steps", "Compile", "Peak MiB", "× fastest", "vs PennyLane"):
-        t.add_column(col, justify="left" if col in ("Task", "Model", "Back end") else "right")
+    for col in ("Task", "Model", "Back end", "Method", "Median", "SD", "Steps", "Compile", "Peak MiB", "× fastest", "vs PennyLane"):
+        t.add_column(col, justify="left" if col in ("Task", "Model", "Back end", "Method") else "right")
     for r in doc["records"]:
-        head = (str(r["qubits"]), r["model"], r["backend"])
+        head = (str(r["qubits"]), r["model"], r["backend"], r.get("method", _method(Cell(r["model"], r["qubits"], r["backend"], r["layers"]))))
         if r.get("status") != "ok":
             t.add_row(*head, f"[red]{r['status']}[/red]")
             continue

@@ -24,7 +24,7 @@ _Runs = Annotated[Path, typer.Option("--runs", help="Runs folder: runs go to <ru
 _Name = Annotated[str, typer.Option("--name", help="Sweep folder name under --runs (shared by `heads train` and `heads sweep`).")]
 _Seeds = Annotated[int, typer.Option("--seeds", help="Number of seeds, numbered 1..N, trained together.")]
 _Layers = Annotated[int, typer.Option("--layers", help="DQC circuit layers (RY + CNOT ring).")]
-_Backend = Annotated[str, typer.Option("--backend", help="Quantum simulator: fast (ours), statevector (the plain state-vector algorithm) or pennylane (reference).")]
+_Backend = Annotated[str, typer.Option("--backend", help="Quantum simulator: fast (the cheapest exact method for the width and depth, heads.quantum.method), mps (matrix-product state, linear in n), halves (factored halves), statevector (plain state vector) or pennylane (reference).")]
 _Lr = Annotated[float, typer.Option("--lr", help="Adam learning rate.")]
 _Batch = Annotated[int, typer.Option("--batch-size", help="Training batch size (the last batch is padded, not dropped).")]
 _MaxEpochs = Annotated[int, typer.Option("--max-epochs", help="At most this many epochs.")]
@@ -320,7 +320,7 @@ def bench_epoch(
 @friendly
 def bench(
     tasks: Annotated[str, typer.Option("--tasks", help="Qubit counts, comma-separated: the tasks 8,14,19, or any n >= 2 (e.g. 16,20,24 on a GPU).")] = "8,14,19",
-    backends: Annotated[str, typer.Option("--backends", help="Simulator back ends, comma-separated: fast, statevector, pennylane.")] = "fast,pennylane",
+    backends: Annotated[str, typer.Option("--backends", help="Simulator back ends, comma-separated: fast (the cheapest exact method for n and --layers, heads.quantum.method), mps, halves, statevector, pennylane; and the anchor tensorcircuit (TensorCircuit-NG's JAX state vector, circuit cells only).")] = "fast,pennylane",
     models: Annotated[str, typer.Option("--models", help="What to time, comma-separated: cdl, dqc (full training steps), circuit (the circuit's value and gradient alone).")] = "cdl,dqc,circuit",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Examples per step.")] = 32,
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed steps after compiling (fewer when they take over --max-seconds/4).")] = 10,
@@ -360,7 +360,7 @@ def bench(
             raise UserError(f"{name} must be at least {least}, not {value}")
     if max_seconds <= 0:
         raise UserError("--max-seconds must be positive")
-    backend_list = csv("--backends", backends, BACKENDS)
+    backend_list = csv("--backends", backends, (*BACKENDS, *b.ANCHORS))
     model_list = csv("--models", models, b.MODELS)
     if with_backbone:
         b._random_backbone()  # fail now, not after the other cells

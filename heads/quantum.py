@@ -1,4 +1,4 @@
-"""⟨Z_i⟩ of the DQC circuit: our fast simulator and the PennyLane reference behind one function.
+"""⟨Z_i⟩ of the DQC circuit: exact simulators and the PennyLane reference behind one function.
 
 The circuit (DESIGN "The models"): H on every qubit; RY(angles_i) on qubit i; then `layers` times
 [RY(weights_l,i) on every qubit, the CNOT ring of PennyLane's `BasicEntanglerLayers`]; ⟨Z_i⟩ of
@@ -6,7 +6,12 @@ every qubit. The ring is 0→1, 1→2, …, n−2→n−1, n−1→0 for n ≥ 3
 (PennyLane's rule: a two-wire "ring" would apply the same pair twice). Qubit 0 is the most
 significant bit of a basis index (PennyLane's wire order).
 
-How `backend="fast"` works. H, RY and CNOT are real matrices, so amplitudes stay real (float32, or
+`backend="fast"` runs the cheapest exact method for (n, layers), named by `method(n, layers)`:
+"mps" (`heads.mps`: a matrix-product state in the folded qubit order, bond 4^(layers−1), cost
+linear in n), "halves" (below) or "statevector"; the choice and the timings behind it are in
+`method`'s docstring.
+
+How `backend="halves"` works. H, RY and CNOT are real matrices, so amplitudes stay real (float32, or
 float64 under `jax_enable_x64`), and every step below is plain JAX, so `jit`, `grad` and `vmap` all
 apply.
 
@@ -30,9 +35,9 @@ apply.
   applied in blocks of up to `_BLOCK` qubits as matrix products, and the last ring and ⟨Z⟩
   become the same parities, now reductions over Ψ².
 
-`backend="statevector"` runs the state-vector path from the product state on (the design's plain
+`backend="statevector"` runs the halves' state-vector path from the product state on (the design's plain
 algorithm, kept for tests and benchmarks); `backend="pennylane"` is the reference
-(`heads.pennylane_ref`). All three agree to ~1e-6 in float32 (tests/test_quantum.py).
+(`heads.pennylane_ref`). All agree to ~1e-6 in float32 (tests/test_quantum.py, tests/test_mps.py).
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-BACKENDS = ("fast", "statevector", "pennylane")
+BACKENDS = ("fast", "mps", "halves", "statevector", "pennylane")
 
 # Largest block of qubits a rotation layer applies as one matrix product on the full state (5–6 was
 # fastest on a 2-core Xeon: larger blocks turn the layer compute-bound, smaller ones add passes).
@@ -56,17 +61,48 @@ _BLOCK = 6
 _REMAT_BYTES = 1 << 30
 
 
+def method(n: int, layers: int) -> str:
+    """The exact method that `backend="fast"` runs for n qubits and `layers` layers.
+
+    Chosen from value-and-gradient timings at batch 32 on the 2-core dev machine (AMD EPYC, JAX
+    0.10.2, n = 4..20 × layers 1..6, each cell's methods timed back to back; the machine was
+    shared, so only clear wins decide):
+    - small registers (n ≤ 6, 2+ layers): the plain state vector (≤ 0.1 ms, a handful of GEMMs);
+    - 1–3 layers (MPS bond 1, 4, 16): the MPS from n = 12, 14, 16 on (at 18–20 qubits and
+      3 layers 3–7× the halves), linear in n where the halves double every 2 qubits;
+    - 4+ layers (bond ≥ 64): the halves (which switch to the state vector by themselves past
+      `_max_rank`) up to 26 qubits, 30–100× faster than the MPS at 4 layers; beyond, the state
+      vector does not fit and the MPS, whatever its bond, is the one exact method left.
+    """
+    if n <= 6 and layers >= 2:
+        return "statevector"
+    if layers <= 3:
+        return "mps" if n >= _MPS_FROM[layers] else "halves"
+    return "halves" if n <= 26 else "mps"
+
+
+# Smallest n at which the MPS beats the factored halves, per depth (measured, see `method`).
+_MPS_FROM = {1: 12, 2: 14, 3: 16}
+
+
 def expvals(angles, weights, *, backend: str = "fast"):
     """⟨Z_i⟩ of the DQC circuit: angles (B, n) and weights (layers, n) → (B, n).
 
     `angles` are the embedding angles (the model scales them to [−π/2, π/2]); `weights` are the
     RY angles θ_l,i. Differentiable in both (reverse mode), jittable and vmappable. Back ends:
-    "fast" (default), "statevector" (the same simulator without the low-rank stage) and
-    "pennylane" (the PennyLane `default.qubit` reference).
+    "fast" (default: `method(n, layers)` of the exact ones below), "mps" (`heads.mps`, linear in
+    n), "halves" (low-rank factors of the two halves of the register, then the state vector),
+    "statevector" (the plain state vector) and "pennylane" (the PennyLane `default.qubit` reference).
     """
     angles, weights = jnp.asarray(angles), jnp.asarray(weights)
     _check_shapes(angles.shape, weights.shape)
     if backend == "fast":
+        backend = method(angles.shape[1], weights.shape[0])
+    if backend == "mps":
+        from heads import mps
+
+        return mps.expvals(angles, weights)
+    if backend == "halves":
         return _simulate(angles, weights, dense_from_start=False)
     if backend == "statevector":
         return _simulate(angles, weights, dense_from_start=True)

@@ -38,6 +38,7 @@ def test_one_record_per_cell_with_consistent_ratios(tiny_run):
     assert cells == {("cdl", "-"), ("dqc", "fast"), ("dqc", "pennylane"), ("circuit", "fast"), ("circuit", "pennylane")}
     for r in doc["records"]:
         assert r["status"] == "ok" and r["qubits"] == 4 and r["timed_steps"] == 2
+        assert r["method"] == {"-": "-", "fast": "statevector", "pennylane": "pennylane"}[r["backend"]]
         assert 0 < r["min_s"] <= r["median_s"] and r["sd_s"] >= 0 and r["compile_s"] > 0
         assert r["peak_memory_mib"] >= 0 and r["peak_memory_source"]
         if r["model"] != "circuit":  # parameters and Adam moments alone make 0.1 MiB
@@ -88,3 +89,19 @@ def test_bad_options_are_refused(tmp_path, args, message):
     result = CliRunner().invoke(app, ["bench", "--out", str(tmp_path), *args])
     assert result.exit_code == 2 and message in result.output
     assert not list(tmp_path.iterdir())
+
+
+def test_tensorcircuit_anchor_computes_the_same_circuit():
+    pytest.importorskip("tensorcircuit")
+    import jax
+    import numpy as np
+
+    from heads.quantum import expvals
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1.5, 1.5, (2, 4)).astype(np.float32)
+    w = rng.uniform(0, 6.28, (2, 4)).astype(np.float32)
+    np.testing.assert_allclose(jax.jit(bench._tensorcircuit)(x, w), expvals(x, w, backend="statevector"), atol=1e-5)
+    cells = bench.plan([4], ["fast", "tensorcircuit"], ["cdl", "dqc", "circuit"])
+    assert [(c.model, c.backend) for c in cells] == [("cdl", "-"), ("dqc", "fast"), ("circuit", "fast"),
+                                                     ("circuit", "tensorcircuit")]

@@ -24,14 +24,15 @@ QUICK_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensiv
 TOL = 1e-5
 
 
-def value_and_grads(backend, x, w, g):
-    """(⟨Z⟩, d(Σ g·⟨Z⟩)/dx, d/dw), compiled once for these shapes."""
+def value_and_grads(backend, x, w, g, fn=None):
+    """(⟨Z⟩, d(Σ g·⟨Z⟩)/dx, d/dw) of a back end (or of `fn`), compiled once for these shapes."""
+    circuit = fn or (lambda x, w: expvals(x, w, backend=backend))
 
-    def fn(x, w, g):
-        loss = lambda x, w: (expvals(x, w, backend=backend) * g).sum()  # noqa: E731
-        return expvals(x, w, backend=backend), *jax.grad(loss, argnums=(0, 1))(x, w)
+    def step(x, w, g):
+        loss = lambda x, w: (circuit(x, w) * g).sum()  # noqa: E731
+        return circuit(x, w), *jax.grad(loss, argnums=(0, 1))(x, w)
 
-    return jax.jit(fn).lower(x, w, g).compile(QUICK_COMPILE)(x, w, g)
+    return jax.jit(step).lower(x, w, g).compile(QUICK_COMPILE)(x, w, g)
 
 
 def random_inputs(rng, batch, n, layers, dtype=np.float32):
@@ -78,7 +79,7 @@ def test_ring_permutation_and_its_inverse():
 # ---------------------------------------------------------------- closed forms
 
 
-@pytest.mark.parametrize("backend", ["fast", "statevector"])
+@pytest.mark.parametrize("backend", ["fast", "halves", "statevector"])
 def test_two_qubits_one_layer_closed_form(backend):
     # Qubit i is RY(a_i)H|0>, a_i = x_i + θ_i: ⟨Z_i⟩ = −sin a_i. CNOT(0,1) maps Z_0 → Z_0, Z_1 → Z_0 Z_1.
     x, w, _ = random_inputs(np.random.default_rng(1), 5, 2, 1)
@@ -90,7 +91,7 @@ def test_two_qubits_one_layer_closed_form(backend):
     np.testing.assert_allclose(dz1[:, 0], np.cos(a[:, 0]) * np.sin(a[:, 1]), atol=1e-6)
 
 
-@pytest.mark.parametrize("backend", ["fast", "statevector"])
+@pytest.mark.parametrize("backend", ["fast", "halves", "statevector"])
 def test_two_qubits_two_layers_closed_form(backend):
     # Heisenberg picture: RY(φ) maps Z → cos φ Z − sin φ X; CNOT(0,1) maps X_0 → X_0 X_1, Z_1 → Z_0 Z_1,
     # X_0 Z_1 → −Y_0 Y_1 (zero on real states). Bloch vector of RY(a)H|0>: ⟨X⟩ = cos a, ⟨Z⟩ = −sin a.
@@ -108,7 +109,7 @@ def test_one_layer_is_a_product_of_single_qubit_values(n):
     x, w, _ = random_inputs(np.random.default_rng(n), 3, n, 1)
     z = -np.sin(x + w[0])
     want = np.concatenate([np.prod(z[:, 1:], 1, keepdims=True), np.cumprod(z, 1)[:, 1:]], 1)
-    for backend in ("fast", "statevector"):
+    for backend in ("fast", "mps", "halves", "statevector"):
         np.testing.assert_allclose(expvals(x, w, backend=backend), want, atol=1e-6)
 
 
@@ -133,11 +134,11 @@ def test_reference_grid_covers_sizes_and_depths():
 
 
 @pytest.mark.parametrize("case", _reference_cases())
-def test_fast_matches_pennylane_values_and_gradients(case):
+def test_halves_match_pennylane_values_and_gradients(case):
     ref = _reference(case)
     x, w, g = (ref[k].astype(np.float32) for k in ("angles", "weights", "cotangent"))
     want = (ref["expvals"], ref["grad_angles"], ref["grad_weights"])
-    assert_close(value_and_grads("fast", x, w, g), want)
+    assert_close(value_and_grads("halves", x, w, g), want)
     if int(case.split("_")[0][1:]) in (2, 5, 8, 11, 14):
         assert_close(value_and_grads("statevector", x, w, g), want)
 
@@ -146,7 +147,7 @@ def test_float64_when_x64_is_on():
     ref = _reference("n9_l5")
     with jax.enable_x64(True):
         x, w, g = (jnp.asarray(ref[k], jnp.float64) for k in ("angles", "weights", "cotangent"))
-        for backend in ("fast", "statevector"):
+        for backend in ("halves", "statevector"):
             got = value_and_grads(backend, x, w, g)
             assert all(a.dtype == jnp.float64 for a in got)
             assert_close(got, (ref["expvals"], ref["grad_angles"], ref["grad_weights"]), atol=1e-10)
@@ -166,7 +167,7 @@ def test_low_rank_and_state_vector_paths_agree_at_larger_sizes():
     rng = np.random.default_rng(16)
     for layers in (3, 6):
         x, w, g = random_inputs(rng, 2, 16, layers)
-        assert_close(value_and_grads("fast", x, w, g), value_and_grads("statevector", x, w, g))
+        assert_close(value_and_grads("halves", x, w, g), value_and_grads("statevector", x, w, g))
 
 
 def test_recomputing_layers_in_the_backward_pass_changes_nothing(monkeypatch):
@@ -178,7 +179,7 @@ def test_recomputing_layers_in_the_backward_pass_changes_nothing(monkeypatch):
     quantum._simulate.clear_cache()
 
 
-@pytest.mark.parametrize("backend", ["fast", "statevector", "pennylane"])
+@pytest.mark.parametrize("backend", ["halves", "statevector", "pennylane"])
 def test_vmap_over_seeds_equals_a_loop(backend):
     seeds, batch, n, layers = 3, 4, 5, 3
     rng = np.random.default_rng(4)
@@ -201,7 +202,7 @@ def test_second_call_does_not_recompile():
     @jax.jit
     def step(x, w):
         traces.append(1)
-        return jax.value_and_grad(lambda x, w: expvals(x, w).sum(), argnums=(0, 1))(x, w)
+        return jax.value_and_grad(lambda x, w: expvals(x, w, backend="halves").sum(), argnums=(0, 1))(x, w)
 
     rng = np.random.default_rng(5)
     for _ in range(3):
@@ -211,7 +212,7 @@ def test_second_call_does_not_recompile():
     before = quantum._simulate._cache_size()
     for _ in range(2):
         x, w, _ = random_inputs(rng, 4, 6, 3)
-        expvals(x, w)
+        expvals(x, w, backend="halves")
     assert quantum._simulate._cache_size() == before + 1
 
 

@@ -1,0 +1,212 @@
+"""The DQC circuit as an exact matrix-product state: cost linear in the number of qubits.
+
+Sites follow the folded qubit order: site s holds the pair (qubit s, qubit n−1−s), and for odd n
+the last site holds the middle qubit beside a dummy qubit that stays |0⟩. Every CNOT of a ring then
+joins a site to itself or to its neighbour, and the ring's inverse map A⁻¹ (old bits as parities of
+new bits, `heads.quantum._ring_inverse`) reads, for each site, its own new bits, one parity of the
+left neighbour's and one of the right neighbour's. So the ring is exact on the MPS without any
+decomposition: every bond carries its old index plus two bits (the parity sent right, the parity
+sent left), the bond dimension grows ×4, and each new site tensor is the old one read at the old
+physical index, times the two consistency masks. The rotation layer after the ring is a 4×4 matrix
+per site; ring and rotation fold into one batch-shared (64 × 4) matrix per site, applied to every
+site of every example at once as one matrix product. With the product state of the embedding and
+the first rotation layer (bond 1), after the layers−1 rings that matter the bond is 4^(layers−1):
+16 for the paper's 3 layers, at any n. Nothing is truncated.
+
+The last ring is a parity measurement (as in `heads.quantum`): ⟨Z_k⟩ is the expectation of a
+Z-string, which in the folded order is Z on the left qubit of a prefix of sites followed by I⊗I or
+Z⊗Z on the rest (row 0: I⊗Z on site 0, then Z⊗Z). So three environment chains — left with Z⊗I,
+right with I⊗I and with Z⊗Z — give every ⟨Z_k⟩ as one inner product at its switch point. Each
+chain is a `lax.scan` over the (uniformly padded) sites, so compile time does not grow with n; the
+bonds at the two open ends are padded to the bulk size and start from e₀e₀ᵀ.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Z⊗I, I⊗I, Z⊗Z, I⊗Z on a site's physical index p = 2·(left bit) + (right bit).
+_SIGNS = {"ZI": (1, 1, -1, -1), "II": (1, 1, 1, 1), "ZZ": (1, -1, -1, 1), "IZ": (1, -1, 1, -1)}
+
+
+def sites(n: int) -> list[tuple[int, int | None]]:
+    """(left qubit, right qubit or None for the dummy) of every site, in the folded order."""
+    pairs = [(s, n - 1 - s) for s in range(n // 2)]
+    return pairs + ([((n - 1) // 2, None)] if n % 2 else [])
+
+
+@functools.cache
+def ring_tables(n: int) -> np.ndarray:
+    """Per site: tab[s, x_in, y_in, p_new, x_out, y_out, p_old] ∈ {0, 1} (see the module docstring).
+
+    The new tensor is T'[(α, x_in, y_in), p_new, (β, x_out, y_out)] = Σ_p_old tab · T[α, p_old, β]:
+    x_in is the parity of the left neighbour's new bits that this site reads, y_out that of the
+    right neighbour's; x_out and y_in are the parities of this site's new bits that the right and
+    the left neighbour read (the table is zero unless they hold those values). Bonds that carry
+    nothing (the open ends) carry a constant 0.
+    """
+    from heads.quantum import _ring_inverse
+
+    inv, layout = _ring_inverse(n), sites(n)
+    where = {q: (s, slot) for s, pair in enumerate(layout) for slot, q in enumerate(pair) if q is not None}
+    S = len(layout)
+    # contrib[s, d, slot_old, slot_nb]: old bit (s, slot_old) XORs new bit (s + d − 1, slot_nb), d = 0, 1, 2
+    contrib = np.zeros((S, 3, 2, 2), int)
+    for q_old in range(n):
+        s, slot = where[q_old]
+        for q_new in np.flatnonzero(inv[q_old]):
+            t, slot_new = where[int(q_new)]
+            if abs(t - s) > 1:
+                raise AssertionError(f"the ring of {n} qubits reads beyond a neighbouring site")
+            contrib[s, t - s + 1, slot, slot_new] ^= 1
+    if n % 2:
+        contrib[S - 1, 1, 1, 1] = 1  # the dummy keeps its bit (0), so it never leaves |0⟩
+    # per site and side: one parity of the neighbour (fn, over its slots) and the own slots it feeds (use)
+    fn, use = np.zeros((S, 2, 2), int), np.zeros((S, 2, 2), int)
+    for s in range(S):
+        for side, d in ((0, 0), (1, 2)):
+            rows = [r for r in contrib[s, d] if r.any()]
+            if any((r != rows[0]).any() for r in rows):
+                raise AssertionError(f"site {s} of {n} qubits reads two parities of one neighbour")
+            if rows:
+                fn[s, side], use[s, side] = rows[0], contrib[s, d].any(1)
+    tab = np.zeros((S, 2, 2, 4, 2, 2, 4))
+    for s in range(S):
+        for p_new in range(4):
+            bits = np.array([p_new >> 1, p_new & 1])
+            sends_left = fn[s - 1, 1] @ bits % 2 if s > 0 else 0  # what the left neighbour reads of us
+            sends_right = fn[s + 1, 0] @ bits % 2 if s + 1 < S else 0
+            for x_in in range(2):
+                for y_out in range(2):
+                    old = (contrib[s, 1] @ bits + x_in * use[s, 0] + y_out * use[s, 1]) % 2
+                    tab[s, x_in, sends_left, p_new, sends_right, y_out, old[0] * 2 + old[1]] = 1
+    return tab
+
+
+@functools.cache
+def measurement_plan(n: int) -> tuple[tuple[int, str, str], ...]:
+    """For every output k: (j, first, rest) with Z_k's string = `first` on site 0 (when j = 1 and
+    first != "ZI"), Z⊗I on sites < j, then `rest` (II or ZZ) on sites j..S−1."""
+    from heads.quantum import ring_matrix
+
+    layout, rows = sites(n), ring_matrix(n)
+    plan = []
+    for k in range(n):
+        pats = []
+        for left, right in layout:
+            z_left, z_right = rows[k, left], (rows[k, right] if right is not None else None)
+            pats.append((z_left, z_right))
+        plan.append(_split(pats, n, k))
+    return tuple(plan)
+
+
+def _split(pats, n, k):
+    def fits(p, name):  # a dummy right slot (None) fits either
+        want = {"ZI": (1, 0), "II": (0, 0), "ZZ": (1, 1), "IZ": (0, 1)}[name]
+        return p[0] == want[0] and (p[1] is None or p[1] == want[1])
+
+    S = len(pats)
+    for j in range(S, -1, -1):
+        for rest in ("II", "ZZ"):
+            if all(fits(p, "ZI") for p in pats[:j]) and all(fits(p, rest) for p in pats[j:]):
+                return (j, "ZI", rest)
+    for first in ("IZ", "II", "ZZ"):
+        for j in range(S, 0, -1):
+            for rest in ("II", "ZZ"):
+                if fits(pats[0], first) and all(fits(p, "ZI") for p in pats[1:j]) and all(fits(p, rest) for p in pats[j:]):
+                    if j == 1:
+                        return (1, first, rest)
+    raise AssertionError(f"output {k} of {n} qubits is not a prefix/suffix Z-string in the folded order")
+
+
+# ---------------------------------------------------------------- the simulator
+
+
+def expvals(angles, weights):
+    """⟨Z_i⟩ of the DQC circuit by the MPS: angles (B, n), weights (layers, n) → (B, n)."""
+    return _expvals(angles, weights)
+
+
+@jax.jit
+def _expvals(angles, weights):
+    dtype = jnp.promote_types(jnp.result_type(angles, weights), jnp.float32)
+    angles, weights = angles.astype(dtype), weights.astype(dtype)
+    n = angles.shape[1]
+    layout = sites(n)
+    left_q = np.array([a for a, _ in layout])
+    right_q = np.array([b if b is not None else 0 for _, b in layout])
+    dummy = np.array([b is None for _, b in layout])
+
+    phi = (angles + weights[0]) / 2 + math.pi / 4
+    amp = jnp.stack([jnp.cos(phi), jnp.sin(phi)], -1)  # (B, n, 2)
+    amp_r = jnp.where(dummy[None, :, None], jnp.asarray([1, 0], dtype), amp[:, right_q])
+    pair = (amp[:, left_q, :, None] * amp_r[:, :, None, :]).reshape(amp.shape[0], len(layout), 4)
+    t = jnp.swapaxes(pair, 0, 1)[:, :, None, :, None]  # (S, B, 1, 4, 1)
+
+    tab = jnp.asarray(ring_tables(n), dtype)
+    for theta in weights[1:]:
+        rot = _site_rotations(theta, left_q, right_q, dummy)  # (S, 4, 4)
+        kernel = jnp.einsum("sqp,sijpklo->sqijklo", rot, tab)  # ring, then rotation
+        t = _apply(t, kernel)
+    return _measure(n, t)
+
+
+def _ry(theta):
+    c, s = jnp.cos(theta / 2), jnp.sin(theta / 2)
+    return jnp.stack([jnp.stack([c, -s], -1), jnp.stack([s, c], -1)], -2)
+
+
+def _site_rotations(theta, left_q, right_q, dummy):
+    u_l = _ry(theta[left_q])
+    u_r = jnp.where(dummy[:, None, None], jnp.eye(2, dtype=theta.dtype), _ry(theta[right_q]))
+    return jnp.einsum("sab,scd->sacbd", u_l, u_r).reshape(-1, 4, 4)
+
+
+def _apply(t, kernel):
+    """T'[s, b, (α, x_in, y_in), q, (β, x_out, y_out)] = Σ_p kernel[s, q, x_in, y_in, x_out, y_out, p] T[s, b, α, p, β]."""
+    S, B, D, _, _ = t.shape
+    out = jnp.einsum("sqijklp,sbapc->sbaijqckl", kernel, t)
+    return out.reshape(S, B, 4 * D, 4, 4 * D)
+
+
+def _measure(n, t):
+    B, D = t.shape[1], t.shape[2]
+    dtype = t.dtype
+    sign = {k: jnp.asarray(v, dtype) for k, v in _SIGNS.items()}
+    e0 = jnp.zeros((B, D, D), dtype).at[:, 0, 0].set(1)
+
+    def left_step(env, site):
+        x = jnp.einsum("bxy,bypc->bxpc", env, site)
+        new = jnp.einsum("bxpc,p,bxpd->bcd", site, sign["ZI"], x)
+        return new, env
+
+    last, lefts = jax.lax.scan(left_step, e0, t)  # lefts[j]: sites < j
+    lefts = jnp.concatenate([lefts, last[None]], 0)  # (S + 1, B, D, D)
+
+    rs = jnp.stack([sign["II"], sign["ZZ"]])
+
+    def right_step(env, site):  # env (B, 2, D, D)
+        x = jnp.einsum("bapc,bkcd->bkapd", site, env)
+        new = jnp.einsum("bkapd,kp,bepd->bkae", x, rs, site)
+        return new, env
+
+    e0r = jnp.broadcast_to(e0[:, None], (B, 2, D, D))
+    first, rights = jax.lax.scan(right_step, e0r, t, reverse=True)  # rights[j]: sites > j
+    rights = jnp.concatenate([first[None], rights], 0)  # rights[j]: sites >= j, j = 0..S
+
+    # every switch point at once: inner[j, b, c] = <lefts[j], rights[j, :, c]>, c = II, ZZ
+    inner = jnp.einsum("jbxy,jbcxy->jbc", lefts, rights)
+    plan = measurement_plan(n)
+    js = np.array([j for j, _, _ in plan])
+    cs = np.array([0 if rest == "II" else 1 for _, _, rest in plan])
+    out = inner[js, :, cs].T  # (B, n)
+    for k, (_, head, _) in enumerate(plan):
+        if head != "ZI":  # site 0 carries another pattern (row 0: I⊗Z), then the suffix from site 1
+            env = jnp.einsum("bxpc,p,bxpd->bcd", t[0, :, :1], sign[head], t[0, :, :1])
+            out = out.at[:, k].set((env * rights[1, :, cs[k]]).sum((1, 2)))
+    return out
