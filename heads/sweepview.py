@@ -21,8 +21,14 @@ from cxrfeat.labels import task_name
 def _seeds(seeds) -> str:
     """'1-5' or '1,3' for seeds; run labels of a grid ('lr-1e-3/seed-2') joined as they are."""
     seeds = list(seeds)
-    if not all(isinstance(s, int) for s in seeds):
-        return ", ".join(map(str, seeds))
+    if not all(isinstance(s, int) for s in seeds):  # grid runs 'config/seed-s': grouped per configuration
+        by_config: dict[str, list] = {}
+        for label in map(str, seeds):
+            config, _, seed = label.rpartition("/seed-")
+            by_config.setdefault(config, []).append(int(seed) if seed.isdigit() else seed)
+        if any(not c for c in by_config) or not all(isinstance(s, int) for v in by_config.values() for s in v):
+            return ", ".join(map(str, seeds))
+        return "; ".join(f"{c} {_seeds(v)}" for c, v in by_config.items())
     return f"{seeds[0]}-{seeds[-1]}" if len(seeds) > 1 and seeds == list(range(seeds[0], seeds[-1] + 1)) else ",".join(map(str, seeds))
 
 

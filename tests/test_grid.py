@@ -205,3 +205,11 @@ def test_concurrent_shards_of_one_grid_end_like_the_unsharded_sweep(tmp_path):
                          timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]
     assert_same_sweep(tmp_path / "one" / "t", tmp_path / "both" / "t")
+
+
+def test_the_console_groups_a_grid_group_s_runs_per_configuration():
+    from heads.sweepview import _seeds
+
+    runs_ = [f"lr-1e-3/seed-{s}" for s in range(1, 6)] + ["lr-3e-3/seed-1", "lr-3e-3/seed-5"]
+    assert _seeds(runs_) == "lr-1e-3 1-5; lr-3e-3 1,5"
+    assert _seeds([1, 2, 3]) == "1-3" and _seeds([2, 4]) == "2,4"
