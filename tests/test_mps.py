@@ -126,22 +126,6 @@ def test_float64_when_x64_is_on():
         assert_close(got, (ref["expvals"], ref["grad_angles"], ref["grad_weights"]), atol=1e-10)
 
 
-def test_vmap_over_seeds_equals_a_loop():
-    seeds, batch, n, layers = 2, 3, 7, 3
-    rng = np.random.default_rng(4)
-    x = rng.uniform(-1.5, 1.5, (seeds, batch, n)).astype(np.float32)
-    w = rng.uniform(0, 2 * np.pi, (seeds, layers, n)).astype(np.float32)
-
-    def one(x, w):
-        return expvals(x, w, backend="mps"), jax.grad(lambda x, w: expvals(x, w, backend="mps").sum(), (0, 1))(x, w)
-
-    batched = jax.jit(jax.vmap(one))(x, w)
-    for s in range(seeds):
-        single = jax.jit(one)(x[s], w[s])
-        for got, want in zip(jax.tree.leaves(batched), jax.tree.leaves(single), strict=True):
-            np.testing.assert_allclose(got[s], want, atol=1e-6)
-
-
 def test_second_call_does_not_recompile():
     rng = np.random.default_rng(5)
     x, w, _ = random_inputs(rng, 4, 13, 3)

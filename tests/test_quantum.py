@@ -179,7 +179,7 @@ def test_recomputing_layers_in_the_backward_pass_changes_nothing(monkeypatch):
     quantum._simulate.clear_cache()
 
 
-@pytest.mark.parametrize("backend", ["halves", "statevector", "pennylane"])
+@pytest.mark.parametrize("backend", ["mps", "halves", "statevector", "pennylane"])
 def test_vmap_over_seeds_equals_a_loop(backend):
     seeds, batch, n, layers = 3, 4, 5, 3
     rng = np.random.default_rng(4)
