@@ -6,7 +6,7 @@
 # the middle and resumed. Writes a markdown table (wall time and peak memory per stage, store
 # sizes) to bench/rehearsal-<machine>.md.
 #
-#   KILL_AFTER=600 bash bench/rehearsal.sh [WORK_DIR=/tmp/rehearsal] [EPOCHS=2] [SCALE=1]
+#   KILL_AFTER=1200 KILL_SWEEP_AFTER=120 bash bench/rehearsal.sh [WORK_DIR=/tmp/rehearsal] [EPOCHS=2] [SCALE=1]
 #
 # SCALE divides every row count (SCALE=100 is a 1/100 dry run of the same steps).
 set -euo pipefail
@@ -55,8 +55,10 @@ ResNetModel(cfg).save_pretrained("tiny-resnet")
 EOF
 
 ex=(cxrfeat extract --weights tiny-resnet --out features)
-# Train split and sweep: killed with SIGKILL after KILL_AFTER seconds (choose about half their time).
+# Train split and sweep: killed with SIGKILL after KILL_AFTER and KILL_SWEEP_AFTER seconds (choose
+# about half their time).
 kill_after="${KILL_AFTER:-600}"
+kill_sweep="${KILL_SWEEP_AFTER:-$kill_after}"
 KILL="$kill_after" stage extract-train-killed "${ex[@]}" --split train --views 8 --data-dir data/nih-cxr-lt
 stage extract-train-resumed "${ex[@]}" --split train --views 8 --data-dir data/nih-cxr-lt
 stage extract-val "${ex[@]}" --split val --data-dir data/nih-cxr-lt
@@ -66,7 +68,7 @@ stage verify cxrfeat verify features
 
 sw=(heads sweep --tasks 19 --seeds 5 --features features --runs runs --name rehearsal --max-epochs "$epochs"
     --feature-norm standardize)
-KILL="$kill_after" stage sweep-killed "${sw[@]}"
+KILL="$kill_sweep" stage sweep-killed "${sw[@]}"
 stage sweep-resumed "${sw[@]}"
 stage report analysis report --runs runs/rehearsal --features features --out reports/rehearsal
 
@@ -75,7 +77,7 @@ stage report analysis report --runs runs/rehearsal --features features --out rep
   echo
   echo "Machine: $cpu, $cores cores, $(free -g | awk '/Mem:/{print $2}') GiB; $(date -u +%Y-%m-%d)."
   echo "Rows: train $n_train x 8 views, val $n_val, test $n_test, MIMIC external $n_ext (scale 1/$scale);"
-  echo "sweep CXR-19 CDL + DQC, 5 seeds, at most $epochs epochs; SIGKILL after ${kill_after} s, then resumed."
+  echo "sweep CXR-19 CDL + DQC, 5 seeds, at most $epochs epochs; SIGKILL after ${kill_after} s (extraction) and ${kill_sweep} s (sweep), then resumed."
   echo
   echo "| stage | wall s | peak RSS MiB | exit |"
   echo "| --- | ---: | ---: | ---: |"
