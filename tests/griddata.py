@@ -8,48 +8,16 @@ The layout the sweep writes (and the report reads):
   loss the run recorded, and the AUROC of its best parameters on the validation store, computed
   here from the saved parameters);
 - sweep.json gains `"grid": {"values", "varying", "configs", ...}`.
-`validation_record` recomputes a run's `validation` block from its saved parameters (a reference).
+
+`tests/test_grid.py` checks those records against recomputations; here they are only produced.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import numpy as np
-
-from cxrfeat.store import load_features
-from heads import runs
-from heads.metrics import auroc_report
-from heads.models import make_model
 from heads.sweep import HeadConfig, SweepSpec, run_sweep
 from heads.train import TrainConfig
-
-
-def config_name(point: dict) -> str:
-    """`lr-1e-2_layers-1`: the varying settings, in the grid's key order."""
-    return "_".join(f"{k.replace('_', '-')}-{_fmt(v)}" for k, v in point.items())
-
-
-def _fmt(v) -> str:
-    return f"{v:.0e}".replace("e-0", "e-").replace("e+0", "e") if isinstance(v, float) else str(v)
-
-
-def validation_record(run_dir: Path, features: Path, model: str, layers: int) -> dict:
-    """metrics.json `validation`: best val loss and the best parameters' AUROC on the val store."""
-    config = json.loads((run_dir / "config.json").read_text())
-    metrics = runs.read_metrics(run_dir)
-    names = config["labels"]
-    val = load_features(features / "nih-cxr-lt" / "val.zarr")
-    cols = [list(val.label_names).index(n) for n in names]
-    x = np.asarray(val.embeddings[:, 0], np.float32)
-    if (run_dir / "feature_norm.npz").exists():
-        with np.load(run_dir / "feature_norm.npz") as f:
-            x = ((x - f["mean"]) / f["sd"]).astype(np.float32)
-    params = runs.load_params(run_dir)
-    logits = np.asarray(make_model(model, len(names), layers=layers).apply({"params": params}, x), np.float64)
-    report = auroc_report(np.asarray(val.labels)[:, cols], 1 / (1 + np.exp(-logits)), names)
-    return {"loss": metrics["best_val_loss"], "mean_auroc": report["mean_auroc"], "per_label_auroc": report["per_label"]}
 
 
 def make_grid(root: Path, features: Path, *, name: str = "grid", task: int = 8, seeds: int = 2,

@@ -51,3 +51,19 @@ def make_stores(root: Path, *, n_train=240, n_val=80, n_test=120, views=2, dim=3
         y[:, LABELS.index("Hernia")] = 0  # one class only: its AUROC is undefined
         write_store(root / "mimic-cxr-lt" / "test.zarr", x, y, dataset="mimic-cxr-lt", split="test")
     return root
+
+
+def cli_sweep(root: Path, name: str, *options, **stores):
+    """`heads sweep --tasks 8 --seeds 2 --models cdl,dqc` through the CLI on fresh stores under `root`
+    (`make_stores(**stores)`), with `options` added; asserts it succeeded. Returns (root, args, result):
+    `args` re-runs the same sweep."""
+    from typer.testing import CliRunner
+
+    from heads.cli import app
+
+    features = make_stores(root / "features", **stores)
+    args = ["sweep", "--tasks", "8", "--seeds", "2", "--models", "cdl,dqc", "--features", features,
+            "--runs", root / "runs", "--name", name, *options]
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return root, args, result

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from headsdata import make_stores
+from headsdata import cli_sweep, make_stores
 from test_sweep_reliability import assert_same_sweep
 from typer.testing import CliRunner
 
@@ -32,13 +32,8 @@ def invoke(*args):
 
 @pytest.fixture(scope="module")
 def grid_sweep(tmp_path_factory):
-    root = tmp_path_factory.mktemp("grid")
-    features = make_stores(root / "features", n_train=60, n_val=30, n_test=20, dim=16)
-    args = ["sweep", "--tasks", "8", "--seeds", "2", "--models", "cdl,dqc", "--features", features,
-            "--runs", root / "runs", "--name", "g", "--lr", "0.01,3e-2", "--layers", "1,2", *FAST]
-    result = invoke(*args)
-    assert result.exit_code == 0, result.output
-    return root, args, result
+    return cli_sweep(tmp_path_factory.mktemp("grid"), "g", "--lr", "0.01,3e-2", "--layers", "1,2", *FAST,
+                     n_train=60, n_val=30, n_test=20, dim=16)
 
 
 def test_grid_layout_and_records(grid_sweep):

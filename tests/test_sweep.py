@@ -6,7 +6,7 @@ import shutil
 import jax
 import numpy as np
 import pytest
-from headsdata import make_stores, synthetic_split, write_store
+from headsdata import cli_sweep, make_stores, synthetic_split, write_store
 from sklearn.metrics import average_precision_score, roc_auc_score
 from typer.testing import CliRunner
 
@@ -27,13 +27,7 @@ def invoke(*args):
 
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sweep")
-    features = make_stores(root / "features")
-    args = ["sweep", "--tasks", "8", "--seeds", "2", "--models", "cdl,dqc", "--features", features,
-            "--runs", root / "runs", "--name", "t", *FAST]
-    first = invoke(*args)
-    assert first.exit_code == 0, first.output
-    return root, args, first
+    return cli_sweep(tmp_path_factory.mktemp("sweep"), "t", *FAST)
 
 
 def test_sweep_writes_the_run_layout(swept):
