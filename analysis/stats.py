@@ -160,21 +160,24 @@ class BootstrapCI:
 
 
 def _resample_counts(rng, n: int, size: int) -> np.ndarray:
-    """(size, n) multiplicities of `size` resamples of n items with replacement (indices drawn, then counted)."""
+    """(size, n) multiplicities of `size` resamples of n items with replacement (indices drawn, then
+    counted), as int32: exact, and half the memory of float64 (at 48,860 rows x 1,000 resamples)."""
     idx = rng.integers(0, n, size=(size, n)) + n * np.arange(size)[:, None]
-    return np.bincount(idx.ravel(), minlength=size * n).reshape(size, n).astype(np.float64)
+    return np.bincount(idx.ravel(), minlength=size * n).reshape(size, n).astype(np.int32)
 
 
 def _weighted_auroc(pos: np.ndarray, neg: np.ndarray, wpos: np.ndarray, wneg: np.ndarray) -> np.ndarray:
-    """AUROC (ties count 1/2) of positives `pos` against negatives `neg` under (B, n) multiplicities."""
+    """AUROC (ties count 1/2) of positives `pos` against negatives `neg` under (B, n) integer
+    multiplicities. Counted in integers (twice the tie-weighted count, no rounding), divided once."""
     order = np.argsort(neg, kind="stable")
     qs = neg[order]
     lo = np.searchsorted(qs, pos, side="left")
     hi = np.searchsorted(qs, pos, side="right")
-    cum = np.concatenate([np.zeros((wneg.shape[0], 1)), np.cumsum(wneg[:, order], axis=1)], axis=1)
+    cum = np.zeros((wneg.shape[0], neg.size + 1), np.int32)  # counts below: at most n < 2^31
+    np.cumsum(wneg[:, order], axis=1, out=cum[:, 1:])
     below = cum[:, lo]
-    ties = cum[:, hi] - below
-    return ((below + 0.5 * ties) * wpos).sum(axis=1) / (pos.size * neg.size)
+    twice = 2 * below + (cum[:, hi] - below)
+    return np.einsum("bi,bi->b", twice.astype(np.int64), wpos.astype(np.int64)) / (2 * pos.size * neg.size)
 
 
 def bootstrap_mean_auroc(y_true, y_probs, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
