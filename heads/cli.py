@@ -442,14 +442,22 @@ def shots(
                     m, s = row["auroc_mean"], row["auroc_sd"]
                     cells.append("undefined" if m is None else f"{m:.4f}" + ("" if s is None else f" ± {s:.4f}"))
                 exact = entry["exact"]["mean_auroc"]
-                table.add_row(f"CXR-{o.task} seed {o.seed}", key, "undefined" if exact is None else f"{exact:.4f}", *cells)
+                table.add_row(_shots_run_label(o), key, "undefined" if exact is None else f"{exact:.4f}", *cells)
         out.print(table)
     wtable = Table(title=f"Effective width: qubits whose exact <Z_k> varies over the test set by sd > {width_threshold:g}")
     for col in ("Run", "Test set", "Qubits above", "sd of <Z_k>, k = 0..n-1"):
         wtable.add_column(col, justify="left" if col != "Qubits above" else "right")
     for o in outcomes:
         for key, w in o.width["test_sets"].items():
-            wtable.add_row(f"CXR-{o.task} seed {o.seed}", key, f"{w['above']}/{w['qubits']}", " ".join(f"{v:.1e}" for v in w["sd"]))
+            wtable.add_row(_shots_run_label(o), key, f"{w['above']}/{w['qubits']}", " ".join(f"{v:.1e}" for v in w["sd"]))
     out.print(wtable)
     files = "width.json" if width_only else "shots.json and width.json"
     print(f"wrote {files} into {len(outcomes)} run folder(s)", file=sys.stderr)
+
+
+def _shots_run_label(o) -> str:
+    """`CXR-19 seed 2`, or `CXR-19 lr-3e-3_layers-2 seed 2` for a run of a grid configuration."""
+    task = str(o.task)
+    task = task.upper() if task.lower().startswith("cxr-") else f"CXR-{task}"
+    config = o.path.parent.name
+    return f"{task} {'' if config == 'dqc' else config + ' '}seed {o.seed}"

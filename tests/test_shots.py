@@ -162,6 +162,7 @@ def test_heads_shots_on_a_sweep_writes_sensible_numbers(trained):
     r = invoke("shots", sweep, "--shots", "10,1000000", "--repeats", "3", "--seed", "1")
     assert r.exit_code == 0, r.output
     assert "AUROC with finite shots" in r.output and "Effective width" in r.output
+    assert "CXR-8 seed 1" in r.output and "CXR-cxr" not in r.output  # each run named once, readably
     assert not (sweep / "cxr-8" / "cdl" / "seed-1" / "shots.json").exists()
     for seed in (1, 2):
         d = sweep / "cxr-8" / "dqc" / f"seed-{seed}"
