@@ -6,7 +6,7 @@
 # the middle and resumed. Writes a markdown table (wall time and peak memory per stage, store
 # sizes) to bench/rehearsal-<machine>.md.
 #
-#   KILL_AFTER=1200 KILL_SWEEP_AFTER=120 bash bench/rehearsal.sh [WORK_DIR=/tmp/rehearsal] [EPOCHS=2] [SCALE=1]
+#   KILL_AFTER=1200 KILL_SWEEP_AFTER=180 bash bench/rehearsal.sh [WORK_DIR=/tmp/rehearsal] [EPOCHS=2] [SCALE=1]
 #
 # SCALE divides every row count (SCALE=100 is a 1/100 dry run of the same steps).
 set -euo pipefail

@@ -6,7 +6,7 @@ The layout the sweep writes (and the report reads):
 - config.json gains `"grid": {"name": <config>, "point": {only the varying settings}}`;
 - metrics.json gains `"validation": {"loss", "mean_auroc", "per_label_auroc"}` (the best validation
   loss the run recorded, and the AUROC of its best parameters on the validation store, computed
-  here from the saved parameters);
+  by the sweep);
 - sweep.json gains `"grid": {"values", "varying", "configs", ...}`.
 
 `tests/test_grid.py` checks those records against recomputations; here they are only produced.
