@@ -1,21 +1,21 @@
-"""Read a sweep's runs folder: `runs/<sweep>/cxr-<n>/<model>/seed-<s>/` (DESIGN "Runs").
+"""Read a sweep's runs folder for the report, through the run-folder API (`heads.runs`).
 
-A hyper-parameter grid adds one folder level per configuration under the model:
-`runs/<sweep>/cxr-<n>/<model>/<config>/seed-<s>/`, and each run's config.json says
-`"grid": {"name": <config>, "point": {setting: value}}` (only the varying settings). Both layouts
-are read; a run's `config_name` is '' in the plain one. A folder is taken for a grid when a seed
-folder's `grid.name` is its configuration folder's name (so `runs/` itself is never a grid). Where a grid run's config.json has no
-`point`, it is the settings in which the model's configurations differ (`provenance.run_settings`).
+Both layouts are read (`heads.runs.iter_runs`): `runs/<sweep>/cxr-<n>/<model>/seed-<s>/` and, for a
+hyper-parameter grid, `.../<model>/<config>/seed-<s>/`; a run's `config_name` is '' in the plain
+one. Each run's `config.json` and `metrics.json` are read as records (`heads.record`), whatever
+layout wrote them. Where a grid run's record has no `point`, it is the settings in which the
+model's configurations differ.
 
 A run counts once its `DONE` file exists (written last); a seed folder without it is reported as
-unfinished and left out. What a partial sweep lacks (tasks, models, seeds) is listed in
-`Sweep.notes`, so the report can say so instead of failing.
+unfinished and left out. A finished run that is damaged (a file missing or unreadable) or whose
+record belongs to another place (task, model, configuration or seed) is left out and named in
+`Sweep.notes`, as is what a partial sweep lacks (tasks, models, seeds), so the report says so
+instead of failing or reporting numbers it cannot stand behind.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -26,25 +26,20 @@ import numpy as np
 from analysis import provenance, stats
 from cxrfeat.errors import UserError
 from cxrfeat.labels import canonical
+from heads import runs as run_folders
+from heads.record import RunConfig, RunResults
 
-MODEL_ORDER = ("cdl", "dqc", "cdl-finetune", "dqc-finetune")
 TEST_SET_ORDER = ("nih-cxr-lt", "mimic-cxr-lt")
-_SEED_DIR = re.compile(r"^seed-(\d+)$")
 _LAYOUT = ("runs/<sweep>/cxr-<n>/<model>/seed-<s>/ (a grid: .../<model>/<config>/seed-<s>/) with config.json, "
            "predictions/*.npz and DONE")
 
 
-def model_key(model: str) -> tuple[int, str]:
-    return (MODEL_ORDER.index(model) if model in MODEL_ORDER else len(MODEL_ORDER), model)
+model_key = run_folders.model_sort_key
+task_key = run_folders.task_sort_key
 
 
 def test_set_key(name: str) -> tuple[int, str]:
     return (TEST_SET_ORDER.index(name) if name in TEST_SET_ORDER else len(TEST_SET_ORDER), name)
-
-
-def task_key(task: str) -> tuple[int, str]:
-    m = re.search(r"(\d+)$", task)
-    return (int(m.group(1)) if m else 10**9, task)
 
 
 def comparisons(models) -> list[tuple[str, str]]:
@@ -89,16 +84,16 @@ class Run:
     model: str
     seed: int
     path: Path
-    config: dict[str, Any]
+    record: RunConfig  # config.json
     history: list[dict[str, Any]]
     predictions: dict[str, Predictions]
-    metrics: dict[str, Any] | None = None  # metrics.json, None when absent or unreadable
+    results: RunResults  # metrics.json
     config_name: str = ""  # the grid configuration ('' outside a grid)
     point: dict[str, Any] = field(default_factory=dict)  # its varying settings ({} outside a grid)
 
     @cached_property
     def sanity(self) -> provenance.Sanity:
-        return provenance.run_sanity(self.metrics, self.predictions, self.history)
+        return provenance.run_sanity(self.results, self.predictions, self.history)
 
 
 @dataclass
@@ -112,13 +107,13 @@ class Sweep:
     store_attrs: list[dict[str, Any]] = field(default_factory=list)  # feature stores' attributes (fallback)
 
     def backbone(self, run: Run) -> provenance.Backbone:
-        return provenance.run_backbone(run.config, self.store_attrs)
+        return provenance.run_backbone(run.record, self.store_attrs)
 
     def data(self, run: Run) -> provenance.Data:
-        return provenance.run_data(run.config, self.store_attrs)
+        return provenance.run_data(run.record, self.store_attrs)
 
     def settings(self, run: Run) -> dict[str, Any]:
-        return provenance.run_settings(run.config, self.meta)
+        return provenance.run_settings(run.record, self.meta)
 
     def test_sizes(self, task: str, model: str, test_set: str) -> list[int]:
         """Images in the test set per finished seed (sorted, distinct)."""
@@ -179,9 +174,7 @@ class Sweep:
             if r.task == task:
                 for p in r.predictions.values():
                     return list(p.label_names)
-                names = r.config.get("label_names") or r.config.get("labels")
-                if names:
-                    return [canonical(str(n)) for n in names]
+                return [canonical(n) for n in r.record.labels]
         return []
 
     def label_aurocs(self, task: str, model: str, test_set: str, metric: str = "auroc") -> dict[int, dict[str, float]]:
@@ -224,8 +217,8 @@ def load_sweep(path: str | Path) -> Sweep:
         raise UserError(f"{path}: no such runs folder")
     if not path.is_dir():
         raise UserError(f"{path}: not a runs folder (a file, expected {_LAYOUT})")
-    task_dirs = _task_dirs(path)
-    if not task_dirs:
+    folders = list(run_folders.iter_runs(path))
+    if not folders:
         inner = sorted(d.name for d in path.iterdir() if d.is_dir() and _task_dirs(d))
         hint = f"; it holds sweeps {', '.join(inner)}: pass --runs {path / inner[0]}" if inner else ""
         raise UserError(f"{path}: not a runs folder (expected {_LAYOUT}){hint}")
@@ -234,17 +227,17 @@ def load_sweep(path: str | Path) -> Sweep:
     runs: list[Run] = []
     notes: list[str] = []
     unfinished: set[tuple[str, str, str, int]] = set()
-    for task_dir in sorted(task_dirs, key=lambda d: task_key(d.name)):
-        for model_dir in sorted((d for d in task_dir.iterdir() if d.is_dir()), key=lambda d: model_key(d.name)):
-            for config, seed_dir, seed in _seed_dirs(model_dir):
-                if not (seed_dir / "DONE").exists():
-                    unfinished.add((task_dir.name, model_dir.name, config, seed))
-                    continue
-                run = _load_run(seed_dir, task_dir.name, model_dir.name, seed)
-                run.config_name = config
-                runs.append(run)
+    for folder in folders:
+        if not folder.done:
+            unfinished.add((folder.task, folder.model, folder.config_name, folder.seed))
+            continue
+        try:
+            runs.append(_load_run(folder))
+        except UserError as e:
+            notes.append(f"{_shown(folder.path, path)}: left out: {_shown_error(e, path)}")
     if not runs:
-        raise UserError(f"{path}: no finished run yet (no seed folder has its DONE file); nothing to report")
+        raise UserError(f"{path}: no finished run yet (no seed folder has its DONE file); nothing to report"
+                        + (f" ({notes[0]})" if notes else ""))
     sweep = Sweep(path=path, runs=runs, meta=meta if isinstance(meta, dict) else None)
     _fill_points(sweep)
     sweep.notes = notes + _missing(sweep, unfinished) + _cross_check(sweep)
@@ -252,58 +245,27 @@ def load_sweep(path: str | Path) -> Sweep:
 
 
 def _task_dirs(path: Path) -> list[Path]:
-    """Sub-folders that look like tasks: they hold <model>/seed-<s>/ (or <model>/<config>/seed-<s>/) folders."""
-    out = []
-    for d in path.iterdir():
-        if d.is_dir() and (any(s.is_dir() and _SEED_DIR.match(s.name) for s in d.glob("*/seed-*"))
-                           or any(_is_grid_run(s) for s in d.glob("*/*/seed-*"))):
-            out.append(d)
-    return out
+    """Sub-folders that hold runs (either layout)."""
+    return sorted({r.path.parents[2 if r.config_name else 1] for r in run_folders.iter_runs(path)})
 
 
-def _is_grid_run(seed_dir: Path) -> bool:
-    """A seed folder of the grid layout: its config.json names its configuration folder (`grid.name`).
-
-    Without that check a sweep's parent folder (`runs/`) would look like a grid sweep whose tasks are sweeps.
-    """
-    if not (seed_dir.is_dir() and _SEED_DIR.match(seed_dir.name)):
-        return False
-    try:
-        grid = json.loads((seed_dir / "config.json").read_text()).get("grid")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-        return False
-    return isinstance(grid, dict) and grid.get("name") == seed_dir.parent.name
-
-
-def _seed_dirs(model_dir: Path) -> list[tuple[str, Path, int]]:
-    """(configuration, seed folder, seed) under a model folder: its own seed-<s>/ ('') and <config>/seed-<s>/."""
-    out = []
-    for child in sorted(model_dir.iterdir()):
-        if not child.is_dir():
-            continue
-        m = _SEED_DIR.match(child.name)
-        if m:
-            out.append(("", child, int(m.group(1))))
-            continue
-        for seed_dir in sorted(child.iterdir()):
-            m = _SEED_DIR.match(seed_dir.name)
-            if m and seed_dir.is_dir():
-                out.append((child.name, seed_dir, int(m.group(1))))
-    return out
+def _shown_error(e: UserError, sweep: Path) -> str:
+    """An error message with the absolute paths in it shown as the report shows paths."""
+    text = str(e)
+    base = str(sweep.resolve().parent) + "/"
+    return text.replace(base, "")
 
 
 def _fill_points(sweep: Sweep) -> None:
-    """Each grid run's `point`: config.json `grid.point`, else the settings its model's configurations differ in."""
+    """Each grid run's `point`: its record's grid point, else the settings its model's configurations differ in."""
     for run in sweep.runs:
-        grid = run.config.get("grid")
-        if isinstance(grid, dict) and isinstance(grid.get("point"), dict):
-            run.point = dict(grid["point"])
+        run.point = run.record.point
     for task in sweep.tasks:
         for model in sweep.models(task):
             runs = [r for r in sweep.runs if r.task == task and r.model == model and r.config_name and not r.point]
             if not runs:
                 continue
-            each = {r.path: provenance.run_settings(r.config) for r in sweep.runs if r.task == task and r.model == model}
+            each = {r.path: provenance.run_settings(r.record) for r in sweep.runs if r.task == task and r.model == model}
             keys = [k for k in provenance.SETTING_KEYS if len({repr(s.get(k)) for s in each.values()}) > 1]
             for r in runs:
                 r.point = {k: each[r.path].get(k) for k in keys}
@@ -332,41 +294,19 @@ def _shown(path: Path, sweep: Path | None = None) -> str:
     return path.name
 
 
-def _read_history(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    out = []
-    for i, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}: line {i} is not JSON ({e})") from None
-        if isinstance(rec, dict):
-            out.append(rec)
-    return out
+def _load_run(folder: run_folders.Run) -> Run:
+    """A finished run, or UserError when it is damaged or belongs to another place."""
+    missing = run_folders.damage(folder.path)
+    if missing:
+        raise UserError(f"marked DONE but lacks {', '.join(missing)} (damaged)")
+    record = folder.config()
+    results = folder.results(record)
+    preds = {npz.stem: _load_predictions(npz, record) for npz in folder.prediction_files()}
+    return Run(folder.task, folder.model, folder.seed, folder.path, record, folder.history(), preds, results,
+               folder.config_name)
 
 
-def _load_run(seed_dir: Path, task: str, model: str, seed: int) -> Run:
-    cfg_path = seed_dir / "config.json"
-    config = _read_json(cfg_path) if cfg_path.is_file() else {}
-    if not isinstance(config, dict):
-        raise UserError(f"{cfg_path}: expected a JSON object")
-    preds = {}
-    for npz in sorted((seed_dir / "predictions").glob("*.npz")):
-        preds[npz.stem] = _load_predictions(npz, config)
-    metrics = None
-    if (seed_dir / "metrics.json").is_file():
-        try:
-            metrics = json.loads((seed_dir / "metrics.json").read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            metrics = "unreadable"
-    return Run(task, model, seed, seed_dir, config, _read_history(seed_dir / "history.jsonl"), preds,
-               metrics if isinstance(metrics, dict) or metrics == "unreadable" else None)
-
-
-def _load_predictions(path: Path, config: dict[str, Any]) -> Predictions:
+def _load_predictions(path: Path, record: RunConfig) -> Predictions:
     try:
         with np.load(path, allow_pickle=False) as z:
             y_true = np.asarray(z["y_true"])
@@ -380,7 +320,7 @@ def _load_predictions(path: Path, config: dict[str, Any]) -> Predictions:
     except Exception as e:  # noqa: BLE001 - anything numpy raises here means an unreadable file
         raise UserError(f"{path}: unreadable predictions file ({e})") from None
     if names is None:
-        names = [str(n) for n in config.get("label_names") or config.get("labels") or []]
+        names = list(record.labels)
     if y_true.ndim == 1:
         y_true, y_prob = y_true[:, None], y_prob[:, None]
     if y_true.shape != y_prob.shape or y_true.shape[1] != len(names):
@@ -453,25 +393,16 @@ def _seed_list(seeds) -> str:
 
 
 def _cross_check(sweep: Sweep) -> list[str]:
-    """Compare the recomputed mean AUROC with what the runs wrote to metrics.json, where readable."""
-    unreadable, differ = [], []
+    """Compare the recomputed mean AUROC with what the runs wrote to metrics.json."""
+    differ = []
     for run in sweep.runs:
         path = _shown(run.path / "metrics.json", sweep.path)
-        metrics = run.metrics
-        if metrics is None:
-            continue
-        if metrics == "unreadable":
-            unreadable.append(path)
-            run.metrics = None
-            continue
         for test_set, pred in run.predictions.items():
-            written = _written_mean(metrics, test_set)
+            written = _written_mean(run.results, test_set)
             ours = stats.nanmean(pred.auroc)
             if written is not None and np.isfinite(ours) and abs(written - ours) > 1e-6:
                 differ.append((abs(written - ours), path, test_set, written, ours))
-    notes = [f"{p}: unreadable (AUROC recomputed from the predictions)" for p in unreadable[:5]]
-    if len(unreadable) > 5:
-        notes.append(f"... and {len(unreadable) - 5} more unreadable metrics.json files")
+    notes = []
     if differ:
         _, path, test_set, written, ours = max(differ, key=lambda d: d[0])
         notes.append(
@@ -482,12 +413,8 @@ def _cross_check(sweep: Sweep) -> list[str]:
     return notes
 
 
-def _written_mean(metrics: Any, test_set: str) -> float | None:
-    if not isinstance(metrics, dict):
-        return None
-    entry = metrics.get(test_set)
-    if entry is None and isinstance(metrics.get("test_sets"), dict):
-        entry = metrics["test_sets"].get(test_set)
+def _written_mean(results: RunResults, test_set: str) -> float | None:
+    entry = results.test_sets.get(test_set)
     if isinstance(entry, int | float):
         return float(entry)
     if isinstance(entry, dict):

@@ -32,11 +32,10 @@ def _num(v: Any) -> float:
 
 def validation(run: Run) -> tuple[float, float]:
     """(validation loss, validation mean AUROC) of one run; NaN where the run does not say."""
-    m = run.metrics if isinstance(run.metrics, dict) else {}
-    v = m.get("validation") if isinstance(m.get("validation"), dict) else {}
+    v = run.results.validation or {}
     loss = _num(v.get("loss"))
     if not math.isfinite(loss):
-        loss = _num(m.get("best_val_loss"))
+        loss = _num(run.results.best_val_loss)
     if not math.isfinite(loss):
         losses = [_num(h.get("val_loss")) for h in run.history]
         loss = min((x for x in losses if math.isfinite(x)), default=math.nan)

@@ -1,11 +1,10 @@
-"""Where a run's numbers come from, and whether its head is degenerate, read from the run itself.
+"""Where a run's numbers come from, and whether its head is degenerate, read from the run's records.
 
-Provenance (issue 9 contract): a run's `config.json` keys `data`, `backbone` and `settings`; runs
-written before them are read from the older keys (`provenance` with the feature stores'
-attributes, `training`, `head`, `feature_norm`, `features`, `finetune`) and, last, from the
-feature stores the report was pointed at. What none of them says is "unknown", never guessed.
+Provenance: the run record's `backbone`, `data` and `settings` (`heads.record.RunConfig`, which
+upgrades every older config.json layout); where a record does not say (older runs), the feature
+stores the report was pointed at. What none of them says is "unknown", never guessed.
 
-Sanity: a run's `metrics.json` `sanity` block (flags constant_predictions, saturated_inputs,
+Sanity: the run's results record `sanity` block (flags constant_predictions, saturated_inputs,
 still_improving, nan_loss); independently of it, every run's predictions are checked for
 constant labels (sd of y_prob over the test set < 1e-6, or AUROC exactly 0.5 with sd < 1e-4) and
 its history for NaN losses and a best epoch equal to the last one, so runs without the block (or
@@ -19,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from heads.record import SETTING_KEYS, RunConfig, RunResults
 
 CONSTANT_SD = 1e-6
 HALF_SD = 1e-4
@@ -80,19 +81,13 @@ def _backbone_from(d: Any, source: str) -> Backbone | None:
                     str(d["sha256"]) if d.get("sha256") else None, source)
 
 
-def run_backbone(config: dict, store_attrs: list[dict] | None = None) -> Backbone:
-    """The contract's `backbone`, else the older `provenance.<store>.backbone`, else the feature stores'."""
-    found = _backbone_from(config.get("backbone"), "config.json `backbone`")
-    if found:
-        return found
-    prov = config.get("provenance")
-    if isinstance(prov, dict):
-        for key in ("train", *sorted(k for k in prov if k != "train")):
-            found = _backbone_from((prov.get(key) or {}).get("backbone") if isinstance(prov.get(key), dict) else None,
-                                   "config.json `provenance`")
-            if found:
-                return found
-    dataset = _train_dataset(config)
+def run_backbone(record: RunConfig, store_attrs: list[dict] | None = None) -> Backbone:
+    """The record's backbone, else the training feature store's (for runs whose record does not say)."""
+    b = record.backbone
+    if b.known:
+        return Backbone("random" if b.random else _name(b.name or "unknown"), b.random, b.seed, b.revision, b.sha256,
+                        "config.json `backbone`")
+    dataset = record.data.dataset
     for attrs in store_attrs or []:
         if attrs.get("split") == "train" and (dataset is None or attrs.get("dataset") == dataset):
             found = _backbone_from(attrs.get("backbone"), "feature store")
@@ -112,115 +107,36 @@ class Data:
     source: str = "unknown"
 
 
-def _int(v: Any) -> int | None:
-    return int(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else None
-
-
-def _train_dataset(config: dict) -> str | None:
-    data = config.get("data")
-    if isinstance(data, dict) and isinstance(data.get("dataset"), str):
-        return data["dataset"]
-    for key in ("features", "provenance"):
-        d = config.get(key)
-        if isinstance(d, dict):
-            if isinstance(d.get("dataset"), str):
-                return d["dataset"]
-            t = d.get("train")
-            if isinstance(t, dict) and isinstance(t.get("dataset"), str):
-                return t["dataset"]
-    if isinstance(data, dict) and isinstance(data.get("train"), dict) and isinstance(data["train"].get("dataset"), str):
-        return data["train"]["dataset"]
-    return None
-
-
-def run_data(config: dict, store_attrs: list[dict] | None = None) -> Data:
-    """The contract's `data`, else what older keys and the feature stores say (synthetic None = unknown)."""
-    data = config.get("data")
-    if isinstance(data, dict) and ("synthetic" in data or "rows" in data or "sources" in data):
-        syn = data.get("synthetic")
-        rows = {str(k): v for k, v in (data.get("rows") or {}).items() if _int(v) is not None}
-        return Data(data.get("dataset"), syn if isinstance(syn, bool) else None, rows, _int(data.get("views")),
-                    _int(data.get("limit")), "config.json `data`")
-    dataset = _train_dataset(config)
-    rows: dict[str, int] = {}
-    flags: list[bool | None] = []
-    source = "unknown"
-    if isinstance(data, dict):  # `heads finetune` before the contract: role -> {dataset, split, rows, synthetic}
-        for role, d in data.items():
-            if isinstance(d, dict):
-                if _int(d.get("rows")) is not None:
-                    rows[str(role)] = _int(d["rows"])
-                if "synthetic" in d:
-                    flags.append(d["synthetic"] if isinstance(d["synthetic"], bool) else None)
-        source = "config.json `data` (per split)" if flags else source
-    feats = config.get("features")
-    if isinstance(feats, dict):
-        for key, role in (("train_rows", "train"), ("val_rows", "val")):
-            if _int(feats.get(key)) is not None:
-                rows.setdefault(role, _int(feats[key]))
-    prov = config.get("provenance")
-    prov_stores = [v for v in prov.values() if isinstance(v, dict)] if isinstance(prov, dict) else []
-    for p in prov_stores:
-        if "synthetic" in p:
-            flags.append(p["synthetic"] if isinstance(p["synthetic"], bool) else None)
-            source = "config.json `provenance`"
-    if not flags and store_attrs:
-        # The stores the runs were trained and tested on, matched by dataset and split.
-        wanted = {(p.get("dataset"), p.get("split")) for p in prov_stores} or {(dataset, "train")}
+def run_data(record: RunConfig, store_attrs: list[dict] | None = None) -> Data:
+    """The record's data; whether it is synthetic, where the record does not say, from the feature stores."""
+    d = record.data
+    synthetic, source = d.synthetic, "config.json `data`"
+    if synthetic is None and store_attrs:  # the stores the run was trained and tested on, by dataset and split
+        stores = [v for v in record.stores.values() if isinstance(v, dict)]
+        wanted = {(p.get("dataset"), p.get("split")) for p in stores} or {(d.dataset, "train")}
         matched = [a for a in store_attrs if (a.get("dataset"), a.get("split")) in wanted]
         if matched:
             flags = [a.get("synthetic") if isinstance(a.get("synthetic"), bool) else None for a in matched]
+            synthetic = True if any(f is True for f in flags) else (False if all(f is False for f in flags) else None)
             source = "feature stores"
-    if any(f is True for f in flags):
-        synthetic = True
-    elif flags and all(f is False for f in flags):
-        synthetic = False
-    else:
-        synthetic = None
-    views = _int(feats.get("views")) if isinstance(feats, dict) else None
-    ft = config.get("finetune")
-    limit = _int(ft.get("limit")) if isinstance(ft, dict) else None
-    return Data(dataset, synthetic, rows, views, limit, source)
+    return Data(d.dataset, synthetic, dict(d.rows), d.views, d.limit, source)
 
 
 # ------------------------------------------------------------------------------------ settings
-SETTING_KEYS = ("mode", "lr", "batch_size", "max_epochs", "patience", "feature_norm", "layers", "backend",
-                "circuit_init", "freeze_backbone", "limit")
 SETTING_NAMES = {"mode": "mode", "lr": "lr", "batch_size": "batch", "max_epochs": "max epochs",
                  "patience": "patience", "feature_norm": "feature norm", "layers": "layers", "backend": "backend",
                  "circuit_init": "circuit init", "freeze_backbone": "frozen backbone", "limit": "limit",
                  "seeds": "seeds requested"}
 
 
-def run_settings(config: dict, sweep_meta: dict | None = None) -> dict[str, Any]:
-    """The training settings of a run: the contract's `settings`, completed from the older keys.
-
-    Keys: SETTING_KEYS plus `seeds` (requested); None where a setting does not apply or is unknown.
-    """
-    out: dict[str, Any] = dict.fromkeys((*SETTING_KEYS, "seeds"))
-    s = config.get("settings")
-    contract = isinstance(s, dict) and "mode" in s
-    training = config.get("training") if isinstance(config.get("training"), dict) else {}
-    head = config.get("head") if isinstance(config.get("head"), dict) else {}
-    ft = config.get("finetune") if isinstance(config.get("finetune"), dict) else None
-    for k in ("lr", "batch_size", "max_epochs", "patience"):
-        out[k] = training.get(k)
-    quantum = str(config.get("model", head.get("model", ""))).startswith("dqc") or head.get("model") == "dqc"
-    for k in ("layers", "backend", "circuit_init"):
-        out[k] = head.get(k) if quantum else None
-    out["feature_norm"] = config.get("feature_norm")
-    out["mode"] = "finetune" if ft is not None else ("features" if config else None)
-    if ft is not None:
-        out["freeze_backbone"] = (not ft["backbone_trained"]) if isinstance(ft.get("backbone_trained"), bool) else None
-        out["limit"] = ft.get("limit")
-    seeds = (sweep_meta or {}).get("seeds")
-    out["seeds"] = seeds if isinstance(seeds, int) and not isinstance(seeds, bool) else None
-    if contract:
-        out.update({k: s[k] for k in (*SETTING_KEYS, "seeds") if k in s})
-    elif isinstance(s, dict):  # `heads finetune` before the contract: its resume settings
-        for k in ("lr", "batch_size", "max_epochs", "patience", "limit", "freeze_backbone"):
-            if out.get(k) is None and k in s:
-                out[k] = s[k]
+def run_settings(record: RunConfig, sweep_meta: dict | None = None) -> dict[str, Any]:
+    """The training settings of a run: SETTING_KEYS plus `seeds` (requested; for the oldest runs, which do
+    not record it, from sweep.json); None where a setting does not apply or is unknown."""
+    s = record.settings.as_dict()
+    out = {k: s[k] for k in (*SETTING_KEYS, "seeds")}
+    if record.read_schema == 0:
+        seeds = (sweep_meta or {}).get("seeds")
+        out["seeds"] = seeds if isinstance(seeds, int) and not isinstance(seeds, bool) else None
     return out
 
 
@@ -270,7 +186,7 @@ def constant_labels(y_true: np.ndarray, y_prob: np.ndarray, label_names, auroc: 
     return out
 
 
-def run_sanity(metrics: dict | None, predictions: dict, history: list[dict]) -> Sanity:
+def run_sanity(results: RunResults | None, predictions: dict, history: list[dict]) -> Sanity:
     """Recorded flags (metrics.json `sanity`) united with what the predictions and history show.
 
     `predictions`: test set -> object with label_names, y_true, y_prob, auroc.
@@ -278,7 +194,7 @@ def run_sanity(metrics: dict | None, predictions: dict, history: list[dict]) -> 
     flags: set[str] = set()
     const: dict[str, set[str]] = {}
     messages: list[str] = []
-    recorded = metrics.get("sanity") if isinstance(metrics, dict) else None
+    recorded = results.sanity if results is not None else None
     source = "recomputed"
     if isinstance(recorded, dict):
         source = "metrics.json + recomputed"

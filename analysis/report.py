@@ -128,19 +128,8 @@ def _bench_paths(bench) -> list[Path] | None:
 
 
 def _train_dataset(sweep: Sweep) -> str | None:
-    """The training store's dataset named in the runs' feature-store provenance, if any."""
-
-    def walk(obj: Any) -> str | None:
-        if isinstance(obj, dict):
-            if obj.get("split") == "train" and obj.get("dataset"):
-                return str(obj["dataset"])
-            for v in obj.values():
-                found = walk(v)
-                if found:
-                    return found
-        return None
-
-    return next((d for r in sweep.runs[:20] if (d := walk(r.config))), None)
+    """The training store's dataset, as the runs record it."""
+    return next((d for r in sweep.runs[:20] if (d := r.record.train_dataset)), None)
 
 
 @dataclass
@@ -175,13 +164,13 @@ def _write(sweep: Sweep, features: Path | None, bench: list[Path] | None, out: P
     (out / "figures").mkdir(parents=True)
     stores, store_notes = scan_stores(features) if features else ([], [])
     if not stores:  # no folder of stores: the ones the runs were trained and tested on, if still there
-        stores, store_notes = read_stores(provenance_stores(sweep.meta or {}, *[r.config for r in sweep.runs[:50]]))
+        stores, store_notes = read_stores(provenance_stores(sweep.meta or {}, *[r.record.stores for r in sweep.runs[:50]]))
     sweep.store_attrs = [c.attrs for c in stores]
     backbones = {r.path: sweep.backbone(r) for r in sweep.runs}
     data = {r.path: sweep.data(r) for r in sweep.runs}
     synthetic = any(d.synthetic for d in data.values())
     if not synthetic and all(d.synthetic is None for d in data.values()):  # nothing recorded: older stores/configs
-        synthetic = is_synthetic(*[c.attrs for c in stores], *[r.config for r in sweep.runs])
+        synthetic = is_synthetic(*[c.attrs for c in stores], *[r.record.to_json() for r in sweep.runs])
     random = [r for r in sweep.runs if backbones[r.path].random]
     marks = tuple(m for m, on in ((MARK_SYNTHETIC, synthetic), (MARK_RANDOM, bool(random))) if on)
     full, chosen = sweep, (G.select(sweep, select) if sweep.is_grid else None)
@@ -395,7 +384,7 @@ def _data_section(doc: _Doc, stores: list[StoreCounts], store_notes: list[str], 
         doc.add(f"No feature stores found{f' under `{_shown(features)}`' if features else ''} or named by the runs "
                 "(pass --features): Table I left out.\n")
     doc.add(*[f"- {n}" for n in store_notes], *([""] if store_notes else []))
-    if any(r.config.get("param_counts") for r in doc.sweep.runs):
+    if any(r.record.param_counts for r in doc.sweep.runs):
         doc.table(T.table_params(doc.sweep))
     else:
         doc.add("No `param_counts` in the runs' config.json: Table II left out.\n")

@@ -14,9 +14,8 @@ functions collect them under a sweep folder:
   and on average, and the per-qubit sd averaged over seeds.
 - `width_figure(rows, path)` — the per-qubit sd against the qubit index (log y), the threshold dashed.
 
-`configuration` is the folder path between the model folder and the seed folder (empty for a
-single-configuration sweep; a grid's configuration folder otherwise), so grid members never mix.
-Runs are found at any depth: every `shots.json` / `width.json` beside a `config.json`.
+`configuration` is the grid configuration's folder (empty for a single-configuration sweep), so grid
+members never mix. The runs are the sweep's (`heads.runs.iter_runs`), in either layout.
 """
 
 from __future__ import annotations
@@ -29,35 +28,26 @@ from pathlib import Path
 
 from cxrfeat import atomic
 from cxrfeat.errors import UserError
+from heads import runs
 
 SHOTS_FILE = "shots.json"
 WIDTH_FILE = "width.json"
 WIDTH_FLOOR = 1e-6  # the lowest sd a width figure draws (a constant qubit has sd 0)
 
 
-def _documents(sweep_dir: str | Path, name: str) -> Iterator[tuple[Path, dict]]:
+def _documents(sweep_dir: str | Path, name: str) -> Iterator[tuple[runs.Run, dict]]:
+    """(run, parsed `name`) for every run of the sweep that has the file."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise UserError(f"{sweep_dir}: no such sweep folder")
-    for f in sorted(sweep_dir.rglob(name)):
-        if not (f.parent / "config.json").exists():
+    for run in runs.iter_runs(sweep_dir):
+        f = run.path / name
+        if not f.is_file():
             continue
         try:
-            yield f.parent, json.loads(f.read_text())
+            yield run, json.loads(f.read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise UserError(f"{f}: unreadable ({e}); re-run `heads shots {f.parent}`") from None
-
-
-def _configuration(sweep_dir: Path, run: Path) -> str:
-    """Folders between <task>/<model>/ and seed-<s>/ ('' for the plain layout)."""
-    try:
-        parts = run.relative_to(sweep_dir).parts
-    except ValueError:
-        return ""
-    # parts: [cxr-<task>, <model>, *configuration, seed-<s>] (or fewer when sweep_dir is deeper)
-    if len(parts) >= 3 and parts[0].startswith("cxr-"):
-        return "/".join(parts[2:-1])
-    return "/".join(parts[:-1])
 
 
 def _task(doc: dict) -> str | None:
@@ -85,7 +75,7 @@ def shots_table(sweep_dir: str | Path) -> list[dict]:
         seed = doc.get("run", {}).get("seed")
         for test_set, entry in doc.get("test_sets", {}).items():
             for cell in entry.get("shots", []):
-                key = (_task(doc), _configuration(sweep_dir, run), test_set, settings.get("sampling", "marginal"),
+                key = (_task(doc), run.config_name, test_set, settings.get("sampling", "marginal"),
                        float(settings.get("readout_error", 0.0)), int(cell["shots"]))
                 g = groups.setdefault(key, {"draws": [], "auprc": [], "shot_sd": [], "exact": [], "exact_auprc": [],
                                             "seeds": [], "task_name": doc.get("run", {}).get("task_name")})
@@ -163,7 +153,7 @@ def width_table(sweep_dir: str | Path) -> list[dict]:
     groups: dict[tuple, dict] = {}
     for run, doc in _documents(sweep_dir, WIDTH_FILE):
         for test_set, w in doc.get("test_sets", {}).items():
-            key = (_task(doc), _configuration(sweep_dir, run), test_set, float(w["threshold"]))
+            key = (_task(doc), run.config_name, test_set, float(w["threshold"]))
             g = groups.setdefault(key, {"above": [], "sd": [], "seeds": [], "qubits": w["qubits"],
                                         "task_name": doc.get("run", {}).get("task_name")})
             g["above"].append(int(w["above"]))

@@ -185,7 +185,7 @@ def table_params(sweep: Sweep) -> Table:
     for task in sweep.tasks:
         for model in sweep.models(task):
             runs = sweep.runs_of(task, model)
-            counts = [r.config.get("param_counts") or {} for _, r in sorted(runs.items())]
+            counts = [r.record.param_counts for _, r in sorted(runs.items())]
             pc = counts[0]
             if any(c != pc for c in counts[1:]):
                 notes.append(f"{task}/{model}: seeds disagree on parameter counts")

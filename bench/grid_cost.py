@@ -28,7 +28,8 @@ sys.path.insert(0, "tests")
 
 from headsdata import make_stores  # noqa: E402
 
-from heads.sweep import HeadConfig, SweepSpec, run_sweep  # noqa: E402
+from heads.plan import HeadConfig, SweepSpec  # noqa: E402
+from heads.sweep import run_sweep  # noqa: E402
 from heads.train import TrainConfig  # noqa: E402
 
 

@@ -55,7 +55,7 @@ def _spec(*, tasks, models, seeds, features, runs, name, layers, backend, lr, ba
     """The sweep; each of lr, layers, circuit_init, feature_norm, batch_size, patience may be a
     comma-separated list (a grid)."""
     from heads.grid import SETTINGS, parse_values
-    from heads.sweep import HeadConfig, SweepSpec, parse_shard
+    from heads.plan import HeadConfig, SweepSpec, parse_shard
     from heads.train import TrainConfig
 
     given = {"lr": lr, "layers": layers, "circuit_init": circuit_init, "feature_norm": feature_norm,
@@ -73,20 +73,9 @@ def _spec(*, tasks, models, seeds, features, runs, name, layers, backend, lr, ba
 
 
 def _run(spec) -> None:
-    from rich.console import Console
+    from heads.sweepview import run_with_console
 
-    from heads.sweep import flagged_runs, run_sweep, summarize
-    from heads.sweepview import LiveReporter, print_summary
-
-    spec.check()
-    with LiveReporter() as reporter:
-        outcomes = run_sweep(spec, reporter=reporter)
-    where = spec.runs / spec.name
-    pairs = list(dict.fromkeys((o.task, o.model) for o in outcomes))
-    configs = {m: [c.name for c in spec.configs(m)] for m in spec.models}
-    rows = summarize(where, pairs, spec.seeds, configs)
-    print_summary(Console(), rows, flagged_runs(where, pairs, spec.seeds, configs), f"{where}: mean AUROC over seeds",
-                  where)
+    run_with_console(spec)
 
 
 @app.command()
@@ -114,7 +103,7 @@ def train(
     """Train one head (task, model) for every seed at once; finished seeds are skipped."""
     from cxrfeat.errors import UserError
     from cxrfeat.labels import parse_task_specs
-    from heads.sweep import parse_models
+    from heads.plan import parse_models
 
     try:
         tasks = parse_task_specs("" if tasks_file is not None else str(task), tasks_file)
@@ -156,7 +145,7 @@ def sweep(
     """
     from cxrfeat.errors import UserError
     from cxrfeat.labels import parse_task_specs
-    from heads.sweep import parse_models
+    from heads.plan import parse_models
 
     try:
         task_list = parse_task_specs(tasks, tasks_file)
@@ -288,7 +277,7 @@ def bench_epoch(
     from cxrfeat.errors import UserError
     from cxrfeat.labels import parse_tasks
     from heads.epochbench import time_epochs
-    from heads.sweep import parse_models
+    from heads.plan import parse_models
 
     try:
         task_list = parse_tasks(tasks)

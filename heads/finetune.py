@@ -43,7 +43,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -60,7 +60,8 @@ from cxrfeat.errors import UserError, refuse_multi_process
 from cxrfeat.labels import task_labels, task_name
 from heads import runs
 from heads.imagecache import DEFAULT_CACHE, ImageCache, build_cache, cache_path, prefetch
-from heads.sweep import _versions
+from heads.plan import differences
+from heads.record import Backbone, Data, RunConfig, Settings
 from heads.train import INIT_STREAM, TrainConfig, epoch_order, masked_bce
 
 AUGMENT_STREAM = 3  # fold_in tag: independent of heads.train's ORDER_STREAM (1) and INIT_STREAM (2)
@@ -343,18 +344,16 @@ def _best_file(run_dir: Path, epoch: int) -> Path:
 def load_head(run_dir: Path, opts: FinetuneOptions, template: dict, backbone, say) -> dict:
     """A head trained by `heads train` (its best.safetensors), checked against this task, model and backbone."""
     run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.json"
-    if not (run_dir / "best.safetensors").exists() or not cfg_path.exists():
+    if not (run_dir / "best.safetensors").exists() or not (run_dir / "config.json").exists():
         raise UserError(f"--init-head-from {run_dir}: not a run folder (needs config.json and best.safetensors)")
     if not runs.is_done(run_dir):
         raise UserError(f"--init-head-from {run_dir}: the run is unfinished (no DONE file)")
-    cfg = json.loads(cfg_path.read_text())
-    model = str(cfg.get("model", "")).removesuffix(SUFFIX)
-    if model != opts.model:
-        raise UserError(f"--init-head-from {run_dir}: a {cfg.get('model')!r} run, but --model is {opts.model!r}")
-    want, got = list(task_labels(opts.task)), cfg.get("labels", cfg.get("label_names"))
-    if got is not None and list(got) != want:
-        raise UserError(f"--init-head-from {run_dir}: trained for labels {', '.join(got)}, not task "
+    cfg = runs.read_config(run_dir)
+    if cfg.base_model != opts.model:
+        raise UserError(f"--init-head-from {run_dir}: a {cfg.model!r} run, but --model is {opts.model!r}")
+    want = list(task_labels(opts.task))
+    if list(cfg.labels) != want:
+        raise UserError(f"--init-head-from {run_dir}: trained for labels {', '.join(cfg.labels)}, not task "
                         f"{task_name(opts.task)} ({', '.join(want)})")
     params = runs.load_params(run_dir)
     params = params.get("head", params)  # a fine-tune run's best.safetensors holds head/...
@@ -366,29 +365,11 @@ def load_head(run_dir: Path, opts: FinetuneOptions, template: dict, backbone, sa
     if got != shapes:
         raise UserError(f"--init-head-from {run_dir}: its parameters {got} do not fit this head {shapes} "
                         f"(different model, --layers or embedding size)")
-    used = _store_backbone(cfg)
-    if used is not None and _comparable(used) != _comparable(backbone.description):
-        say(f"note: the head in {run_dir} was trained on features of backbone {used}, "
+    here = Backbone.from_description(backbone.description)
+    if cfg.backbone.known and cfg.backbone != here:
+        say(f"note: the head in {run_dir} was trained on features of backbone {cfg.backbone}, "
             f"not this one ({backbone.description})")
     return jax.tree.map(jnp.asarray, params)
-
-
-def _store_backbone(cfg: dict):
-    for key in ("features", "stores", "provenance", "feature_stores"):
-        value = cfg.get(key)
-        if isinstance(value, dict):
-            for v in value.values():
-                if isinstance(v, dict) and "backbone" in v:
-                    return v["backbone"]
-            if "backbone" in value:
-                return value["backbone"]
-    return cfg.get("backbone")
-
-
-def _comparable(desc) -> Any:
-    from heads.sweep import backbone_record
-
-    return backbone_record(desc) if isinstance(desc, dict) else desc
 
 
 # ---------------------------------------------------------------- the run
@@ -449,13 +430,13 @@ def _finetune(opts: FinetuneOptions, *, backbone, devices, say, on_epoch, lock) 
 
     history: list[dict] = []
     state = {"epoch": 0, "best_val": math.inf, "best_epoch": 0, "bad": 0, "stopped": False}
-    ck = _resume_point(run_dir, config["resume_settings"], opt_state)
+    ck = _resume_point(run_dir, config.finetune["resume"], opt_state)
     if ck is not None:
         params, opt_state, state = jax.device_put(ck[:2], same) + (ck[2],)
         history = [r for r in runs.read_history(run_dir) if r["epoch"] <= state["epoch"]]
         say(f"{run_dir}: resuming after epoch {state['epoch']}")
     else:
-        runs.start(run_dir, {**config, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, lock=lock)
+        runs.start(run_dir, replace(config, started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())), lock=lock)
     resumed = state["epoch"]
 
     stats = jax.device_put(backbone.batch_stats, same)
@@ -486,8 +467,9 @@ def _finetune(opts: FinetuneOptions, *, backbone, devices, say, on_epoch, lock) 
         if on_epoch is not None:
             on_epoch(history[-1])
 
-    metrics = _finish(run_dir, opts, labels, splits, eval_fn, stats, state, history, sharding)
-    return FinetuneResult(run_dir, history, state["best_epoch"], state["best_val"], metrics, resumed_from=resumed)
+    results = _finish(run_dir, config, opts, splits, eval_fn, stats, state, history, sharding)
+    return FinetuneResult(run_dir, history, state["best_epoch"], state["best_val"], results.to_json(),
+                          resumed_from=resumed)
 
 
 def _data_dirs(opts: FinetuneOptions) -> tuple[Path, Path]:
@@ -546,118 +528,92 @@ def _test_name(role: str, split: Split) -> str:
     return role if role in ("train", "val") else split.name
 
 
-def _config(opts: FinetuneOptions, labels, splits: dict[str, Split], backbone, params) -> dict:
-    """config.json: the keys of `heads train`'s (heads.sweep) — `data`, `backbone` and `settings` of the
-    shared contract (issue 9) included —, what fine-tuning adds, and `resume_settings` (what a resume
-    must match: every option that changes the result, the data and the backbone).
-
-    `data.views` is null: the image cache holds one image per row and augmentation is drawn at run
-    time. `settings.seeds` is null: a fine-tune command trains one seed (`--seed`); `feature_norm`
-    does not apply (null). `backbone_description` is the loaded backbone's full description."""
+def _config(opts: FinetuneOptions, labels, splits: dict[str, Split], backbone, params) -> RunConfig:
+    """The run record: `data.views` is None (the image cache holds one image per row and augmentation
+    is drawn at run time), `settings.seeds` None (a fine-tune trains one seed, `--seed`), and
+    `finetune.resume` what a resume must match (every option that changes the result, the data and
+    the backbone)."""
     from cxrfeat.augment import AUGMENTATION
     from cxrfeat.backbone import count_params as count_backbone
     from cxrfeat.preprocess import PREPROCESSING
     from heads.models import count_params
-    from heads.sweep import any_synthetic, backbone_record
+    from heads.stores import any_synthetic
+    from heads.sweep import versions
 
     dqc = opts.model == "dqc"
     sources = {_test_name(role, s): {"dataset": s.cache.attrs.get("dataset"), "split": s.cache.attrs.get("split"),
                                      "synthetic": s.cache.attrs.get("synthetic")} for role, s in splits.items()}
-    data = {"dataset": NIH, "synthetic": any_synthetic(v["synthetic"] for v in sources.values()),
-            "rows": {_test_name(role, s): s.n for role, s in splits.items()}, "views": None, "limit": opts.limit,
-            "sources": sources}
-    contract_settings = {
-        "lr": opts.train.lr, "batch_size": opts.train.batch_size, "max_epochs": opts.train.max_epochs,
-        "patience": opts.train.patience, "feature_norm": None, "layers": opts.layers if dqc else None,
-        "backend": opts.backend if dqc else None, "circuit_init": opts.circuit_init if dqc else None,
-        "seeds": None, "mode": "finetune", "freeze_backbone": opts.freeze_backbone, "limit": opts.limit,
-    }
-    resume_settings = {
+    data = Data(dataset=NIH, synthetic=any_synthetic(v["synthetic"] for v in sources.values()),
+                rows={_test_name(role, s): s.n for role, s in splits.items()}, views=None, limit=opts.limit,
+                sources=sources, test_sets=tuple(s.name for role, s in splits.items() if role in ("test", "external")))
+    settings = Settings(mode="finetune", lr=opts.train.lr, batch_size=opts.train.batch_size,
+                        max_epochs=opts.train.max_epochs, patience=opts.train.patience, feature_norm=None,
+                        layers=opts.layers if dqc else None, backend=opts.backend if dqc else None,
+                        circuit_init=opts.circuit_init if dqc else None, seeds=None,
+                        freeze_backbone=opts.freeze_backbone, limit=opts.limit)
+    resume = {
         **{k: v for k, v in asdict(opts).items() if k not in ("runs", "name", "cache", "train", "data_dir", "external_dir")},
         **asdict(opts.train),
         "data": {role: s.cache.attrs["settings"] for role, s in splits.items()},
         "backbone": backbone.description,
     }
     head_counts = count_params(params["head"])
-    return json.loads(json.dumps({
-        "sweep": opts.name, "task": opts.task, "task_name": task_name(opts.task), "labels": list(labels),
-        "model": opts.run_model, "seed": opts.seed,
-        "head": {"model": opts.model, **({"layers": opts.layers, "backend": opts.backend,
-                                          "circuit_init": opts.circuit_init} if opts.model == "dqc" else {})},
-        "training": asdict(opts.train),
-        "finetune": {"weights": opts.weights, "backbone_trained": not opts.freeze_backbone,
-                     "init_head_from": opts.init_head_from, "limit": opts.limit, "image_cache": opts.cache},
-        "data": data,
-        "backbone": backbone_record(backbone.description),
-        "backbone_description": backbone.description,
+    finetune = {
+        "weights": opts.weights, "backbone_trained": not opts.freeze_backbone, "init_head_from": opts.init_head_from,
+        "limit": opts.limit, "image_cache": opts.cache, "backbone_description": backbone.description,
         "preprocessing": PREPROCESSING,
         "augmentation": {**AUGMENTATION, "keys": f"position p of epoch e of seed s: fold_in(fold_in(fold_in("
                          f"key(s), {AUGMENT_STREAM}), e), p)", "order": "heads.train.epoch_order(s, e)"},
         "image_caches": {role: {"dataset": s.cache.attrs.get("dataset"), "split": s.cache.attrs.get("split"),
                                 "source": s.cache.attrs.get("source"), "rows": s.n, "cache": s.cache.path,
                                 "synthetic": s.cache.attrs.get("synthetic")} for role, s in splits.items()},
-        "param_counts": {"backbone": count_backbone(params["backbone"]), **head_counts,
-                         "head": sum(head_counts.values())},
-        "settings": contract_settings,
-        "resume_settings": resume_settings,
-        "versions": _versions(),
-        "devices": [str(d) for d in jax.devices()],
-    }, default=str))
+        "resume": resume,
+    }
+    return RunConfig(
+        sweep=opts.name, task=task_name(opts.task), labels=tuple(labels), model=opts.run_model, seed=opts.seed,
+        settings=settings, data=data, backbone=Backbone.from_description(backbone.description),
+        param_counts={"backbone": count_backbone(params["backbone"]), **head_counts, "head": sum(head_counts.values())},
+        finetune=json.loads(json.dumps(finetune, default=str)), versions=versions(),
+        devices=tuple(str(d) for d in jax.devices()))
 
 
-def _finish(run_dir: Path, opts: FinetuneOptions, labels, splits: dict[str, Split], eval_fn, stats, state: dict,
-            history: list[dict], sharding=None) -> dict:
-    """Predictions and metrics of the best parameters on the test set(s), best.safetensors, then DONE."""
-    from heads import sanity
-    from heads.metrics import auroc_report
-
+def _finish(run_dir: Path, config: RunConfig, opts: FinetuneOptions, splits: dict[str, Split], eval_fn, stats,
+            state: dict, history: list[dict], sharding=None):
+    """Evaluate the best parameters on the test set(s) and finish the run (`heads.runs.finish_run`)."""
     best, _ = _load_tree(_best_file(run_dir, state["best_epoch"]))
     best = jax.device_put(best, replicated(sharding.mesh)) if sharding is not None else jax.tree.map(jnp.asarray, best)
-    metrics = {"complete": True, "task": opts.task, "model": opts.run_model, "seed": opts.seed,
-               "best_epoch": state["best_epoch"], "best_val_loss": state["best_val"], "epochs": state["epoch"],
-               "stopped_early": state["epoch"] < opts.train.max_epochs,
-               "train_seconds": round(sum(r["seconds"] for r in history), 3), "test_sets": {}}
-    predictions, saturated, entries = {}, 0, 0
+    tests, saturated, entries = {}, 0, 0
     for role in ("test", "external"):
         if role in splits:
             split = splits[role]
             probs, _, n_saturated = evaluate(eval_fn, best, stats, split, opts.train.batch_size, saturation=True,
                                              sharding=sharding)
-            saturated, entries = saturated + n_saturated, entries + split.n * len(labels)
-            predictions[split.name] = probs
-            runs.save_predictions(run_dir, split.name, ids=split.ids, y_true=split.labels, y_prob=probs,
-                                  label_names=list(labels))
-            metrics["test_sets"][split.name] = auroc_report(split.labels, probs, list(labels))
-    metrics["sanity"] = sanity.check(
-        predictions=predictions, reports=metrics["test_sets"], label_names=labels, best_epoch=state["best_epoch"],
-        epochs=state["epoch"], max_epochs=opts.train.max_epochs,
+            saturated, entries = saturated + n_saturated, entries + split.n * len(config.labels)
+            tests[split.name] = runs.TestSet(split.ids, split.labels, probs)
+    results = runs.finish_run(
+        run_dir, config, params={**best, "batch_stats": stats},
+        params_metadata={"format": "cxr-qtl finetune", "best_epoch": str(state["best_epoch"])}, tests=tests,
+        validation=None, history=history, best_epoch=state["best_epoch"], best_val_loss=state["best_val"],
         saturated=saturated / entries if opts.model == "dqc" and entries else None,
-        losses=[v for row in history for v in (row["train_loss"], row["val_loss"])])
-    runs.save_params(run_dir, {**best, "batch_stats": stats},
-                     metadata={"format": "cxr-qtl finetune", "best_epoch": str(state["best_epoch"])})
-    runs.write_metrics(run_dir, metrics)
-    runs.finish(run_dir)
+        train_seconds=sum(r["seconds"] for r in history))
     shutil.rmtree(run_dir / CHECKPOINT, ignore_errors=True)
-    return metrics
+    return results
 
 
 def _resume_point(run_dir: Path, settings: dict, opt_template):
     """The checkpoint of an unfinished run with the same settings, or None (a fresh start)."""
-    cfg_path = run_dir / "config.json"
-    if not cfg_path.exists():
+    if not (run_dir / "config.json").exists():
         return None
-    from heads.sweep import differences
-
-    cfg = json.loads(cfg_path.read_text())
-    old = cfg.get("resume_settings", cfg.get("settings"))  # runs written before issue 9 kept them as `settings`
-    if old != settings:
-        diff = differences(old or {}, settings)
+    old = runs.read_config(run_dir).finetune or {}
+    if old.get("resume") != settings:
+        diff = differences(old.get("resume") or {}, settings)
         raise UserError(f"{run_dir} holds an unfinished run with different settings ({'; '.join(diff)}); "
                         f"delete it, or pass another --name")
     return load_checkpoint(run_dir, opt_template)
 
 
 def _finished(run_dir: Path) -> FinetuneResult:
-    metrics = runs.read_metrics(run_dir)
-    return FinetuneResult(run_dir, runs.read_history(run_dir), int(metrics.get("best_epoch", 0)),
-                          float(metrics.get("best_val_loss", math.nan)), metrics, skipped=True)
+    run = runs.open_run(run_dir)
+    results = run.results()
+    return FinetuneResult(run_dir, run.history(), results.best_epoch, results.best_val_loss, results.to_json(),
+                          skipped=True)

@@ -52,7 +52,6 @@ fewer shots than that and the qubit's variation across examples is mostly noise.
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 import time
@@ -66,6 +65,7 @@ import numpy as np
 from cxrfeat import __version__, atomic
 from cxrfeat.errors import UserError
 from heads import runs
+from heads.record import RunConfig
 
 DEFAULT_SHOTS = (10, 100, 1000, 10000)
 DEFAULT_REPEATS = 5
@@ -159,17 +159,17 @@ def circuit_probabilities(angles: np.ndarray, theta: np.ndarray) -> np.ndarray:
 @dataclass
 class DQCRun:
     path: Path
-    config: dict
+    record: RunConfig
     params: dict
     norm: dict | None
 
     @property
     def seed(self) -> int:
-        return int(self.config.get("seed", 0))
+        return self.record.seed
 
     @property
     def labels(self) -> list[str]:
-        return list(self.config["labels"])
+        return list(self.record.labels)
 
     @property
     def n(self) -> int:
@@ -179,16 +179,11 @@ class DQCRun:
 def open_run(path: str | Path) -> DQCRun:
     """A finished DQC run folder, or a one-line error saying why it cannot be evaluated."""
     path = Path(path)
-    cfg_path = path / "config.json"
-    if not cfg_path.exists():
+    if not (path / "config.json").exists():
         raise UserError(f"{path}: not a run folder (no config.json); give runs/<sweep>/cxr-<task>/dqc/seed-<s> or a sweep folder")
-    try:
-        config = json.loads(cfg_path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{cfg_path}: unreadable ({e})") from None
-    model = config.get("model")
-    if model != "dqc":
-        raise UserError(f"{path}: a {str(model).upper()} run; measurement shots apply to DQC runs only")
+    record = runs.read_config(path)  # what the run says it is: a run folder may be given wherever it lies
+    if record.model != "dqc":
+        raise UserError(f"{path}: a {record.model.upper()} run; measurement shots apply to DQC runs only")
     if not runs.is_done(path):
         raise UserError(f"{path}: unfinished run (no {runs.DONE}); finish it by re-running its `heads sweep` command")
     if not (path / "best.safetensors").exists():
@@ -198,19 +193,19 @@ def open_run(path: str | Path) -> DQCRun:
     if missing:
         raise UserError(f"{path / 'best.safetensors'}: not DQC parameters (missing {', '.join(missing)})")
     norm = None
-    if config.get("feature_norm", "none") == "standardize":
+    if record.settings.feature_norm == "standardize":
         npz = path / "feature_norm.npz"
         if not npz.exists():
             raise UserError(f"{path}: the run used --feature-norm standardize but has no feature_norm.npz")
         with np.load(npz) as z:
             norm = {"mean": z["mean"].astype(np.float32), "sd": z["sd"].astype(np.float32)}
-    return DQCRun(path, config, params, norm)
+    return DQCRun(path, record, params, norm)
 
 
 def find_dqc_runs(paths: Iterable[str | Path], *, warn: Callable[[str], None] | None = None) -> list[Path]:
     """Run folders to evaluate: each path is a run folder (kept as given: errors come from
-    `open_run`) or a folder holding runs (every finished DQC seed folder under it; unfinished ones
-    are skipped with a warning)."""
+    `open_run`) or a folder holding runs (every finished DQC run under it; unfinished ones are skipped
+    with a warning)."""
     out: list[Path] = []
     for p in map(Path, paths):
         if not p.exists():
@@ -219,44 +214,35 @@ def find_dqc_runs(paths: Iterable[str | Path], *, warn: Callable[[str], None] | 
             out.append(p)
             continue
         found = []
-        for cfg in sorted(p.rglob("config.json")):
-            d = cfg.parent
-            if not d.name.startswith("seed-"):
+        for run in runs.runs_under(p):
+            if run.model != "dqc":
                 continue
-            try:
-                model = json.loads(cfg.read_text()).get("model")
-            except (OSError, json.JSONDecodeError):
-                continue
-            if model != "dqc":
-                continue
-            if not runs.is_done(d):
+            if not run.done:
                 if warn:
-                    warn(f"warning: {d}: unfinished run (no {runs.DONE}), skipped")
+                    warn(f"warning: {run.path}: unfinished run (no {runs.DONE}), skipped")
                 continue
-            found.append(d)
+            found.append(run.path)
         if not found:
-            raise UserError(f"{p}: no finished DQC run under it (looked for */dqc/**/seed-*/ with DONE)")
+            raise UserError(f"{p}: no finished DQC run in it (looked for .../dqc/[<config>/]seed-*/ with DONE)")
         out.extend(found)
     return list(dict.fromkeys(out))
 
 
 def _test_store(run: DQCRun, test_set: str, features: Path | None) -> Path:
-    from heads.sweep import store_path
+    from heads.stores import store_path
 
-    feats = run.config.get("features", {})
-    root = Path(features) if features is not None else Path(feats.get("dir", "features"))
-    dataset = feats.get("dataset")
-    return store_path(root, dataset if test_set == dataset else test_set, "test")
+    data = run.record.data
+    root = Path(features) if features is not None else Path(data.features or "features")
+    return store_path(root, data.dataset if test_set == data.dataset else test_set, "test")
 
 
 def test_sets(run: DQCRun) -> list[str]:
-    sets = run.config.get("features", {}).get("test_sets")
+    sets = list(run.record.data.test_sets)
     if not sets:
-        pred = run.path / "predictions"
-        sets = sorted(p.stem for p in pred.glob("*.npz")) if pred.exists() else []
+        sets = [p.stem for p in runs.open_run(run.path).prediction_files()]
     if not sets:
-        raise UserError(f"{run.path}: no test sets recorded (config.json features.test_sets) and no predictions/")
-    return list(sets)
+        raise UserError(f"{run.path}: no test sets recorded (config.json data.test_sets) and no predictions/")
+    return sets
 
 
 @dataclass
@@ -317,9 +303,9 @@ def load_test(run: DQCRun, test_set: str, features: Path | None = None) -> TestI
     if len(saved["ids"]) != len(f.ids) or not np.array_equal(saved["ids"], np.asarray(f.ids, dtype=str)):
         raise UserError(f"{store}: its rows are not those of {pred_file} (another store than the run was evaluated on)")
     angles = circuit_inputs(run, f.embeddings[:, 0])
-    head = run.config.get("head", {})
+    layers = run.record.settings.layers
     theta = np.asarray(run.params["circuit"], np.float32)
-    if theta.shape != (int(head.get("layers", theta.shape[0])), run.n):
+    if theta.shape != (int(layers if layers is not None else theta.shape[0]), run.n):
         raise UserError(f"{run.path / 'best.safetensors'}: circuit shape {theta.shape} does not fit config.json")
     z = _exact_z(angles, theta, "fast")  # exact whatever back end trained the run
     prob = post(run, z)
@@ -465,10 +451,11 @@ class RunOutcome:
 
 
 def _header(run: DQCRun) -> dict:
-    c = run.config
-    return {"task": c.get("task"), "task_name": c.get("task_name"), "model": "dqc", "seed": run.seed,
-            "labels": run.labels, "head": c.get("head"), "feature_norm": c.get("feature_norm", "none"),
-            "sweep": c.get("sweep")}
+    c = run.record
+    s = c.settings
+    return {"task": c.task, "task_name": c.task, "model": "dqc", "seed": run.seed, "labels": run.labels,
+            "head": {"model": "dqc", "layers": s.layers, "backend": s.backend, "circuit_init": s.circuit_init},
+            "feature_norm": s.feature_norm or "none", "sweep": c.sweep, "grid": c.grid}
 
 
 def evaluate_run(path: str | Path, settings: ShotSettings, *, step: Callable[[], None] | None = None) -> RunOutcome:
@@ -480,7 +467,7 @@ def evaluate_run(path: str | Path, settings: ShotSettings, *, step: Callable[[],
     width_doc = {"format": FORMAT, "run": _header(run), "created": now, "package_version": __version__,
                  "test_sets": {key: width(t.z, settings.threshold) for key, t in inputs.items()}}
     atomic.write_json(run.path / WIDTH_FILE, width_doc)
-    out = RunOutcome(run.path, str(run.config.get("task_name") or run.config.get("task") or f"cxr-{run.n}"), run.seed, width=width_doc)
+    out = RunOutcome(run.path, run.record.task, run.seed, width=width_doc)
     if settings.width_only:
         return out
     doc = {"format": FORMAT, "run": _header(run), "settings": settings.record(), "created": now,
@@ -496,7 +483,7 @@ def steps_per_run(path: Path, settings: ShotSettings) -> int:
     if settings.width_only:
         return 0
     try:
-        n_sets = len(json.loads((Path(path) / "config.json").read_text()).get("features", {}).get("test_sets") or [1])
-    except (OSError, json.JSONDecodeError):
+        n_sets = len(runs.read_config(path).data.test_sets) or 1
+    except UserError:
         n_sets = 1
     return n_sets * len(settings.shots) * settings.repeats

@@ -1,8 +1,11 @@
-"""What a sweep shows while it runs (rich progress bars) and its summary table at the end."""
+"""What a sweep shows while it runs (rich progress bars) and its summary table at the end, read back
+from the run folders through `heads.runs`."""
 
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
+from pathlib import Path
 
 from rich.console import Console
 from rich.progress import (
@@ -16,6 +19,8 @@ from rich.progress import (
 from rich.table import Table
 
 from cxrfeat.labels import task_name
+from heads import runs
+from heads.sanity import FLAGS
 
 
 def _seeds(seeds) -> str:
@@ -102,7 +107,7 @@ def flag_text(flags: dict[str, list[int]], n: int) -> str:
 
 
 def summary_table(rows: list[dict], title: str) -> Table:
-    """Mean AUROC ± sd over seeds per task × model × test set (rows from `heads.sweep.summarize`), with a
+    """Mean AUROC ± sd over seeds per task × model × test set (rows from `summarize`), with a
     Sanity column: the failed checks of the row's seeds (see `heads.sanity`)."""
     table = Table(title=title)
     grid = any(r.get("config") for r in rows)
@@ -119,7 +124,7 @@ def summary_table(rows: list[dict], title: str) -> Table:
 
 
 def warning_lines(flagged) -> list[str]:
-    """One line per flagged run (from `heads.sweep.flagged_runs`): its folder and what failed."""
+    """One line per flagged run (from `flagged_runs`): its folder and what failed."""
     return [f"warning: {path}: {'; '.join(record.get('messages') or record.get('flags') or [])}" for path, record in flagged]
 
 
@@ -129,3 +134,74 @@ def print_summary(console: Console, rows: list[dict], flagged, title: str, where
     for line in warning_lines(flagged):
         console.print(line, style="bold red", markup=False, highlight=False, soft_wrap=True)
     console.print(f"runs written to {where}", markup=False, highlight=False, soft_wrap=True)
+
+
+# ---------------------------------------------------------------- the finished runs of a sweep
+def _row_flags(sanity_record: dict | None, test_set: str) -> list[str]:
+    """The sanity flags of one run that concern one of its test sets (constant predictions are per test set)."""
+    if not sanity_record:
+        return []
+    constant = (sanity_record.get("details") or {}).get("constant_labels") or {}
+    return [f for f in sanity_record.get("flags", []) if f != "constant_predictions" or test_set in constant]
+
+
+def _grid_runs(sweep_dir, pairs, seeds, configs):
+    """The finished runs of the grid, as (task, model, config name, seed, `runs.Run`); configs: model -> names."""
+    for task, model in pairs:
+        for name in (configs or {}).get(model, [""]):
+            for s in range(1, seeds + 1):
+                run = runs.Run(task_name(task), model, s, Path(sweep_dir) / task_name(task) / model / name / f"seed-{s}",
+                               name)
+                if run.done:
+                    yield task, model, name, s, run
+
+
+def summarize(sweep_dir: str | Path, pairs: Sequence[tuple], seeds: int,
+              configs: dict[str, list[str]] | None = None) -> list[dict]:
+    """Mean ± sd AUROC over the finished seeds 1..seeds, per (task, model, configuration, test set),
+    with each row's sanity flags: `flags` maps a flag to the seeds that carry it. `configs`: each
+    model's configuration names (default: none, "")."""
+    rows = []
+    groups: dict[tuple, list] = {}
+    for task, model, name, s, run in _grid_runs(sweep_dir, pairs, seeds, configs):
+        groups.setdefault((task, model, name), []).append((s, run.results()))
+    for (task, model, name), members in groups.items():
+        per_set: dict[str, list[float]] = {}
+        flags: dict[str, dict[str, list[int]]] = {}
+        for s, results in members:
+            for key, m in results.test_sets.items():
+                if m["mean_auroc"] is not None:
+                    per_set.setdefault(key, []).append(m["mean_auroc"])
+                for flag in _row_flags(results.sanity, key):
+                    flags.setdefault(key, {}).setdefault(flag, []).append(s)
+        for key, values in per_set.items():
+            rows.append({"task": task, "model": model, "config": name, "test_set": key, "n": len(values),
+                         "mean": statistics.fmean(values),
+                         "sd": statistics.stdev(values) if len(values) > 1 else None,
+                         "flags": {f: flags.get(key, {})[f] for f in FLAGS if f in flags.get(key, {})}})
+    return rows
+
+
+def flagged_runs(sweep_dir: str | Path, pairs: Sequence[tuple], seeds: int,
+                 configs: dict[str, list[str]] | None = None) -> list[tuple[Path, dict]]:
+    """(run folder, sanity record) of every finished run of the grid whose sanity check failed."""
+    out = []
+    for *_, run in _grid_runs(sweep_dir, pairs, seeds, configs):
+        record = run.results().sanity
+        if record and not record.get("ok", True):
+            out.append((run.path, record))
+    return out
+
+
+def run_with_console(spec) -> None:
+    """`heads sweep` / `heads train`: run the sweep with live progress, then print its summary."""
+    from heads.sweep import run_sweep
+
+    spec.check()
+    with LiveReporter() as reporter:
+        outcomes = run_sweep(spec, reporter=reporter)
+    where = spec.runs / spec.name
+    pairs = list(dict.fromkeys((o.task, o.model) for o in outcomes))
+    configs = {m: [c.name for c in spec.configs(m)] for m in spec.models}
+    print_summary(Console(), summarize(where, pairs, spec.seeds, configs),
+                  flagged_runs(where, pairs, spec.seeds, configs), f"{where}: mean AUROC over seeds", where)

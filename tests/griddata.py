@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from heads.sweep import HeadConfig, SweepSpec, run_sweep
+from heads.plan import HeadConfig, SweepSpec
+from heads.sweep import run_sweep
 from heads.train import TrainConfig
 
 

@@ -189,9 +189,10 @@ def test_run_layout_and_outputs(finished, backbone):
     cfg = json.loads((path / "config.json").read_text())
     assert cfg["model"] == "cdl-finetune" and cfg["labels"] == list(ft.task_labels(8))
     assert cfg["param_counts"]["head"] == 24 * 8 + 8 and cfg["param_counts"]["backbone"] > 0
-    assert cfg["image_caches"]["train"]["synthetic"] is True
-    # The shared contract of issue 9, as for runs on cached features.
-    assert cfg["data"] == {"dataset": "nih-cxr-lt", "synthetic": True, "views": None, "limit": None,
+    assert cfg["schema"] == 2 and cfg["finetune"]["image_caches"]["train"]["synthetic"] is True
+    # The run record (heads.record), as for runs on cached features.
+    assert cfg["data"]["test_sets"] == ["nih-cxr-lt", "mimic-cxr-lt"]
+    assert {k: cfg["data"][k] for k in ("dataset", "synthetic", "views", "limit", "rows", "sources")} == {"dataset": "nih-cxr-lt", "synthetic": True, "views": None, "limit": None,
                            "rows": {"train": 12, "val": 6, "nih-cxr-lt": 6, "mimic-cxr-lt": 6},
                            "sources": {"train": {"dataset": "nih-cxr-lt", "split": "train", "synthetic": True},
                                        "val": {"dataset": "nih-cxr-lt", "split": "val", "synthetic": True},
@@ -200,7 +201,7 @@ def test_run_layout_and_outputs(finished, backbone):
     assert cfg["backbone"] == {"name": "random", "random": True, "seed": 0, "revision": None, "sha256": None}
     assert cfg["settings"] == {"lr": 1e-3, "batch_size": 5, "max_epochs": 3, "patience": 3, "feature_norm": None,
                                "layers": None, "backend": None, "circuit_init": None, "seeds": None,
-                               "mode": "finetune", "freeze_backbone": False, "limit": None}
+                               "mode": "finetune", "freeze_backbone": False, "limit": None, "views_from": None}
     history = runs.read_history(path)
     assert [h["epoch"] for h in history] == [1, 2, 3] == [h["epoch"] for h in res.history]
     pred = runs.load_predictions(path, "nih-cxr-lt")
@@ -271,7 +272,7 @@ def _heads_train_run(path, model="cdl", labels=None, dim=24):
     """A finished run folder as `heads train` writes it (heads.sweep): config.json, best.safetensors, DONE."""
     rng = np.random.default_rng(0)
     params = {"linear": {"kernel": 3 + rng.normal(size=(dim, 8)).astype(np.float32), "bias": np.zeros(8, np.float32)}}
-    runs.start(path, {"task": 8, "model": model, "labels": labels or list(ft.task_labels(8)),
+    runs.start(path, {"task": 8, "model": model, "seed": 1, "labels": labels or list(ft.task_labels(8)),
                       "provenance": {"train": {"backbone": {"name": "random", "random": True, "seed": 0}}}})
     runs.save_params(path, params)
     runs.finish(path)

@@ -20,7 +20,8 @@ from heads.cli import app
 from heads.grid import format_value, parse_values
 from heads.metrics import auroc_report
 from heads.models import make_model
-from heads.sweep import SweepSpec, plan, run_sweep, shard_cells
+from heads.plan import SweepSpec, plan, shard_cells
+from heads.sweep import run_sweep
 from heads.train import TrainConfig
 
 FAST = ["--max-epochs", "2", "--patience", "2"]
@@ -63,7 +64,7 @@ def test_grid_layout_and_records(grid_sweep):
                 assert config["settings"]["views_from"] == "augmented"
                 if model == "dqc":
                     assert config["param_counts"]["quantum"] == 8 * point["layers"]
-    assert [r.config for r in runs.iter_runs(sweep) if r.model == "cdl"] == ["lr-0.01"] * 2 + ["lr-0.03"] * 2
+    assert [r.config_name for r in runs.iter_runs(sweep) if r.model == "cdl"] == ["lr-0.01"] * 2 + ["lr-0.03"] * 2
     assert "lr-0.03_layers-2" in result.output  # the summary has a row per configuration
 
 
@@ -95,7 +96,7 @@ def test_a_configuration_swept_alone_equals_its_place_in_the_grid(grid_sweep, tm
     assert result.exit_code == 0, result.output
     alone = tmp_path / "runs" / "one" / "cxr-8" / "dqc"
     config = json.loads((alone / "seed-2" / "config.json").read_text())
-    assert config["grid"] == {"name": "", "point": {}}  # a single configuration keeps today's layout
+    assert config["grid"] is None  # a single configuration keeps the plain layout
     for seed in (1, 2):
         a = _results_only(alone / f"seed-{seed}", tmp_path / "a" / str(seed))
         b = _results_only(root / "runs" / "g" / "cxr-8" / "dqc" / "lr-0.03_layers-2" / f"seed-{seed}",

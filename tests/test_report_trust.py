@@ -135,6 +135,9 @@ def test_settings_column_when_rows_differ(tmp_path):
     cfg["settings"].update(mode="finetune", limit=16, seeds=1)
     cfg["data"]["limit"] = 16
     (d / "config.json").write_text(json.dumps(cfg))
+    metrics = json.loads((d / "metrics.json").read_text())
+    metrics["model"] = "dqc-finetune"
+    (d / "metrics.json").write_text(json.dumps(metrics))
     md = _report(sweep, tmp_path / "r")
     means = {(r["test_set"], r["model"]): r for r in _csv(tmp_path / "r" / "tables" / "mean_auroc.csv")}
     ft = means[("nih-cxr-lt", "dqc-finetune")]

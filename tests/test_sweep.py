@@ -16,7 +16,7 @@ from heads import runs
 from heads.cli import app
 from heads.metrics import auroc_report, label_auprc
 from heads.models import make_model
-from heads.sweep import SweepSpec, grid, parse_shard
+from heads.plan import SweepSpec, parse_shard, shard_cells
 
 FAST = ["--max-epochs", "3", "--lr", "0.01", "--patience", "2"]
 
@@ -42,7 +42,7 @@ def test_sweep_writes_the_run_layout(swept):
             assert runs.is_done(d)
             config = json.loads((d / "config.json").read_text())
             assert config["seed"] == seed and config["model"] == model and config["labels"] == list(task_labels(8))
-            assert config["provenance"]["train"]["backbone"] == {"name": "random", "seed": 0}
+            assert config["schema"] == 2 and config["stores"]["train"]["backbone"] == {"name": "random", "seed": 0}
             assert config["param_counts"]["classical_preprocess"] == 32 * 8 + 8
             metrics = runs.read_metrics(d)
             history = runs.read_history(d)
@@ -185,8 +185,9 @@ def test_auprc_by_hand():
 
 def test_shards_partition_the_grid():
     spec = SweepSpec(tasks=[8, 14, 19], models=["cdl", "dqc"], seeds=1)
-    full = grid(spec)
-    parts = [grid(SweepSpec(tasks=[8, 14, 19], models=["cdl", "dqc"], seeds=1, shard=(i, 4))) for i in range(1, 5)]
+    full = [(c.task, c.model) for c in shard_cells(spec)]
+    parts = [[(c.task, c.model) for c in shard_cells(SweepSpec(tasks=[8, 14, 19], models=["cdl", "dqc"], seeds=1,
+                                                               shard=(i, 4)))] for i in range(1, 5)]
     assert sorted(p for part in parts for p in part) == sorted(full) and sum(map(len, parts)) == len(full) == 6
     assert parse_shard("2/4") == (2, 4)
 
@@ -271,7 +272,7 @@ def test_feature_norm_standardize_scales_inputs_and_is_recorded(tmp_path):
     normed = invoke("sweep", *common, "--name", "normed", "--feature-norm", "standardize")
     assert normed.exit_code == 0, normed.output
     d = tmp_path / "runs" / "normed" / "cxr-8" / "dqc" / "seed-1"
-    assert json.loads((d / "config.json").read_text())["feature_norm"] == "standardize"
+    assert json.loads((d / "config.json").read_text())["settings"]["feature_norm"] == "standardize"
     stats = np.load(d / "feature_norm.npz")
     train = load_features(tmp_path / "f" / "nih-cxr-lt" / "train.zarr").embeddings
     np.testing.assert_allclose(stats["mean"], train.mean(axis=(0, 1)), rtol=1e-4)

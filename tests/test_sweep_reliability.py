@@ -29,12 +29,13 @@ from typer.testing import CliRunner
 from cxrfeat import locks
 from heads import runs
 from heads.cli import app
-from heads.sweep import SweepSpec, run_sweep
+from heads.plan import SweepSpec
+from heads.sweep import run_sweep
 from heads.train import TrainConfig
 
 # When or how fast it ran, or how the seeds happened to be grouped: not results.
 NOT_RESULTS = {"started", "created", "updated", "seconds", "compile_seconds", "train_seconds",
-               "seeds_trained_together"}
+               "trained_with"}  # how the work was grouped, not what it gave
 FAST = TrainConfig(lr=0.01, max_epochs=3, patience=2)
 CLI_FAST = ["--max-epochs", "3", "--lr", "0.01", "--patience", "2"]
 
