@@ -23,6 +23,8 @@ Integrity (nothing read as fill values, nothing silently damaged):
   file of every array exists and matches its checksum (`verify`: hashing files on threads, ~1 GB/s)
   and refuses a damaged store naming the array, the chunk, the store and the repair command
   (`cxrfeat extract ... --repair` recomputes only the damaged chunks, bit for bit).
+- Every metadata file (`zarr.json` of the group and of each array, `COMPLETE`) is parsed by
+  `atomic.read_json` before Zarr sees it: a damaged one is a one-line error naming it.
 
 Several writers (`cxrfeat extract --part i/N`, `cxrfeat.extract._extract_part`): every file above
 that a row chunk owns (its embeddings and `valid` chunk files, its `progress` flag, its sidecar) is
@@ -201,6 +203,13 @@ class FeatureStore:
         return "run `cxrfeat extract` first"
 
     @classmethod
+    def _remake_hint(cls) -> str:
+        """What to do about a store whose group metadata is unreadable (so its recorded command is too)."""
+        if cls.DATA == FeatureStore.DATA:
+            return "rebuild it: re-run the `cxrfeat extract` command that made it with --overwrite"
+        return f"delete the {cls.WHAT} and make it again ({cls._hint()})"
+
+    @classmethod
     def open(cls, path: str | Path, *, mode: str = "r", require_complete: bool = True,
              verify: bool = True) -> FeatureStore:
         """Open a store; refuse a missing, foreign, damaged or (by default) incomplete one with a clear message.
@@ -208,10 +217,18 @@ class FeatureStore:
         With `require_complete` (every reader) the whole store is verified (`verify`) unless `verify=False`.
         """
         path = Path(path)
-        g = open_group(path, mode, what=cls.WHAT, hint=cls._hint())
+        g = open_group(path, mode, what=cls.WHAT, hint=cls._hint(), remedy=cls._remake_hint())
         cls._check_kind(path, g)
         store = cls(path, g)
-        missing = [name for name in (*store.ROW_ARRAYS, *store.CREATED_ARRAYS) if name not in g]
+        missing = []
+        for name in (*store.ROW_ARRAYS, *store.CREATED_ARRAYS):
+            try:  # parsed here first: Zarr itself would fail on a damaged one with a bare JSONDecodeError
+                atomic.read_json(path / name / "zarr.json", what=f"the metadata of array {name!r} of {cls.WHAT} "
+                                 f"{path}", remedy=store.repair_hint(rebuild=True))
+            except FileNotFoundError:
+                missing.append(name)
+            except OSError as e:
+                raise UserError(f"{path}: cannot read array {name!r}: {os_error_message(e)}") from None
         if missing:
             raise UserError(f"{path}: damaged {cls.WHAT}: array(s) {', '.join(missing)} missing. "
                             f"{store.repair_hint(rebuild=True)}")
@@ -244,11 +261,14 @@ class FeatureStore:
         """The completion marker (`COMPLETE`), None while the store is incomplete."""
         if self._marker is None:
             try:
-                self._marker = json.loads((self.path / COMPLETE).read_text())
+                self._marker = atomic.read_json(
+                    self.path / COMPLETE, what=f"the completion marker of {self.WHAT} {self.path}",
+                    remedy=f"delete it and re-run the command that made the {self.WHAT}: it checks every chunk "
+                           f"again and completes it")
             except FileNotFoundError:
                 return None
-            except (OSError, ValueError) as e:
-                raise UserError(f"{self.path / COMPLETE}: unreadable completion marker ({e}). "
+            except OSError as e:
+                raise UserError(f"{self.path / COMPLETE}: unreadable completion marker ({os_error_message(e)}). "
                                 f"{self.repair_hint()}") from None
         return self._marker
 
@@ -693,10 +713,14 @@ def build_group(path: str | Path, *, ids, labels, label_names, dtype: str, chunk
         raise UserError(f"cannot create {path}: {os_error_message(e, path)}") from None
 
 
-def open_group(path: Path, mode: str, *, what: str, hint: str) -> zarr.Group:
-    """Open a Zarr group, or a clear error naming `what` is missing or unreadable (and `hint`)."""
+def open_group(path: Path, mode: str, *, what: str, hint: str, remedy: str | None = None) -> zarr.Group:
+    """Open a Zarr group, or a clear error naming `what` is missing (and `hint`) or unreadable (and `remedy`)."""
     if not (path / "zarr.json").exists():
         raise UserError(f"{path}: no {what} here ({hint})")
+    try:  # parsed here first: Zarr itself would fail on a damaged one with a bare JSONDecodeError
+        atomic.read_json(path / "zarr.json", what=f"the metadata of {what} {path}", remedy=remedy)
+    except OSError as e:
+        raise UserError(f"{path}: not a readable {what}: {os_error_message(e)}") from None
     try:
         return zarr.open_group(str(path), mode=mode)
     except Exception as e:  # noqa: BLE001 - anything zarr raises means "not a store we can read"

@@ -417,7 +417,8 @@ def record_sweep(spec: SweepSpec, stores: Stores) -> dict:
               "settings": fixed, "features": str(spec.features), "provenance": stores.provenance(),
               "package_version": __version__, "created": now, "updated": now, "grid": spec.grid_record()}
     if path.exists():
-        old = json.loads(path.read_text())
+        old = atomic.read_json(path, what=f"the sweep record of {path.parent}",
+                               remedy="restore it, or delete it and re-run this sweep's commands (finished runs are kept)")
         if old.get("settings") != fixed:
             diff = differences(old.get("settings") or {}, fixed)
             raise UserError(
