@@ -19,10 +19,12 @@ Integrity (nothing read as fill values, nothing silently damaged):
 - `COMPLETE` (JSON, written atomically by `finalize`) is the completion marker: the sha256 of every
   chunk file of every array, `skipped_ids` (computed once from `valid`), `completed` and `timing`.
   `zarr.json` is never rewritten after creation. A store without `COMPLETE` is incomplete.
-- `FeatureStore.open` (used by every reader: sweep, report, export, info) checks that every chunk
+- `FeatureStore.open` (used by every reader: sweep, report, export) checks that every chunk
   file of every array exists and matches its checksum (`verify`: hashing files on threads, ~1 GB/s)
   and refuses a damaged store naming the array, the chunk, the store and the repair command
-  (`cxrfeat extract ... --repair` recomputes only the damaged chunks, bit for bit).
+  (`cxrfeat extract ... --repair` recomputes only the damaged chunks, bit for bit). `load` verifies
+  the store itself when `open` did not, so rows are never read from a damaged or unfinished store;
+  `integrity` checks what a store should hold so far, complete or not (`cxrfeat info`, `cxrfeat verify`).
 - Every metadata file (`zarr.json` of the group and of each array, `COMPLETE`) is parsed by
   `atomic.read_json` before Zarr sees it: a damaged one is a one-line error naming it.
 
@@ -161,6 +163,7 @@ class FeatureStore:
         self.path = Path(path)
         self.group = group
         self._marker: dict | None = None
+        self._verified = False  # every file checked against its checksum (`check`) since opening
 
     # ---------------------------------------------------------------- creation and opening
     @classmethod
@@ -214,7 +217,8 @@ class FeatureStore:
              verify: bool = True) -> FeatureStore:
         """Open a store; refuse a missing, foreign, damaged or (by default) incomplete one with a clear message.
 
-        With `require_complete` (every reader) the whole store is verified (`verify`) unless `verify=False`.
+        With `require_complete` (every reader) the whole store is verified (`verify`) unless `verify=False`
+        (then `load` verifies it).
         """
         path = Path(path)
         g = open_group(path, mode, what=cls.WHAT, hint=cls._hint(), remedy=cls._remake_hint())
@@ -443,6 +447,14 @@ class FeatureStore:
         damage = self.verify()
         if damage:
             raise UserError(self.damage_message(damage))
+        self._verified = True
+
+    def integrity(self) -> list[Damage]:
+        """What is damaged among the files the store should hold by now (empty: intact): every file of
+        a complete store; the files written at creation and the chunks done of an incomplete one."""
+        if self.complete:
+            return self.verify()
+        return self.verify([int(i) for i in np.nonzero(self.done_chunks())[0]])
 
     def damage_message(self, damage: list[Damage]) -> str:
         shown = "; ".join(str(d) for d in damage[:3]) + (f"; and {len(damage) - 3} more" if len(damage) > 3 else "")
@@ -533,7 +545,14 @@ class FeatureStore:
 
     # ---------------------------------------------------------------- reading
     def load(self, labels: list[str] | tuple[str, ...] | None = None, dtype=np.float32) -> Features:
-        """All valid rows in memory; `labels` picks (and orders) label columns, erroring on missing ones."""
+        """All valid rows in memory; `labels` picks (and orders) label columns, erroring on missing ones.
+
+        Only a complete store that matches its checksums is read (verified here unless `open` did it):
+        a missing or damaged chunk of any array is refused, never read as fill values."""
+        if not self.complete:
+            raise UserError(self.incomplete_message())
+        if not self._verified:
+            self.check()
         names = self.label_names
         if labels is None:
             cols = list(range(len(names)))

@@ -68,10 +68,7 @@ def verify_store(path: str | Path) -> Verdict:
     t0 = time.perf_counter()
     try:
         store = cls.open(path, require_complete=False)
-        if store.complete:
-            damage = store.verify()
-        else:
-            damage = store.verify([int(i) for i in store.done_chunks().nonzero()[0]])
+        damage = store.integrity()
     except UserError as e:  # unreadable metadata, a foreign folder...: this one fails, the others are checked
         return Verdict(path, "damaged", seconds=time.perf_counter() - t0, message=str(e))
     expected, _ = store.expected_files()

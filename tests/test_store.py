@@ -89,3 +89,21 @@ def test_check_compatible(tmp_path):
 def test_ids_digest_order_sensitive():
     assert ids_digest(["a", "b"]) != ids_digest(["b", "a"])
     assert ids_digest(["ab", "c"]) != ids_digest(["a", "bc"])
+
+
+@pytest.mark.parametrize("chunk", ["embeddings/c/1/0/0", "labels/c/0/0", "ids/c/0", "valid/c/2"])
+def test_load_refuses_a_damaged_store_however_it_was_opened(tmp_path, chunk):
+    """Never fill values: `load` verifies the store itself when `open` did not (verify=False, incomplete)."""
+    store, _, _ = _make(tmp_path / "s.zarr")
+    _fill(store)
+    (tmp_path / "s.zarr" / chunk).unlink()
+    for opened in (lambda: FeatureStore.open(tmp_path / "s.zarr"),
+                   lambda: FeatureStore.open(tmp_path / "s.zarr", verify=False).load(),
+                   lambda: FeatureStore.open(tmp_path / "s.zarr", require_complete=False).load()):
+        with pytest.raises(UserError, match=rf"damaged feature store: {chunk}: missing.*cxrfeat verify"):
+            opened()
+    # An incomplete store is never loaded either (its unwritten chunks are fill values).
+    half, _, _ = _make(tmp_path / "half.zarr")
+    half.write_chunk(0, np.zeros((4, 2, 4), np.float32))
+    with pytest.raises(UserError, match="incomplete feature store"):
+        FeatureStore.open(tmp_path / "half.zarr", require_complete=False).load()
