@@ -28,6 +28,11 @@ Integrity (nothing read as fill values, nothing silently damaged):
 - Every metadata file (`zarr.json` of the group and of each array, `COMPLETE`) is parsed by
   `atomic.read_json` before Zarr sees it: a damaged one is a one-line error naming it.
 
+Layout: a store of dataset D and split S lives at `<features>/D/S.zarr` (`layout_path`; `layout_of`
+maps a path back to (D, S)). Its attributes record D and S, and `FeatureStore.open(path, dataset=D,
+split=S)` refuses a store that holds another dataset or split (copied or renamed into the wrong place);
+stores written before those attributes existed cannot be checked and are accepted.
+
 Several writers (`cxrfeat extract --part i/N`, `cxrfeat.extract._extract_part`): every file above
 that a row chunk owns (its embeddings and `valid` chunk files, its `progress` flag, its sidecar) is
 written by the one process filling that chunk, so N processes fill disjoint chunk ranges
@@ -102,6 +107,20 @@ class Damage:
 
     def __str__(self) -> str:
         return f"{self.key}: {self.problem}" + (f" (row chunk {self.chunk})" if self.chunk is not None else "")
+
+
+def layout_path(features: str | Path, dataset: str, split: str) -> Path:
+    """Where the store of `dataset`/`split` lives under a features folder: `<features>/<dataset>/<split>.zarr`."""
+    return Path(features) / dataset / f"{split}.zarr"
+
+
+def layout_of(path: str | Path) -> tuple[str, str] | None:
+    """(dataset, split) that a store path names by the layout `<features>/<dataset>/<split>.zarr`
+    (the inverse of `layout_path`); None for a path whose name does not end in `.zarr`."""
+    path = Path(path)
+    if path.suffix != ".zarr" or not path.stem or not path.parent.name:
+        return None
+    return path.parent.name, path.stem
 
 
 def lock_path(path: str | Path) -> Path:
@@ -213,17 +232,19 @@ class FeatureStore:
         return f"delete the {cls.WHAT} and make it again ({cls._hint()})"
 
     @classmethod
-    def open(cls, path: str | Path, *, mode: str = "r", require_complete: bool = True,
-             verify: bool = True) -> FeatureStore:
+    def open(cls, path: str | Path, *, mode: str = "r", require_complete: bool = True, verify: bool = True,
+             dataset: str | None = None, split: str | None = None) -> FeatureStore:
         """Open a store; refuse a missing, foreign, damaged or (by default) incomplete one with a clear message.
 
         With `require_complete` (every reader) the whole store is verified (`verify`) unless `verify=False`
-        (then `load` verifies it).
+        (then `load` verifies it). `dataset` and `split`, when given, are what the caller expects the
+        store to hold (`expect`): a store that holds another dataset or split is refused.
         """
         path = Path(path)
         g = open_group(path, mode, what=cls.WHAT, hint=cls._hint(), remedy=cls._remake_hint())
         cls._check_kind(path, g)
         store = cls(path, g)
+        store.expect(dataset=dataset, split=split)
         missing = []
         for name in (*store.ROW_ARRAYS, *store.CREATED_ARRAYS):
             try:  # parsed here first: Zarr itself would fail on a damaged one with a bare JSONDecodeError
@@ -245,6 +266,22 @@ class FeatureStore:
             if verify:
                 store.check()
         return store
+
+    def expect(self, *, dataset: str | None = None, split: str | None = None) -> None:
+        """Refuse a store that holds another dataset or split than the caller expects (one was copied or
+        renamed into the wrong place). A store without these attributes (older versions) is accepted."""
+        attrs = self.group.attrs
+        held = {"dataset": attrs.get("dataset"), "split": attrs.get("split")}
+        wanted = {"dataset": dataset, "split": split}
+        if all(wanted[k] is None or held[k] is None or str(held[k]) == str(wanted[k]) for k in held):
+            return
+        says = " ".join(str(v) for v in wanted.values() if v is not None)
+        holds = " ".join(str(held[k]) for k in held if held[k] is not None)
+        home = ""
+        if held["dataset"] is not None and held["split"] is not None and layout_of(self.path) is not None:
+            home = f"; its place is {layout_path(self.path.parent.parent, held['dataset'], held['split'])}"
+        raise UserError(f"{self.path}: this {self.WHAT} holds {holds}, not {says} (copied or renamed?){home}; "
+                        f"the {says} {self.WHAT} belongs here ({self._hint()})")
 
     def incomplete_message(self) -> str:
         done = int(self.done_chunks().sum())

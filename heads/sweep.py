@@ -283,7 +283,7 @@ class Stores:
                 raise UserError(f"{path}: no feature store; make it with `{_extract_hint(spec.features, dataset, split)}`")
         self.all: dict[str, Features] = {}
         for key, where in wanted.items():
-            store = FeatureStore.open(store_path(spec.features, *where))
+            store = FeatureStore.open(store_path(spec.features, *where), dataset=where[0], split=where[1])
             # Training embeddings keep their stored dtype (float16 stays float16 on the device; the
             # training step casts each batch); the smaller evaluation sets are read as float32.
             dtype = store.attrs.get("dtype", "float32") if key == "train" else np.float32

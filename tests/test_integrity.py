@@ -471,6 +471,16 @@ def test_a_damaged_completion_marker_is_remade_as_its_message_says(data, backbon
     np.testing.assert_array_equal(_emb(path), clean)
 
 
+# ------------------------------------------------------------------------------------------ misplaced stores
+def test_extraction_refuses_a_store_of_another_split_at_its_path(data, backbone, tmp_path):
+    foreign, _ = _store(tmp_path / "other" / "s.zarr")  # holds nih-cxr-lt val
+    shutil.copytree(foreign, tmp_path / "f" / "nih-cxr-lt" / "test.zarr")
+    with pytest.raises(UserError, match=r"test.zarr: this feature store holds nih-cxr-lt val, not nih-cxr-lt test "
+                                        r"\(copied or renamed\?\); its place is .*nih-cxr-lt/val.zarr"):
+        extract(dataset="nih-cxr-lt", split="test", data_dir=data / "nih-cxr-lt", out=tmp_path / "f",
+                backbone=backbone, views=1, chunk_rows=2, batch_size=2, workers=1, progress=False)
+
+
 def _heads(*args):
     from heads.cli import app as heads_app
 
@@ -483,6 +493,21 @@ def _tiny_sweep(tmp_path):
     features = make_stores(tmp_path / "features", n_train=16, n_val=8, n_test=8, dim=8)
     return features, ["sweep", "--features", features, "--runs", tmp_path / "runs", "--name", "s", "--tasks", "8",
                       "--models", "cdl", "--seeds", "1", "--max-epochs", "1"]
+
+
+def test_heads_sweep_refuses_a_store_copied_in_as_another_split(tmp_path):
+    """The MIMIC test store copied in as the NIH validation split."""
+    features, sweep = _tiny_sweep(tmp_path)
+    val = features / "nih-cxr-lt" / "val.zarr"
+    shutil.rmtree(val)
+    shutil.copytree(features / "mimic-cxr-lt" / "test.zarr", val)
+    result = _heads(*sweep)
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert result.output.strip().splitlines() == [
+        f"error: {val}: this feature store holds mimic-cxr-lt test, not nih-cxr-lt val (copied or renamed?); its "
+        f"place is {features / 'mimic-cxr-lt' / 'test.zarr'}; the nih-cxr-lt val feature store belongs here (run "
+        f"`cxrfeat extract` first)"]
+    assert not (tmp_path / "runs").exists()
 
 
 def test_heads_sweep_refuses_a_damaged_sweep_record_naming_it(tmp_path):
