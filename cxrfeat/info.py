@@ -159,9 +159,9 @@ def cache_summary(path: str | Path) -> dict:
 
     path = Path(path)
     g = open_group(path, "r", what="image cache", hint="`heads finetune` builds it")
-    if g.attrs.get("kind") != IMAGE_CACHE_KIND or "images" not in g:
+    if g.attrs.get("kind") != IMAGE_CACHE_KIND:
         raise UserError(f"{path}: not an image cache of this toolkit (kind {g.attrs.get('kind')!r})")
-    cache = _kind(path).open(path, require_complete=False)
+    cache = _kind(path).open(path, require_complete=False)  # its arrays' metadata parsed and checked there
     _refuse_damage(cache)
     attrs = cache.attrs
     names = cache.label_names

@@ -162,3 +162,7 @@ def test_info_on_a_damaged_image_cache(data, tmp_path):
     result = runner.invoke(app, ["info", str(cache)])
     assert result.exit_code == 2 and f"{cache}: damaged image cache: labels/c/0/0: missing" in result.output
     assert "heads finetune" in result.output and len(result.output.strip().splitlines()) == 1
+    (cache / "images/zarr.json").write_text('{"shape": [2, ')
+    result = runner.invoke(app, ["info", str(cache)])
+    assert result.exit_code == 2 and "internal error" not in result.output, result.output
+    assert f"error: {cache / 'images/zarr.json'}: not valid JSON (line 1 column 15)" in result.output
