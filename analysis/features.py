@@ -15,7 +15,7 @@ import numpy as np
 
 from cxrfeat.errors import UserError
 from cxrfeat.labels import LABELS, NO_FINDING, canonical
-from cxrfeat.store import FeatureStore
+from cxrfeat.store import FeatureStore, layout_of
 
 SPLIT_ORDER = ("train", "val", "test")
 SYNTHETIC_SENTENCE = (
@@ -48,9 +48,11 @@ def label_key(name: str) -> tuple[int, str]:
     return (LABELS.index(name) if name in LABELS else len(LABELS), name)
 
 
-def read_counts(path: str | Path) -> StoreCounts:
-    """Label counts of one complete store (UserError for a missing, foreign or incomplete one)."""
-    store = FeatureStore.open(path)
+def read_counts(path: str | Path, *, placed: bool = False) -> StoreCounts:
+    """Label counts of one complete store (UserError for a missing, foreign or incomplete one; with
+    `placed`, also for one whose dataset and split are not those its place in the layout says)."""
+    where = layout_of(path) if placed else None
+    store = FeatureStore.open(path, **({"dataset": where[0], "split": where[1]} if where else {}))
     attrs = store.attrs
     labels = store.labels[store.valid]
     names = [canonical(n) for n in store.label_names]
@@ -67,7 +69,7 @@ def read_counts(path: str | Path) -> StoreCounts:
 
 def scan_stores(features: str | Path) -> tuple[list[StoreCounts], list[str]]:
     """Counts of every complete store under `features/<dataset>/<split>.zarr`, plus notes on skipped ones."""
-    return read_stores(sorted(Path(features).glob("*/*.zarr")))
+    return read_stores(sorted(Path(features).glob("*/*.zarr")), placed=True)
 
 
 def provenance_stores(*configs: Any) -> list[Path]:
@@ -89,12 +91,13 @@ def provenance_stores(*configs: Any) -> list[Path]:
     return [Path(p) for p in found]
 
 
-def read_stores(paths) -> tuple[list[StoreCounts], list[str]]:
-    """Counts of the given stores (skipping, with a note, those that cannot be opened)."""
+def read_stores(paths, *, placed: bool = False) -> tuple[list[StoreCounts], list[str]]:
+    """Counts of the given stores (skipping, with a note, those that cannot be opened or, with `placed`,
+    that are not what their place in the layout says)."""
     found, notes = [], []
     for path in paths:
         try:
-            found.append(read_counts(path))
+            found.append(read_counts(path, placed=placed))
         except UserError as e:
             notes.append(f"skipped {e}")
     found.sort(key=lambda c: (c.dataset != "nih-cxr-lt", c.dataset, split_key(c.split)))

@@ -5,6 +5,10 @@ umask, e.g. 0644 under umask 022), not `mkstemp`'s private 0600, so that collabo
 a results folder can read them (`current_umask` reads the umask thread-safely); folders are made by
 `mkdir`, which honours the umask itself.
 After the rename the folder itself is fsynced, so the new name survives a crash.
+
+`read_json` is the one reader of JSON files a user could damage (a truncated copy, an edit by hand,
+a disk that filled up before this writer existed): a damaged file is a one-line `UserError` naming
+the file, where it stopped parsing, what the file is and what to do, never a JSONDecodeError.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import tempfile
 import threading
 from pathlib import Path
 from typing import Any
+
+from cxrfeat.errors import UserError
 
 _UMASK_LOCK = threading.Lock()
 
@@ -81,6 +87,37 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_default) + "\n")
+
+
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number",
+               bool: "true or false", type(None): "null"}
+
+
+def read_json(path: str | os.PathLike, *, what: str, remedy: str | None = None, expect: type | None = dict) -> Any:
+    """The parsed content of the JSON file `path`; a damaged one is a one-line `UserError`:
+    "<path>: not valid JSON (line L column C): <what> is damaged; <remedy>".
+
+    `what` says what the file is ("the sweep record of runs/demo"), `remedy` what to do about it.
+    `expect` is the type the top level must have (an object by default; None: anything). A missing or
+    unreadable file raises the OSError (FileNotFoundError, ...) for the caller to handle or report.
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    tail = f": {what} is damaged" + (("; " if remedy[:1].islower() else ". ") + remedy if remedy else "")
+    if not data.strip():
+        raise UserError(f"{path}: not valid JSON (empty file){tail}")
+    try:
+        obj = json.loads(data)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON (line {e.lineno} column {e.colno}){tail}") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not valid JSON (not UTF-8 text at byte {e.start}){tail}") from None
+    except RecursionError:
+        raise UserError(f"{path}: not valid JSON (nested too deeply){tail}") from None
+    if expect is not None and not isinstance(obj, expect):
+        raise UserError(f"{path}: holds {_JSON_TYPES.get(type(obj), type(obj).__name__)} where JSON "
+                        f"{_JSON_TYPES.get(expect, expect.__name__)} belongs{tail}")
+    return obj
 
 
 def _default(obj: Any) -> Any:

@@ -174,15 +174,21 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON instead of tables."),
 ):
     """Rows and label counts per split (like the paper's Table I); for a store also views, backbone, dtype and
-    completeness; for an image cache its shards and source."""
+    completeness; for an image cache its shards and source. A damaged store or cache (a chunk missing or
+    failing its checksum) is one `error:` line instead, and the exit status is 2."""
     import json
+    import sys
 
     from rich.console import Console
 
-    from cxrfeat.info import render, summary
+    from cxrfeat.info import errors, render, summary
 
     result = summary(path)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:
         render(result, Console())
+    for line in errors(result):
+        print(f"error: {line}", file=sys.stderr)
+    if errors(result):
+        raise typer.Exit(2)

@@ -38,6 +38,7 @@ from cxrfeat.store import (
     DEFAULT_CHUNK_ROWS,
     FeatureStore,
     ids_digest,
+    layout_path,
     lock_path,
     parse_part,
     part_chunks,
@@ -234,7 +235,7 @@ def extract(
         "augmentation": AUGMENTATION,
         "chunk_rows": chunk_rows,
     })
-    path = Path(out) / dataset / f"{split}.zarr"
+    path = layout_path(out, dataset, split)
     args = {"dataset": dataset, "split": split, "data_dir": str(data_dir), "csv": str(csv) if csv else None,
             "source_split": source_split, "label_columns": list(label_columns) or None, "out": str(out),
             "views": views, "weights": weights, "limit": limit, "dtype": dtype, "seed": seed, "skip_bad": skip_bad}
@@ -556,11 +557,13 @@ def _recover_swap(path: Path) -> None:
 
 
 def _open_or_create(path: Path, settings: dict, *, overwrite: bool, create: dict) -> FeatureStore:
-    """Under the store's lock: resume the store at `path` (same settings), or create it."""
+    """Under the store's lock: resume the store at `path` (same settings), or create it. A store there
+    of another dataset or split (copied or renamed into this place) is refused, naming both."""
+    expect = {"dataset": create["attrs"]["dataset"], "split": create["attrs"]["split"]}
     if path.exists() and path.name.endswith(NEW):
         # A previous --overwrite that did not finish: resume it if it is the same extraction.
         try:
-            store = FeatureStore.open(path, mode="r+", require_complete=False)
+            store = FeatureStore.open(path, mode="r+", require_complete=False, **expect)
             if store.attrs.get("settings") == settings:
                 return store
         except UserError:
@@ -570,7 +573,7 @@ def _open_or_create(path: Path, settings: dict, *, overwrite: bool, create: dict
         if overwrite:  # `--overwrite` of a store that is not there any more in full: nothing to keep
             shutil.rmtree(path)
         else:
-            store = FeatureStore.open(path, mode="r+", require_complete=False)
+            store = FeatureStore.open(path, mode="r+", require_complete=False, **expect)
             old = store.attrs.get("settings")
             if old != settings:
                 diff = sorted(k for k in set(old or {}) | set(settings) if (old or {}).get(k) != settings.get(k))

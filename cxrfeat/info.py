@@ -3,6 +3,11 @@ provenance), or every one of them under a folder (`cxrfeat info features`, `cxrf
 
 An image cache (`heads finetune`'s `features/images/<dataset>/<split>.zarr`) is a Zarr store like a
 feature store, with `images` where a feature store has `embeddings` and `kind: "image-cache"`.
+
+A store or cache is checked against its checksums before anything is counted (`FeatureStore.integrity`:
+every file of a complete one, the chunks written so far of an incomplete one): a damaged one is one
+line naming the damage, `cxrfeat verify` and the repair, never counts read from fill values. In a
+folder listing it is an item of kind "error" (shown as `error: ...`; `cxrfeat info` then exits 2).
 """
 
 from __future__ import annotations
@@ -87,6 +92,7 @@ def store_summary(path: str | Path) -> dict:
     from cxrfeat.store import FeatureStore
 
     store = FeatureStore.open(path, require_complete=False)
+    _refuse_damage(store)
     attrs = store.attrs
     labels, valid = store.labels, store.valid
     done = store.done_chunks()
@@ -116,6 +122,13 @@ def store_summary(path: str | Path) -> dict:
     }
 
 
+def _refuse_damage(store) -> None:
+    """A one-line UserError when a file the store should hold by now is missing or fails its checksum."""
+    damage = store.integrity()
+    if damage:
+        raise UserError(store.damage_message(damage))
+
+
 def part_progress(store, done) -> list[dict]:
     """Per `--part i/N` run recorded in the store: its chunk range, chunks done, and its state
     (done; running, while its lock is held by a live process; stopped: killed or failed, re-run it)."""
@@ -141,18 +154,19 @@ def part_progress(store, done) -> list[dict]:
 
 def cache_summary(path: str | Path) -> dict:
     """Rows, provenance, label counts and completeness of an image cache (complete or not)."""
-    import numpy as np
-
     from cxrfeat.store import open_group
+    from cxrfeat.verify import _kind
 
     path = Path(path)
     g = open_group(path, "r", what="image cache", hint="`heads finetune` builds it")
-    attrs = dict(g.attrs)
-    if attrs.get("kind") != IMAGE_CACHE_KIND or "images" not in g:
-        raise UserError(f"{path}: not an image cache of this toolkit (kind {attrs.get('kind')!r})")
-    names = list(attrs.get("label_names", []))
-    labels, valid = np.asarray(g["labels"][:]), np.asarray(g["valid"][:], bool)
-    progress = np.asarray(g["progress"][:], bool)
+    if g.attrs.get("kind") != IMAGE_CACHE_KIND:
+        raise UserError(f"{path}: not an image cache of this toolkit (kind {g.attrs.get('kind')!r})")
+    cache = _kind(path).open(path, require_complete=False)  # its arrays' metadata parsed and checked there
+    _refuse_damage(cache)
+    attrs = cache.attrs
+    names = cache.label_names
+    labels, valid = cache.labels, cache.valid
+    done = cache.done_chunks()
     return {
         "kind": IMAGE_CACHE_KIND,
         "path": str(path),
@@ -167,9 +181,9 @@ def cache_summary(path: str | Path) -> dict:
         "preprocessing": attrs.get("preprocessing"),
         "created": attrs.get("created"),
         "package_version": attrs.get("package_version"),
-        "complete": bool(attrs.get("complete", False)) or (Path(path) / "COMPLETE").is_file(),
-        "chunks_done": int(progress.sum()),
-        "chunks_total": int(progress.size),
+        "complete": cache.complete,
+        "chunks_done": int(done.sum()),
+        "chunks_total": cache.n_chunks,
         "label_names": names,
         "positives": {n: int((labels[valid, j] == 1).sum()) for j, n in enumerate(names)},
         "unknown": {n: int((labels[valid, j] == -1).sum()) for j, n in enumerate(names)},
@@ -208,8 +222,21 @@ def summary(path: str | Path) -> dict | list[dict]:
         return one(path)
     found = find(path)
     if found:
-        return [one(p) for p in found]
+        return [_one_or_error(p) for p in found]
     return dataset_summary(path)  # raises the "neither ... nor" error
+
+
+def _one_or_error(path: Path) -> dict:
+    """`one`, or in a listing of many the one-line error of a damaged or unreadable one (kind "error")."""
+    try:
+        return one(path)
+    except UserError as e:
+        return {"kind": "error", "path": str(path), "error": str(e)}
+
+
+def errors(info: dict | list[dict]) -> list[str]:
+    """The error lines of a summary (damaged or unreadable stores and caches in a folder listing)."""
+    return [i["error"] for i in (info if isinstance(info, list) else [info]) if i["kind"] == "error"]
 
 
 def _synthetic(path: Path) -> bool:
@@ -255,7 +282,7 @@ def render(info: dict | list[dict], console) -> None:
     items = info if isinstance(info, list) else [info]
     groups: dict[tuple[str, str], list[dict]] = {}
     for i in items:
-        if i["kind"] != "dataset":
+        if i["kind"] not in ("dataset", "error"):
             groups.setdefault((i["kind"], str(i.get("dataset"))), []).append(i)
     for (kind, dataset), group in groups.items():  # one table over the splits of each dataset
         if len(group) > 1:
@@ -263,6 +290,8 @@ def render(info: dict | list[dict], console) -> None:
             console.print(f"[bold]Positives per label in the {what} of {dataset}[/] (valid rows)")
             console.print(label_table({Path(i["path"]).stem: {**i, "rows": i["valid_rows"]} for i in group}))
     for item in items:
+        if item["kind"] == "error":
+            continue  # `errors`: printed as `error:` lines on stderr by the CLI
         if item["kind"] == "dataset":
             _render_dataset(item, console)
         elif item["kind"] == IMAGE_CACHE_KIND:

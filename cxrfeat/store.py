@@ -19,10 +19,19 @@ Integrity (nothing read as fill values, nothing silently damaged):
 - `COMPLETE` (JSON, written atomically by `finalize`) is the completion marker: the sha256 of every
   chunk file of every array, `skipped_ids` (computed once from `valid`), `completed` and `timing`.
   `zarr.json` is never rewritten after creation. A store without `COMPLETE` is incomplete.
-- `FeatureStore.open` (used by every reader: sweep, report, export, info) checks that every chunk
+- `FeatureStore.open` (used by every reader: sweep, report, export) checks that every chunk
   file of every array exists and matches its checksum (`verify`: hashing files on threads, ~1 GB/s)
   and refuses a damaged store naming the array, the chunk, the store and the repair command
-  (`cxrfeat extract ... --repair` recomputes only the damaged chunks, bit for bit).
+  (`cxrfeat extract ... --repair` recomputes only the damaged chunks, bit for bit). `load` verifies
+  the store itself when `open` did not, so rows are never read from a damaged or unfinished store;
+  `integrity` checks what a store should hold so far, complete or not (`cxrfeat info`, `cxrfeat verify`).
+- Every metadata file (`zarr.json` of the group and of each array, `COMPLETE`) is parsed by
+  `atomic.read_json` before Zarr sees it: a damaged one is a one-line error naming it.
+
+Layout: a store of dataset D and split S lives at `<features>/D/S.zarr` (`layout_path`; `layout_of`
+maps a path back to (D, S)). Its attributes record D and S, and `FeatureStore.open(path, dataset=D,
+split=S)` refuses a store that holds another dataset or split (copied or renamed into the wrong place);
+stores written before those attributes existed cannot be checked and are accepted.
 
 Several writers (`cxrfeat extract --part i/N`, `cxrfeat.extract._extract_part`): every file above
 that a row chunk owns (its embeddings and `valid` chunk files, its `progress` flag, its sidecar) is
@@ -100,6 +109,20 @@ class Damage:
         return f"{self.key}: {self.problem}" + (f" (row chunk {self.chunk})" if self.chunk is not None else "")
 
 
+def layout_path(features: str | Path, dataset: str, split: str) -> Path:
+    """Where the store of `dataset`/`split` lives under a features folder: `<features>/<dataset>/<split>.zarr`."""
+    return Path(features) / dataset / f"{split}.zarr"
+
+
+def layout_of(path: str | Path) -> tuple[str, str] | None:
+    """(dataset, split) that a store path names by the layout `<features>/<dataset>/<split>.zarr`
+    (the inverse of `layout_path`); None for a path whose name does not end in `.zarr`."""
+    path = Path(path)
+    if path.suffix != ".zarr" or not path.stem or not path.parent.name:
+        return None
+    return path.parent.name, path.stem
+
+
 def lock_path(path: str | Path) -> Path:
     """The lock file of a store (beside it, so that it exists before the store does)."""
     path = Path(path)
@@ -159,6 +182,7 @@ class FeatureStore:
         self.path = Path(path)
         self.group = group
         self._marker: dict | None = None
+        self._verified = False  # every file checked against its checksum (`check`) since opening
 
     # ---------------------------------------------------------------- creation and opening
     @classmethod
@@ -201,17 +225,35 @@ class FeatureStore:
         return "run `cxrfeat extract` first"
 
     @classmethod
-    def open(cls, path: str | Path, *, mode: str = "r", require_complete: bool = True,
-             verify: bool = True) -> FeatureStore:
+    def _remake_hint(cls) -> str:
+        """What to do about a store whose group metadata is unreadable (so its recorded command is too)."""
+        if cls.DATA == FeatureStore.DATA:
+            return "rebuild it: re-run the `cxrfeat extract` command that made it with --overwrite"
+        return f"delete the {cls.WHAT} and make it again ({cls._hint()})"
+
+    @classmethod
+    def open(cls, path: str | Path, *, mode: str = "r", require_complete: bool = True, verify: bool = True,
+             dataset: str | None = None, split: str | None = None) -> FeatureStore:
         """Open a store; refuse a missing, foreign, damaged or (by default) incomplete one with a clear message.
 
-        With `require_complete` (every reader) the whole store is verified (`verify`) unless `verify=False`.
+        With `require_complete` (every reader) the whole store is verified (`verify`) unless `verify=False`
+        (then `load` verifies it). `dataset` and `split`, when given, are what the caller expects the
+        store to hold (`expect`): a store that holds another dataset or split is refused.
         """
         path = Path(path)
-        g = open_group(path, mode, what=cls.WHAT, hint=cls._hint())
+        g = open_group(path, mode, what=cls.WHAT, hint=cls._hint(), remedy=cls._remake_hint())
         cls._check_kind(path, g)
         store = cls(path, g)
-        missing = [name for name in (*store.ROW_ARRAYS, *store.CREATED_ARRAYS) if name not in g]
+        store.expect(dataset=dataset, split=split)
+        missing = []
+        for name in (*store.ROW_ARRAYS, *store.CREATED_ARRAYS):
+            try:  # parsed here first: Zarr itself would fail on a damaged one with a bare JSONDecodeError
+                atomic.read_json(path / name / "zarr.json", what=f"the metadata of array {name!r} of {cls.WHAT} "
+                                 f"{path}", remedy=store.repair_hint(rebuild=True))
+            except FileNotFoundError:
+                missing.append(name)
+            except OSError as e:
+                raise UserError(f"{path}: cannot read array {name!r}: {os_error_message(e)}") from None
         if missing:
             raise UserError(f"{path}: damaged {cls.WHAT}: array(s) {', '.join(missing)} missing. "
                             f"{store.repair_hint(rebuild=True)}")
@@ -224,6 +266,22 @@ class FeatureStore:
             if verify:
                 store.check()
         return store
+
+    def expect(self, *, dataset: str | None = None, split: str | None = None) -> None:
+        """Refuse a store that holds another dataset or split than the caller expects (one was copied or
+        renamed into the wrong place). A store without these attributes (older versions) is accepted."""
+        attrs = self.group.attrs
+        held = {"dataset": attrs.get("dataset"), "split": attrs.get("split")}
+        wanted = {"dataset": dataset, "split": split}
+        if all(wanted[k] is None or held[k] is None or str(held[k]) == str(wanted[k]) for k in held):
+            return
+        says = " ".join(str(v) for v in wanted.values() if v is not None)
+        holds = " ".join(str(held[k]) for k in held if held[k] is not None)
+        home = ""
+        if held["dataset"] is not None and held["split"] is not None and layout_of(self.path) is not None:
+            home = f"; its place is {layout_path(self.path.parent.parent, held['dataset'], held['split'])}"
+        raise UserError(f"{self.path}: this {self.WHAT} holds {holds}, not {says} (copied or renamed?){home}; "
+                        f"the {says} {self.WHAT} belongs here ({self._hint()})")
 
     def incomplete_message(self) -> str:
         done = int(self.done_chunks().sum())
@@ -244,11 +302,14 @@ class FeatureStore:
         """The completion marker (`COMPLETE`), None while the store is incomplete."""
         if self._marker is None:
             try:
-                self._marker = json.loads((self.path / COMPLETE).read_text())
+                self._marker = atomic.read_json(
+                    self.path / COMPLETE, what=f"the completion marker of {self.WHAT} {self.path}",
+                    remedy=f"delete it and re-run the command that made the {self.WHAT}: it checks every chunk "
+                           f"again and completes it")
             except FileNotFoundError:
                 return None
-            except (OSError, ValueError) as e:
-                raise UserError(f"{self.path / COMPLETE}: unreadable completion marker ({e}). "
+            except OSError as e:
+                raise UserError(f"{self.path / COMPLETE}: unreadable completion marker ({os_error_message(e)}). "
                                 f"{self.repair_hint()}") from None
         return self._marker
 
@@ -423,6 +484,14 @@ class FeatureStore:
         damage = self.verify()
         if damage:
             raise UserError(self.damage_message(damage))
+        self._verified = True
+
+    def integrity(self) -> list[Damage]:
+        """What is damaged among the files the store should hold by now (empty: intact): every file of
+        a complete store; the files written at creation and the chunks done of an incomplete one."""
+        if self.complete:
+            return self.verify()
+        return self.verify([int(i) for i in np.nonzero(self.done_chunks())[0]])
 
     def damage_message(self, damage: list[Damage]) -> str:
         shown = "; ".join(str(d) for d in damage[:3]) + (f"; and {len(damage) - 3} more" if len(damage) > 3 else "")
@@ -513,7 +582,14 @@ class FeatureStore:
 
     # ---------------------------------------------------------------- reading
     def load(self, labels: list[str] | tuple[str, ...] | None = None, dtype=np.float32) -> Features:
-        """All valid rows in memory; `labels` picks (and orders) label columns, erroring on missing ones."""
+        """All valid rows in memory; `labels` picks (and orders) label columns, erroring on missing ones.
+
+        Only a complete store that matches its checksums is read (verified here unless `open` did it):
+        a missing or damaged chunk of any array is refused, never read as fill values."""
+        if not self.complete:
+            raise UserError(self.incomplete_message())
+        if not self._verified:
+            self.check()
         names = self.label_names
         if labels is None:
             cols = list(range(len(names)))
@@ -693,10 +769,14 @@ def build_group(path: str | Path, *, ids, labels, label_names, dtype: str, chunk
         raise UserError(f"cannot create {path}: {os_error_message(e, path)}") from None
 
 
-def open_group(path: Path, mode: str, *, what: str, hint: str) -> zarr.Group:
-    """Open a Zarr group, or a clear error naming `what` is missing or unreadable (and `hint`)."""
+def open_group(path: Path, mode: str, *, what: str, hint: str, remedy: str | None = None) -> zarr.Group:
+    """Open a Zarr group, or a clear error naming `what` is missing (and `hint`) or unreadable (and `remedy`)."""
     if not (path / "zarr.json").exists():
         raise UserError(f"{path}: no {what} here ({hint})")
+    try:  # parsed here first: Zarr itself would fail on a damaged one with a bare JSONDecodeError
+        atomic.read_json(path / "zarr.json", what=f"the metadata of {what} {path}", remedy=remedy)
+    except OSError as e:
+        raise UserError(f"{path}: not a readable {what}: {os_error_message(e)}") from None
     try:
         return zarr.open_group(str(path), mode=mode)
     except Exception as e:  # noqa: BLE001 - anything zarr raises means "not a store we can read"

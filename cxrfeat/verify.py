@@ -2,7 +2,8 @@
 
 The same check every reader runs before using a store (`FeatureStore.open`): every chunk file of
 every array must exist and match the sha256 recorded when it was written. Files are hashed on
-threads straight from disk (no decoding, no Python loop over rows).
+threads straight from disk (no decoding, no Python loop over rows). A store that cannot even be
+opened (damaged metadata, not a store) is reported as damaged and the others are still checked.
 """
 
 from __future__ import annotations
@@ -65,11 +66,11 @@ def verify_store(path: str | Path) -> Verdict:
     path = Path(path)
     cls = _kind(path)
     t0 = time.perf_counter()
-    store = cls.open(path, require_complete=False)
-    if store.complete:
-        damage = store.verify()
-    else:
-        damage = store.verify([int(i) for i in store.done_chunks().nonzero()[0]])
+    try:
+        store = cls.open(path, require_complete=False)
+        damage = store.integrity()
+    except UserError as e:  # unreadable metadata, a foreign folder...: this one fails, the others are checked
+        return Verdict(path, "damaged", seconds=time.perf_counter() - t0, message=str(e))
     expected, _ = store.expected_files()
     present = [path / k for k in expected if (path / k).is_file()]
     v = Verdict(path, "ok", files=len(present), bytes=sum(p.stat().st_size for p in present),

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from transformers import ResNetConfig
 
-from cxrfeat.atomic import write_bytes, write_text
+from cxrfeat.atomic import read_json, write_bytes, write_text
 from cxrfeat.errors import UserError
 
 CONFIG_NAME = "config.json"
@@ -134,8 +134,12 @@ def _from_folder(folder: Path) -> Checkpoint:
     if (folder / WEIGHTS_NAME).is_file():
         files = (folder / WEIGHTS_NAME,)
     elif (folder / WEIGHTS_INDEX_NAME).is_file():
-        index = json.loads((folder / WEIGHTS_INDEX_NAME).read_text())
-        files = tuple(folder / name for name in sorted(set(index["weight_map"].values())))
+        index = read_json(folder / WEIGHTS_INDEX_NAME, what=f"the weights index of checkpoint {folder}",
+                          remedy="save the checkpoint again (save_pretrained)")
+        if not isinstance(index.get("weight_map"), dict):
+            raise UserError(f"{folder / WEIGHTS_INDEX_NAME}: no `weight_map` object: the weights index of checkpoint "
+                            f"{folder} is damaged; save the checkpoint again (save_pretrained)")
+        files = tuple(folder / str(name) for name in sorted(set(index["weight_map"].values())))
     else:
         hint = ""
         if any(folder.glob("*.bin")):
@@ -269,8 +273,9 @@ def _from_hub(repo_id: str) -> Checkpoint:
 
 def read_config(path: Path) -> ResNetConfig:
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
+        data = read_json(path, what="the model config of the checkpoint",
+                         remedy="fetch it again (`cxrfeat weights NAME`) or save the checkpoint again")
+    except OSError as e:
         raise UserError(f"{path}: not a readable JSON config ({e})") from e
     if data.get("model_type") != "resnet":
         raise UserError(f"{path}: model_type is {data.get('model_type')!r}, not 'resnet'")

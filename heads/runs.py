@@ -166,19 +166,14 @@ def finish(path: str | Path) -> None:
 
 # ---------------------------------------------------------------------------------------- records
 def read_json(path: str | Path, what: str) -> dict:
-    """A JSON object from `path`, or a one-line UserError naming the file and `what` it should be."""
+    """A run file's JSON object, or a one-line UserError naming the file and `what` it should be."""
     path = Path(path)
     try:
-        value = json.loads(path.read_text())
+        return atomic.read_json(path, what=f"the {what}", remedy=f"delete {path.parent} to train the run again")
     except FileNotFoundError:
-        raise UserError(f"{path}: missing ({what})") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: unreadable {what} ({e})") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: not valid JSON (line {e.lineno} column {e.colno}): the {what} is damaged") from None
-    if not isinstance(value, dict):
-        raise UserError(f"{path}: the {what} is not a JSON object")
-    return value
+        raise UserError(f"{path}: missing (the {what})") from None
+    except OSError as e:
+        raise UserError(f"{path}: unreadable ({e.strerror})") from None
 
 
 def write_config(path: str | Path, config: RunConfig) -> None:

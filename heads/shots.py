@@ -295,7 +295,7 @@ def load_test(run: DQCRun, test_set: str, features: Path | None = None) -> TestI
     if not (store / "zarr.json").exists():
         raise UserError(f"{store}: no feature store for test set {test_set!r} of {run.path} "
                         f"(give the features folder the run was trained on with --features)")
-    f = FeatureStore.open(store).load()
+    f = FeatureStore.open(store, dataset=store.parent.name, split="test").load()
     pred_file = run.path / "predictions" / f"{test_set}.npz"
     if not pred_file.exists():
         raise UserError(f"{pred_file}: missing (the run has no predictions for {test_set!r})")

@@ -10,13 +10,11 @@ import numpy as np
 
 from cxrfeat.errors import UserError
 from cxrfeat.labels import task_labels, task_name
-from cxrfeat.store import Features, FeatureStore, check_compatible
+from cxrfeat.store import Features, FeatureStore, check_compatible, layout_path
 from heads.plan import DEFAULT_DATASET, SweepSpec
 from heads.record import Backbone, Data
 
-
-def store_path(features: Path, dataset: str, split: str) -> Path:
-    return Path(features) / dataset / f"{split}.zarr"
+store_path = layout_path  # <features>/<dataset>/<split>.zarr
 
 
 def _extract_hint(features: Path, dataset: str, split: str) -> str:
@@ -43,7 +41,7 @@ class Stores:
                 raise UserError(f"{path}: no feature store; make it with `{_extract_hint(spec.features, dataset, split)}`")
         self.all: dict[str, Features] = {}
         for key, where in wanted.items():
-            store = FeatureStore.open(store_path(spec.features, *where))
+            store = FeatureStore.open(store_path(spec.features, *where), dataset=where[0], split=where[1])
             # Training embeddings keep their stored dtype (float16 stays float16 on the device; the
             # training step casts each batch); the smaller evaluation sets are read as float32.
             dtype = store.attrs.get("dtype", "float32") if key == "train" else np.float32

@@ -62,7 +62,8 @@ def record_sweep(spec: SweepSpec, stores: Stores) -> dict:
               "settings": fixed, "features": str(spec.features), "provenance": stores.provenance(),
               "package_version": __version__, "created": now, "updated": now, "grid": spec.grid_record()}
     if path.exists():
-        old = runs.read_json(path, "sweep record")
+        old = atomic.read_json(path, what=f"the sweep record of {path.parent}",
+                               remedy="restore it, or delete it and re-run this sweep's commands (finished runs are kept)")
         if not all(isinstance(old.get(k), t) for k, t in (("tasks", list), ("models", list), ("seeds", int))):
             raise UserError(f"{path}: not a sweep record (needs tasks, models and seeds): damaged? "
                             f"Move it away to start the folder's record afresh")

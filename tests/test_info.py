@@ -119,3 +119,50 @@ def test_info_on_folders_of_stores_caches_and_datasets(data, tmp_path):
     assert [(i["kind"], i["dataset"]) for i in found] == [("dataset", "mimic-cxr-lt"), ("dataset", "nih-cxr-lt")]
     result = runner.invoke(app, ["info", str(data)], terminal_width=200)
     assert result.exit_code == 0 and result.output.count("SYNTHETIC") >= 2
+
+
+@pytest.mark.parametrize("damage", ["embeddings/c/1/0/0", "labels/c/0/0", "ids/c/0", "corrupt labels/c/0/0"])
+def test_info_on_a_damaged_store_says_so_in_one_line_without_counts(tmp_path, damage):
+    """A deleted chunk (or one that fails its checksum) of any array: no "complete", no counts from fill values."""
+    path = _store(tmp_path / "features" / "nih-cxr-lt" / "val.zarr", finish=True)
+    chunk = damage.split()[-1]
+    if damage.startswith("corrupt"):
+        (path / chunk).write_bytes(b"\x28\xb5\x2f\xfd" + b"\0" * 9)
+    else:
+        (path / chunk).unlink()
+    result = runner.invoke(app, ["info", str(path)], terminal_width=200)
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path}: damaged feature store: {chunk}: ")
+    assert ("missing" if chunk == damage else "checksum mismatch") in lines[0]
+    assert f"cxrfeat verify {path}" in lines[0] and ("--repair" in lines[0] or "--overwrite" in lines[0])
+    assert "complete" not in result.output and "Effusion" not in result.output
+    # In a listing of a folder the damaged store is that line, the intact ones are shown, and the exit status is 2.
+    _store(tmp_path / "features" / "nih-cxr-lt" / "test.zarr", finish=True)
+    result = runner.invoke(app, ["info", str(tmp_path / "features")], terminal_width=200)
+    assert result.exit_code == 2 and "test.zarr" in result.output and "Effusion" in result.output
+    assert [line for line in result.output.splitlines() if line.startswith("error:")] == lines
+    found = json.loads(runner.invoke(app, ["info", str(tmp_path / "features"), "--json"]).stdout)
+    assert [i["kind"] for i in found] == ["store", "error"] and found[1]["error"] == lines[0][len("error: "):]
+
+
+def test_info_on_a_damaged_incomplete_store(tmp_path):
+    path = _store(tmp_path / "half.zarr", finish=False)
+    (path / "labels/c/0/0").unlink()
+    result = runner.invoke(app, ["info", str(path)])
+    assert result.exit_code == 2 and "labels/c/0/0: missing" in result.output and "Effusion" not in result.output
+
+
+def test_info_on_a_damaged_image_cache(data, tmp_path):
+    from cxrfeat.datasets import load_split
+    from heads.imagecache import build_cache
+
+    cache = build_cache(load_split("nih-cxr-lt", data / "nih-cxr-lt", "val"), tmp_path / "c.zarr", limit=2).path
+    (cache / "labels/c/0/0").unlink()
+    result = runner.invoke(app, ["info", str(cache)])
+    assert result.exit_code == 2 and f"{cache}: damaged image cache: labels/c/0/0: missing" in result.output
+    assert "heads finetune" in result.output and len(result.output.strip().splitlines()) == 1
+    (cache / "images/zarr.json").write_text('{"shape": [2, ')
+    result = runner.invoke(app, ["info", str(cache)])
+    assert result.exit_code == 2 and "internal error" not in result.output, result.output
+    assert f"error: {cache / 'images/zarr.json'}: not valid JSON (line 1 column 15)" in result.output

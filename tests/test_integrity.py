@@ -422,3 +422,104 @@ def test_image_cache_refuses_damage_and_rebuilds_damaged_shards(data, tmp_path):
     assert any("rebuilding 1 damaged shard" in m for m in messages)
     np.testing.assert_array_equal(np.asarray(rebuilt.images[:]), clean)
     assert _verify(tmp_path / "c.zarr").exit_code == 0
+
+
+# ------------------------------------------------------------------------------------------ damaged JSON
+def test_read_json_names_the_file_where_it_stops_and_what_it_is(tmp_path):
+    from cxrfeat.atomic import read_json
+
+    f = tmp_path / "x.json"
+    for content, said in [(b'{"a": [1, 2', "not valid JSON (line 1 column 12)"), (b"", "not valid JSON (empty file)"),
+                          (b"[1]", "holds an array where JSON an object belongs"),
+                          (b'{"a": "\xff"}', "not valid JSON (not UTF-8 text at byte 7)")]:
+        f.write_bytes(content)
+        with pytest.raises(UserError) as info:
+            read_json(f, what="the thing", remedy="write it again")
+        assert str(info.value) == f"{f}: {said}: the thing is damaged; write it again"
+    f.write_text('{"a": 1}')
+    assert read_json(f, what="the thing") == {"a": 1}
+    with pytest.raises(FileNotFoundError):
+        read_json(tmp_path / "none.json", what="the thing")
+
+
+@pytest.mark.parametrize("name", ["zarr.json", "embeddings/zarr.json", "ids/zarr.json", COMPLETE])
+def test_damaged_metadata_is_one_line_naming_the_file(tmp_path, name):
+    """A truncated `zarr.json` (of the group or of an array) or completion marker: never a JSONDecodeError."""
+    path, _ = _store(tmp_path / "f" / "nih-cxr-lt" / "val.zarr")
+    good, _ = _store(tmp_path / "f" / "nih-cxr-lt" / "test.zarr")
+    (path / name).write_bytes((path / name).read_bytes()[:30])
+    said = rf"{path / name}: not valid JSON \(line \d+ column \d+\): the (metadata|completion marker) .*{path} is damaged"
+    with pytest.raises(UserError, match=said):
+        load_features(path)
+    for cmd in (["info", str(path)], ["verify", str(tmp_path / "f")]):
+        result = CliRunner().invoke(app, cmd)
+        assert result.exit_code == 2 and "Traceback" not in result.output and "internal error" not in result.output
+        errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and str(path / name) in errors[0] and "not valid JSON" in errors[0], result.output
+    assert f"ok: {good}" in result.output  # `verify` goes on with the other stores
+
+
+def test_a_damaged_completion_marker_is_remade_as_its_message_says(data, backbone, tmp_path):
+    path, _ = _run(data / "nih-cxr-lt", tmp_path / "f", backbone)
+    clean = _emb(path)
+    (path / COMPLETE).write_text('{"complete": tr')
+    with pytest.raises(UserError, match="completion marker .* is damaged; delete it and re-run"):
+        _run(data / "nih-cxr-lt", tmp_path / "f", backbone)
+    (path / COMPLETE).unlink()
+    _, timing = _run(data / "nih-cxr-lt", tmp_path / "f", backbone)
+    assert timing.images == 0 and _verify(path).exit_code == 0
+    np.testing.assert_array_equal(_emb(path), clean)
+
+
+# ------------------------------------------------------------------------------------------ misplaced stores
+def test_extraction_refuses_a_store_of_another_split_at_its_path(data, backbone, tmp_path):
+    foreign, _ = _store(tmp_path / "other" / "s.zarr")  # holds nih-cxr-lt val
+    shutil.copytree(foreign, tmp_path / "f" / "nih-cxr-lt" / "test.zarr")
+    with pytest.raises(UserError, match=r"test.zarr: this feature store holds nih-cxr-lt val, not nih-cxr-lt test "
+                                        r"\(copied or renamed\?\); its place is .*nih-cxr-lt/val.zarr"):
+        extract(dataset="nih-cxr-lt", split="test", data_dir=data / "nih-cxr-lt", out=tmp_path / "f",
+                backbone=backbone, views=1, chunk_rows=2, batch_size=2, workers=1, progress=False)
+
+
+def _heads(*args):
+    from heads.cli import app as heads_app
+
+    return CliRunner().invoke(heads_app, [str(a) for a in args])
+
+
+def _tiny_sweep(tmp_path):
+    from headsdata import make_stores
+
+    features = make_stores(tmp_path / "features", n_train=16, n_val=8, n_test=8, dim=8)
+    return features, ["sweep", "--features", features, "--runs", tmp_path / "runs", "--name", "s", "--tasks", "8",
+                      "--models", "cdl", "--seeds", "1", "--max-epochs", "1"]
+
+
+def test_heads_sweep_refuses_a_store_copied_in_as_another_split(tmp_path):
+    """The MIMIC test store copied in as the NIH validation split."""
+    features, sweep = _tiny_sweep(tmp_path)
+    val = features / "nih-cxr-lt" / "val.zarr"
+    shutil.rmtree(val)
+    shutil.copytree(features / "mimic-cxr-lt" / "test.zarr", val)
+    result = _heads(*sweep)
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert result.output.strip().splitlines() == [
+        f"error: {val}: this feature store holds mimic-cxr-lt test, not nih-cxr-lt val (copied or renamed?); its "
+        f"place is {features / 'mimic-cxr-lt' / 'test.zarr'}; the nih-cxr-lt val feature store belongs here (run "
+        f"`cxrfeat extract` first)"]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_heads_sweep_refuses_a_damaged_sweep_record_naming_it(tmp_path):
+    """A sweep record truncated since the last run: one line naming it; nothing trained, the file left as it was."""
+    _, sweep = _tiny_sweep(tmp_path)
+    record = tmp_path / "runs" / "s" / "sweep.json"
+    record.parent.mkdir(parents=True)
+    record.write_text('{"name": "s", "tasks": ["cxr-8"], "mod')
+    result = _heads(*sweep)
+    assert result.exit_code == 2 and "internal error" not in result.output, result.output
+    assert result.output.strip() == (f"error: {record}: not valid JSON (line 1 column 35): the sweep record of "
+                                     f"{record.parent} is damaged; restore it, or delete it and re-run this sweep's "
+                                     f"commands (finished runs are kept)")
+    assert record.read_text().endswith('"mod')
+    assert [p.name for p in record.parent.iterdir() if not p.name.startswith(".")] == ["sweep.json"]
