@@ -296,8 +296,8 @@ def _shown(path: Path, sweep: Path | None = None) -> str:
 
 def _load_run(folder: run_folders.Run) -> Run:
     """A finished run, or UserError when it is damaged or belongs to another place."""
-    missing = run_folders.damage(folder.path)
-    if missing:
+    missing = [f for f in run_folders.damage(folder.path) if not f.startswith("metrics.json (")]
+    if missing:  # an unreadable or incomplete metrics.json is named by reading it, below
         raise UserError(f"marked DONE but lacks {', '.join(missing)} (damaged)")
     record = folder.config()
     results = folder.results(record)
