@@ -7,7 +7,7 @@ run) and the frozen backbone on images (`--freeze-backbone`, which should approa
 feature-cache result).
 
 What it does, and why:
-- Images are decoded and preprocessed once into an image cache (`heads.imagecache`) and read back
+- Images are decoded and preprocessed once into an image cache (`cxrfeat.imagecache`) and read back
   in batches on background threads while the device works; decoding never repeats per epoch.
 - Parameters are `{"backbone": ..., "head": ...}`. BatchNorm normalises with its running
   statistics, which are an input of the step and never an output: the optimizer cannot touch them
@@ -57,9 +57,9 @@ from cxrfeat import locks
 from cxrfeat.atomic import write_bytes, write_json
 from cxrfeat.devices import batch_mesh, batch_sharding, replicated, round_up
 from cxrfeat.errors import UserError, refuse_multi_process
+from cxrfeat.imagecache import DEFAULT_CACHE, ImageCache, build_cache, cache_path, prefetch
 from cxrfeat.labels import task_labels, task_name
 from heads import runs
-from heads.imagecache import DEFAULT_CACHE, ImageCache, build_cache, cache_path, prefetch
 from heads.sweep import _versions
 from heads.train import INIT_STREAM, TrainConfig, epoch_order, masked_bce
 

@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 import heads.finetune as ft
 from cxrfeat.datasets import load_split
 from cxrfeat.errors import UserError
+from cxrfeat.imagecache import ImageCache, build_cache, cache_path, prefetch
 from heads import runs
-from heads.imagecache import ImageCache, build_cache, cache_path, prefetch
 from heads.models import make_model
 from heads.train import TrainConfig
 

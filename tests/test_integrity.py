@@ -408,7 +408,7 @@ def test_two_concurrent_extractions_of_one_store(data, tmp_path):
 
 
 def test_image_cache_refuses_damage_and_rebuilds_damaged_shards(data, tmp_path):
-    from heads.imagecache import ImageCache, build_cache
+    from cxrfeat.imagecache import ImageCache, build_cache
 
     ds = load_split("nih-cxr-lt", data / "nih-cxr-lt", "val")
     cache = build_cache(ds, tmp_path / "c.zarr", chunk_rows=2, workers=1)
