@@ -127,9 +127,9 @@ def circuit_probabilities(angles: np.ndarray, theta: np.ndarray) -> np.ndarray:
     """|amplitude|² of the 2^n outcomes (B, 2^n) of the DQC circuit, qubit 0 most significant.
 
     Plain float64 state vector: H and RY(angles) per qubit, then per layer RY(θ_l) and the CNOT
-    ring of `heads.quantum.ring_pairs` (PennyLane's `BasicEntanglerLayers`).
+    ring of `heads.ring.ring_pairs` (PennyLane's `BasicEntanglerLayers`).
     """
-    from heads.quantum import ring_pairs
+    from heads.ring import ring_pairs
 
     angles = np.asarray(angles, np.float64)
     theta = np.asarray(theta, np.float64)
