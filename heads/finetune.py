@@ -60,6 +60,7 @@ from cxrfeat.errors import UserError, refuse_multi_process
 from cxrfeat.imagecache import DEFAULT_CACHE, ImageCache, build_cache, cache_path, prefetch
 from cxrfeat.labels import task_labels, task_name
 from heads import runs
+from heads.models import dqc_pre_activations
 from heads.sweep import _versions
 from heads.train import INIT_STREAM, TrainConfig, epoch_order, masked_bce
 
@@ -205,7 +206,7 @@ def make_eval(backbone, head):
         logits = head.apply({"params": params["head"]}, emb)
         s, c = masked_bce(logits, labels, jnp.ones(labels.shape[:1], bool))
         if "pre" in params["head"]:  # a DQC (`heads.models`): its pre Dense on the embedding
-            pre = emb @ params["head"]["pre"]["kernel"] + params["head"]["pre"]["bias"]
+            pre = dqc_pre_activations(params["head"], emb)
             saturated = jnp.sum(jnp.abs(jnp.tanh(pre)) > SATURATION_TANH, axis=1)
         else:
             saturated = jnp.zeros(labels.shape[:1], jnp.int32)

@@ -289,8 +289,9 @@ def circuit_inputs(run: DQCRun, x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, np.float32)
     if run.norm is not None:
         x = (x - run.norm["mean"]) / run.norm["sd"]
-    pre = run.params["pre"]
-    return np.tanh(x @ np.asarray(pre["kernel"], np.float32) + np.asarray(pre["bias"], np.float32)) * np.float32(math.pi / 2)
+    from heads.models import dqc_angles
+
+    return dqc_angles(run.params, x, np.float32)
 
 
 def post(run: DQCRun, z: np.ndarray) -> np.ndarray:

@@ -53,7 +53,7 @@ from cxrfeat.store import Features, FeatureStore, check_compatible
 from heads import runs, sanity
 from heads.grid import PER_MEMBER, SETTINGS, Config, configurations, format_value, shape_key, varying
 from heads.metrics import auroc_report
-from heads.models import MODELS, make_model, param_counts
+from heads.models import MODELS, dqc_pre_activations, make_model, param_counts
 from heads.train import (
     SEED_BLOCK,
     VIEWS_FROM,
@@ -574,7 +574,7 @@ def run_group(spec: SweepSpec, stores: Stores, cells: Sequence[tuple[Cell, locks
         saturated = None
         if model_name == "dqc":  # the test inputs as the head saw them
             saturated = sanity.saturated_fraction(
-                [sanity.dqc_pre_activations(r.best_params, stores.embeddings(key, norm)[:, 0]) for key in stores.test_sets])
+                [dqc_pre_activations(r.best_params, stores.embeddings(key, norm)[:, 0], np.float64) for key in stores.test_sets])
         check = sanity.check(
             predictions={key: probs[key][j] for key in stores.test_sets}, reports=test_metrics, label_names=names,
             best_epoch=r.best_epoch, epochs=r.epochs, max_epochs=spec.train.max_epochs, saturated=saturated,
