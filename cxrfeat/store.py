@@ -581,11 +581,6 @@ class Features:
         }
 
 
-def load_features(path: str | Path, labels=None) -> Features:
-    """Open a complete store (verified) and load it (see `FeatureStore.load`)."""
-    return FeatureStore.open(path).load(labels)
-
-
 def check_compatible(stores: list[Features]) -> None:
     """Refuse stores from different backbones or preprocessing being mixed in one run."""
     if not stores:

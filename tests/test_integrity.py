@@ -25,7 +25,7 @@ from cxrfeat.cliutil import friendly
 from cxrfeat.datasets import load_split
 from cxrfeat.errors import UserError
 from cxrfeat.extract import extract
-from cxrfeat.store import COMPLETE, FeatureStore, build_group, load_features, remove_dead_creations
+from cxrfeat.store import COMPLETE, FeatureStore, build_group, remove_dead_creations
 
 NAMES = ["Infiltration", "Effusion"]
 
@@ -73,7 +73,7 @@ def test_damaged_store_refused_naming_array_chunk_store_and_repair(tmp_path, dam
     path, _ = _store(tmp_path / "s.zarr")
     damage(path)
     with pytest.raises(UserError, match=named) as info:
-        load_features(path)
+        FeatureStore.open(path).load()
     msg = str(info.value)
     assert str(path) in msg and ("--repair" in msg or "--overwrite" in msg) and "\n" not in msg
     result = _verify(path)
@@ -136,7 +136,7 @@ def test_creation_is_race_free_and_keeps_live_creations(tmp_path):
     # A second creator of the same store loses and leaves the first one's store as it was.
     assert not build_group(path, ids=["z"], labels=np.zeros((1, 2), np.int8), label_names=NAMES, dtype="float32",
                            chunk_rows=1, settings={}, meta={}, make_data=lambda g, n, r: None)
-    np.testing.assert_array_equal(load_features(path).embeddings, emb)
+    np.testing.assert_array_equal(FeatureStore.open(path).load().embeddings, emb)
     # Leftover private build folders: a dead process's is removed, a live one's (the parent's) is kept.
     from cxrfeat.locks import HOST
 
