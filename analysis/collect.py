@@ -26,6 +26,7 @@ import numpy as np
 from analysis import provenance, stats
 from cxrfeat.errors import UserError
 from cxrfeat.labels import canonical
+from cxrfeat.labels import task_sort_key as task_key
 
 MODEL_ORDER = ("cdl", "dqc", "cdl-finetune", "dqc-finetune")
 TEST_SET_ORDER = ("nih-cxr-lt", "mimic-cxr-lt")
@@ -40,11 +41,6 @@ def model_key(model: str) -> tuple[int, str]:
 
 def test_set_key(name: str) -> tuple[int, str]:
     return (TEST_SET_ORDER.index(name) if name in TEST_SET_ORDER else len(TEST_SET_ORDER), name)
-
-
-def task_key(task: str) -> tuple[int, str]:
-    m = re.search(r"(\d+)$", task)
-    return (int(m.group(1)) if m else 10**9, task)
 
 
 def comparisons(models) -> list[tuple[str, str]]:

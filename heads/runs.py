@@ -31,7 +31,7 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 from cxrfeat import atomic
-from cxrfeat.labels import task_name
+from cxrfeat.labels import task_name, task_sort_key
 from cxrfeat.locks import Lock
 
 DONE = "DONE"
@@ -186,7 +186,6 @@ def iter_runs(sweep: str | Path) -> Iterator[Run]:
                 found.append(Run(model_dir.parent.name, model_dir.name, seed, p, p.parent.name if levels else ""))
 
     def order(r: Run):
-        digits = r.task.rsplit("-", 1)[-1]
-        return (int(digits) if digits.isdigit() else 10**6, r.task, r.model, r.config, r.seed)
+        return (task_sort_key(r.task), r.model, r.config, r.seed)
 
     yield from sorted(found, key=order)

@@ -48,7 +48,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 from cxrfeat import __version__, atomic, locks
 from cxrfeat.errors import UserError
 from cxrfeat.errors import refuse_multi_process as _refuse_multi_process
-from cxrfeat.labels import ALL, as_task, resolve_tasks, task_labels, task_name
+from cxrfeat.labels import ALL, as_task, resolve_tasks, task_labels, task_name, task_sort_key
+from cxrfeat.slices import parse_slice, take_slice
 from cxrfeat.store import Features, FeatureStore, check_compatible
 from heads import runs, sanity
 from heads.grid import PER_MEMBER, SETTINGS, Config, configurations, format_value, shape_key, varying
@@ -190,16 +191,8 @@ class SweepSpec:
 
 
 def parse_shard(spec: str | None) -> tuple[int, int]:
-    """'i/N' -> (i, N); None -> (1, 1)."""
-    if spec is None:
-        return (1, 1)
-    try:
-        i, n = (int(p) for p in spec.split("/"))
-    except ValueError:
-        raise UserError(f"--shard {spec!r}: give i/N, e.g. 1/4 (the first of 4 slices)") from None
-    if not (n >= 1 and 1 <= i <= n):
-        raise UserError(f"--shard {spec}: need 1 <= i <= N")
-    return i, n
+    """'i/N' -> (i, N) (`cxrfeat.slices`); None -> (1, 1)."""
+    return (1, 1) if spec is None else parse_slice(spec, "--shard", "1/4 (the first of 4 slices)")
 
 
 def parse_models(spec: str) -> list[str]:
@@ -236,9 +229,7 @@ def plan(spec: SweepSpec) -> list[Cell]:
 
 def shard_cells(spec: SweepSpec) -> list[Cell]:
     """This shard's cells: the i-th of N contiguous, nearly equal slices of `plan`."""
-    cells = plan(spec)
-    i, n = spec.shard
-    return cells[(i - 1) * len(cells) // n: i * len(cells) // n]
+    return take_slice(plan(spec), spec.shard)
 
 
 def grid(spec: SweepSpec) -> list[tuple[int, str]]:
@@ -402,11 +393,6 @@ def standardize(stores: dict[str, Features], *, copy: bool = False, out: dict | 
 
 
 # ---------------------------------------------------------------- sweep.json
-def _task_order(name: str) -> tuple[int, str]:
-    digits = name.rsplit("-", 1)[-1]
-    return (int(digits) if digits.isdigit() else 10**6, name)
-
-
 def record_sweep(spec: SweepSpec, stores: Stores) -> dict:
     """Write or extend `runs/<name>/sweep.json`; refuse a folder made with other settings."""
     path = Path(spec.runs) / spec.name / "sweep.json"
@@ -425,7 +411,7 @@ def record_sweep(spec: SweepSpec, stores: Stores) -> dict:
                 f"use another --name, or the same settings to resume it"
             )
         record["tasks"] = sorted({task_name(t) for t in old["tasks"]} | {task_name(t) for t in spec.tasks},
-                                 key=_task_order)
+                                 key=task_sort_key)
         record["models"] = [m for m in MODELS if m in set(old["models"]) | set(spec.models)]
         record["seeds"] = max(old["seeds"], spec.seeds)
         record["created"] = old.get("created", now)
