@@ -43,7 +43,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -58,7 +58,7 @@ from cxrfeat.atomic import write_bytes, write_json
 from cxrfeat.devices import batch_mesh, batch_sharding, replicated, round_up
 from cxrfeat.errors import UserError, refuse_multi_process
 from cxrfeat.imagecache import DEFAULT_CACHE, ImageCache, build_cache, cache_path, prefetch
-from cxrfeat.labels import task_labels, task_name
+from cxrfeat.labels import ALL, Task, resolve_tasks, task_labels, task_name
 from heads import runs
 from heads.models import dqc_pre_activations
 from heads.sweep import _versions
@@ -76,7 +76,7 @@ RANDOM_BACKBONE_SEED = 0  # `--weights random`: the backbone `cxrfeat extract` d
 class FinetuneOptions:
     """Everything that decides a fine-tune run (the `heads finetune` options)."""
 
-    task: int
+    task: int | str  # 8, 14, 19, `all` (resolved by `resolve_task`) or a `cxrfeat.labels.Task`
     model: str  # cdl | dqc
     seed: int = 1
     data_dir: Path = Path("data") / NIH
@@ -96,7 +96,8 @@ class FinetuneOptions:
     def check(self) -> None:
         from heads.models import MODELS
 
-        task_labels(self.task)  # ValueError -> caller
+        if str(self.task).lower() != ALL:
+            task_labels(self.task)  # ValueError -> caller
         if self.model not in MODELS:
             raise UserError(f"--model must be one of {', '.join(MODELS)}, not {self.model!r}")
         if self.seed < 1:
@@ -416,6 +417,7 @@ def finetune(
                                            "--model and --seed on one shared --runs folder")
     opts.check()
     _data_dirs(opts)  # before the lock makes the run folder's parents
+    opts = resolve_task(opts)
     lock_file = runs.run_lock_path(opts.run_dir)
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     with locks.acquire(lock_file, what=f"run {opts.run_dir}", timeout=lock_timeout) as lock:
@@ -489,6 +491,18 @@ def _finetune(opts: FinetuneOptions, *, backbone, devices, say, on_epoch, lock) 
 
     metrics = _finish(run_dir, opts, labels, splits, eval_fn, stats, state, history, sharding)
     return FinetuneResult(run_dir, history, state["best_epoch"], state["best_val"], metrics, resumed_from=resumed)
+
+
+def resolve_task(opts: FinetuneOptions) -> FinetuneOptions:
+    """`--task all` made a task: every label of the training split's CSV but No Finding, in its order
+    (`cxrfeat.labels.resolve_tasks`, as `heads sweep` resolves it against its training store); other
+    tasks are returned as they are."""
+    if str(opts.task).lower() != ALL:
+        return opts
+    from cxrfeat.datasets import load_split
+
+    names = load_split(NIH, _data_dirs(opts)[0], "train").label_names
+    return replace(opts, task=resolve_tasks([Task(ALL)], names)[0])
 
 
 def _data_dirs(opts: FinetuneOptions) -> tuple[Path, Path]:

@@ -332,6 +332,19 @@ def test_cli_end_to_end_with_a_checkpoint_folder(data, backbone, tmp_path):
     assert f"run written to {run}" in flat and "still improving" in flat  # 1 epoch: flagged undertrained
 
 
+def test_task_all_is_every_training_label_and_tasks_file_is_read(data, tmp_path):
+    from cxrfeat.labels import NO_FINDING
+    from heads.cli import app
+
+    opts = ft.resolve_task(ft.FinetuneOptions(task="all", model="cdl", data_dir=data / "nih-cxr-lt", runs=tmp_path))
+    names = load_split("nih-cxr-lt", data / "nih-cxr-lt", "train").label_names
+    assert opts.task.labels == tuple(n for n in names if n != NO_FINDING) and opts.task == "cxr-19"
+    assert opts.run_dir == tmp_path / "sweep" / "cxr-19" / "cdl-finetune" / "seed-1"
+    (tmp_path / "t.txt").write_text("Effusion\nNo Finding\n")
+    result = CliRunner().invoke(app, ["finetune", "--tasks-file", str(tmp_path / "t.txt"), "--runs", str(tmp_path)])
+    assert result.exit_code == 2 and "'No Finding' is never a task label" in result.output
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--seed", "0"], "--seed must be at least 1"),
     (["--batch-size", "0"], "--batch-size must be at least 1"),
@@ -340,6 +353,8 @@ def test_cli_end_to_end_with_a_checkpoint_folder(data, backbone, tmp_path):
     (["--limit", "0"], "--limit must be at least 1"),
     (["--lr", "-1"], "--lr must be a positive number"),
     (["--data-dir", "/nonexistent/nih"], "no such folder"),
+    (["--task", "all", "--data-dir", "/nonexistent/nih"], "no such folder"),  # `all` is accepted
+    (["--tasks-file", "/nonexistent/t.txt"], "--tasks-file /nonexistent/t.txt: cannot read it"),
 ])
 def test_cli_rejects_bad_options(tmp_path, args, message):
     from heads.cli import app
