@@ -26,6 +26,7 @@ import numpy as np
 from analysis import provenance, stats
 from cxrfeat.errors import UserError
 from cxrfeat.labels import canonical
+from cxrfeat.labels import task_sort_key as task_key
 from heads import runs as run_folders
 from heads.record import RunConfig, RunResults
 
@@ -35,7 +36,6 @@ _LAYOUT = ("runs/<sweep>/cxr-<n>/<model>/seed-<s>/ (a grid: .../<model>/<config>
 
 
 model_key = run_folders.model_sort_key
-task_key = run_folders.task_sort_key
 
 
 def test_set_key(name: str) -> tuple[int, str]:

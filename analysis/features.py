@@ -6,7 +6,6 @@ attributes are read, never the embeddings.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,26 +142,6 @@ def is_synthetic(*attr_dicts: Any) -> bool:
         return False
 
     return any(walk(a) for a in attr_dicts)
-
-
-def synthetic_note(features: str | Path = "features", runs: str | Path | None = None) -> str | None:
-    """The report's (and README's) sentence about synthetic data, or None when the data is not synthetic.
-
-    Looks at the attributes of the stores under `features` and, when `runs` (a sweep folder) is
-    given, at its runs' configs and the stores their provenance names.
-    """
-    attrs: list[Any] = []
-    if Path(features).is_dir():
-        attrs += [c.attrs for c in scan_stores(features)[0]]
-    if runs is not None:
-        configs = []
-        for cfg in [Path(runs) / "sweep.json", *list(Path(runs).glob("*/*/seed-*/config.json"))[:50]]:
-            try:
-                configs.append(json.loads(cfg.read_text()))
-            except (OSError, ValueError):
-                continue
-        attrs += configs + [c.attrs for c in read_stores(provenance_stores(*configs))[0]]
-    return SYNTHETIC_SENTENCE if is_synthetic(*attrs) else None
 
 
 def label_frequency_groups(train: StoreCounts | None, labels=LABELS) -> dict[str, list[str]]:

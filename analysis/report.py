@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from analysis import report_grid, report_shots, stats, summary
 from analysis import tables as T
 from analysis.bench import is_this_machine, load_bench_paths, this_machine
 from analysis.collect import Sweep, _shown, comparisons, find_sweep, load_sweep, test_set_key
+from analysis.document import Document
 from analysis.features import (
     SYNTHETIC_SENTENCE,
     StoreCounts,
@@ -132,33 +132,6 @@ def _train_dataset(sweep: Sweep) -> str | None:
     return next((d for r in sweep.runs[:20] if (d := r.record.train_dataset)), None)
 
 
-@dataclass
-class _Doc:
-    """The report being written: its Markdown lines and where tables and figures go."""
-
-    sweep: Sweep
-    out: Path
-    train: StoreCounts | None
-    marks: tuple[str, ...]  # stamped on every figure ("SYNTHETIC DATA", "RANDOM BACKBONE")
-    resamples: int
-    settings: dict[tuple[str, str], str] | None  # per-row settings cell when rows differ, else None
-    md: list[str] = field(default_factory=list)
-
-    def add(self, *lines: str) -> None:
-        self.md.extend(lines)
-
-    def table(self, t: T.Table) -> None:
-        t.write(self.out / "tables")
-        self.add(f"**{t.title}.** " + (t.note + " " if t.note else "") + f"(`tables/{t.name}.csv`, `.tex`)\n",
-                 t.markdown() + "\n")
-
-    def figure(self, path: Path, alt: str) -> None:
-        self.add(f"![{alt}]({path.relative_to(self.out).as_posix()})\n")
-
-    def fig_path(self, name: str) -> Path:
-        return self.out / "figures" / name
-
-
 def _write(sweep: Sweep, features: Path | None, bench: list[Path] | None, out: Path, resamples: int,
            roots: list[Path], select: str = "val-loss") -> None:
     (out / "figures").mkdir(parents=True)
@@ -176,7 +149,7 @@ def _write(sweep: Sweep, features: Path | None, bench: list[Path] | None, out: P
     full, chosen = sweep, (G.select(sweep, select) if sweep.is_grid else None)
     if chosen is not None:  # every section but the grid's: the configurations selected on validation data
         sweep = full.select(chosen)
-    doc = _Doc(sweep, out, training_counts(stores, _train_dataset(sweep)), marks, resamples, None)
+    doc = Document(sweep, out, training_counts(stores, _train_dataset(sweep)), marks, resamples, None)
     doc.add(f"# Report: {sweep.name}\n")
     if random:
         which = "every run" if len(random) == len(full.runs) else f"{len(random)} of the {len(full.runs)} runs"
@@ -257,7 +230,7 @@ def _differing_keys(rows: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
     return out
 
 
-def _provenance_section(doc: _Doc, backbones: dict, data: dict, synthetic: bool) -> None:
+def _provenance_section(doc: Document, backbones: dict, data: dict, synthetic: bool) -> None:
     sweep = doc.sweep
     doc.add("## Provenance\n", "Read from the runs' own `config.json` (the `backbone`, `data` and `settings` keys; "
             "older runs: their `provenance`, `training` and `head` keys, then the feature stores), so a copied "
@@ -334,7 +307,7 @@ def _flagged_rows(sweep: Sweep) -> list[tuple[str, str, str, str]]:
     return out
 
 
-def _sanity_section(doc: _Doc, flagged) -> None:
+def _sanity_section(doc: Document, flagged) -> None:
     sweep = doc.sweep
     doc.add("## Sanity checks\n", "Every head is checked for constant predictions (a label whose `y_prob` has sd "
             f"< {P.CONSTANT_SD:g} over the test set, or AUROC exactly 0.5 with sd < {P.HALF_SD:g}), saturated "
@@ -358,7 +331,7 @@ def _sanity_section(doc: _Doc, flagged) -> None:
         doc.add("<details><summary>Per seed</summary>\n", *detail[:30], *more, "\n</details>\n")
 
 
-def _runs_section(doc: _Doc) -> None:
+def _runs_section(doc: Document) -> None:
     sweep = doc.sweep
     doc.add("## Runs\n", "| Task | Model | Finished seeds | Test sets |\n| --- | --- | --- | --- |")
     for task in sweep.tasks:
@@ -374,7 +347,7 @@ def _runs_section(doc: _Doc) -> None:
         doc.add("Nothing is missing: every task × model has the same finished seeds.\n")
 
 
-def _data_section(doc: _Doc, stores: list[StoreCounts], store_notes: list[str], features: Path | None,
+def _data_section(doc: Document, stores: list[StoreCounts], store_notes: list[str], features: Path | None,
                   bench: list[Path] | None) -> None:
     """Tables I-III."""
     doc.add("## Data and models\n")
@@ -391,7 +364,7 @@ def _data_section(doc: _Doc, stores: list[StoreCounts], store_notes: list[str], 
     _bench_section(doc, bench)
 
 
-def _bench_section(doc: _Doc, bench: list[Path] | None) -> None:
+def _bench_section(doc: Document, bench: list[Path] | None) -> None:
     if not bench:
         doc.add("No step-time benchmarks (`heads bench` writes `bench/<machine>.json`; pass --bench): "
                 "Table III left out.\n")
@@ -422,7 +395,7 @@ def _bench_section(doc: _Doc, bench: list[Path] | None) -> None:
 
 
 # ------------------------------------------------------------------------------------ AUROC
-def _mean_auroc_section(doc: _Doc) -> None:
+def _mean_auroc_section(doc: Document) -> None:
     doc.add("## Mean AUROC (paper Fig. 5)\n")
     sweep = doc.sweep
     model_stats = summary.mean_auroc(sweep)
@@ -438,7 +411,7 @@ def _mean_auroc_section(doc: _Doc) -> None:
                "Mean AUROC per task, model and test set")
 
 
-def _per_label_section(doc: _Doc) -> dict[tuple[str, str], list[dict]]:
+def _per_label_section(doc: Document) -> dict[tuple[str, str], list[dict]]:
     """Figs. 6-11 and their tables; returns the volcano points per (classical, quantum) pair."""
     sweep, train = doc.sweep, doc.train
     doc.add("## Per-label AUROC (paper Figs. 6–11)\n")
@@ -493,7 +466,7 @@ def _pair_suffix(pair: tuple[str, str]) -> str:
     return pair[1][3:].replace("-", "_")
 
 
-def _volcano_section(doc: _Doc, points: dict[tuple[str, str], list[dict]]) -> None:
+def _volcano_section(doc: Document, points: dict[tuple[str, str], list[dict]]) -> None:
     doc.add("## Volcano plots (paper Figs. 12–13)\n")
     doc.add(
         "One point per (label, task, test set): −log10 of the paired t-test's p-value against the % difference "
@@ -520,7 +493,7 @@ def _volcano_section(doc: _Doc, points: dict[tuple[str, str], list[dict]]) -> No
         doc.add("Nothing to plot: no pair of models to compare.\n")
 
 
-def _training_section(doc: _Doc) -> None:
+def _training_section(doc: Document) -> None:
     sweep = doc.sweep
     doc.add("## Training (paper Fig. 4 and section IV-B)\n")
     if not any(r.history for r in sweep.runs):
@@ -533,7 +506,7 @@ def _training_section(doc: _Doc) -> None:
     doc.table(T.table_convergence(summary.convergence(sweep), sweep))
 
 
-def _long_tail_section(doc: _Doc) -> None:
+def _long_tail_section(doc: Document) -> None:
     doc.add("## Long tail: head, medium and tail labels\n")
     pool = sorted({lab for t in doc.sweep.tasks for lab in doc.sweep.label_names(t)}, key=label_key)
     groups = label_frequency_groups(doc.train, pool)
@@ -544,7 +517,7 @@ def _long_tail_section(doc: _Doc) -> None:
         doc.figure(F.long_tail_figure(gs, doc.fig_path("long_tail.png"), doc.marks), "Long-tail view")
 
 
-def _methods_section(doc: _Doc) -> None:
+def _methods_section(doc: Document) -> None:
     T.per_seed_rows(doc.sweep).write(doc.out / "tables")
     doc.add(
         "## How the numbers are computed\n",

@@ -10,7 +10,6 @@ across the grid (CSV + LaTeX) and one heat-map figure per task.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,9 +19,7 @@ from analysis import provenance as P
 from analysis import stats, summary
 from analysis import tables as T
 from analysis.collect import Sweep
-
-if TYPE_CHECKING:
-    from analysis.report import _Doc
+from analysis.document import Document
 
 
 def point_text(point: dict) -> str:
@@ -164,7 +161,7 @@ def heatmap_rows(configs: list[G.ConfigStat], chosen: dict[tuple[str, str], str]
     return rows, notes
 
 
-def grid_section(doc: _Doc, full: Sweep, chosen: dict[tuple[str, str], str], by: str) -> None:
+def grid_section(doc: Document, full: Sweep, chosen: dict[tuple[str, str], str], by: str) -> None:
     configs = G.config_stats(full)
     test_sets = full.test_sets()
     keys = list(dict.fromkeys(k for c in configs for k in G.varying([x for x in configs if (x.task, x.model)

@@ -8,14 +8,11 @@ selected configurations when they were measured.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from analysis import tables as T
-from analysis.collect import Sweep, task_key, test_set_key
+from analysis.collect import Sweep, test_set_key
+from analysis.document import Document
 from analysis.shots import shots_figure, shots_table, width_figure, width_table
-
-if TYPE_CHECKING:
-    from analysis.report import _Doc
+from cxrfeat.labels import task_sort_key
 
 
 def _num(v, digits: int = 3) -> str:
@@ -84,10 +81,10 @@ def width_table_rows(rows: list[dict], chosen) -> T.Table:
 
 def _order(rows: list[dict]) -> list[dict]:
     """Report order: task, configuration, test set (NIH first), then the table's own order."""
-    return sorted(rows, key=lambda r: (task_key(str(r["task"])), r["configuration"], test_set_key(r["test_set"])))
+    return sorted(rows, key=lambda r: (task_sort_key(str(r["task"])), r["configuration"], test_set_key(r["test_set"])))
 
 
-def shots_section(doc: _Doc, full: Sweep, chosen: dict[tuple[str, str], str] | None) -> None:
+def shots_section(doc: Document, full: Sweep, chosen: dict[tuple[str, str], str] | None) -> None:
     rows, widths = _order(shots_table(full.path)), _order(width_table(full.path))
     if not rows and not widths:
         return

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from cxrfeat import atomic
 from cxrfeat.errors import UserError
+from cxrfeat.labels import task_sort_key
 from heads import runs
 
 SHOTS_FILE = "shots.json"
@@ -56,6 +57,12 @@ def _task(doc: dict) -> str | None:
     if t is None:
         return None
     return f"cxr-{t}" if isinstance(t, int) or str(t).isdigit() else str(t)
+
+
+def _group_order(item: tuple[tuple, dict]) -> tuple:
+    """Rows by task (`cxrfeat.labels.task_sort_key`; unknown tasks first), then the rest of their key."""
+    task, *rest = item[0]
+    return ((-1, "") if task is None else task_sort_key(task), *rest)
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -91,8 +98,7 @@ def shots_table(sweep_dir: str | Path) -> list[dict]:
                     g["exact_auprc"].append(exact["mean_auprc"])
                 g["seeds"].append(seed)
     rows = []
-    for (task, config, test_set, sampling, readout, shots), g in sorted(
-            groups.items(), key=lambda kv: (-1 if kv[0][0] is None else kv[0][0],) + kv[0][1:]):
+    for (task, config, test_set, sampling, readout, shots), g in sorted(groups.items(), key=_group_order):
         rows.append({
             "task": task, "task_name": g["task_name"] or (f"cxr-{task}" if task is not None else None),
             "configuration": config, "test_set": test_set, "sampling": sampling, "readout_error": readout,
@@ -160,7 +166,7 @@ def width_table(sweep_dir: str | Path) -> list[dict]:
             g["sd"].append(w["sd"])
             g["seeds"].append(doc.get("run", {}).get("seed"))
     rows = []
-    for (task, config, test_set, threshold), g in sorted(groups.items(), key=lambda kv: (-1 if kv[0][0] is None else kv[0][0],) + kv[0][1:]):
+    for (task, config, test_set, threshold), g in sorted(groups.items(), key=_group_order):
         n = g["qubits"]
         rows.append({
             "task": task, "task_name": g["task_name"], "configuration": config, "test_set": test_set,

@@ -215,15 +215,19 @@ def bootstrap_mean_auroc(y_true, y_probs, resamples: int = BOOTSTRAP_RESAMPLES, 
 CORRECTIONS = ("Holm (family-wise error)", "Benjamini–Hochberg (false discovery rate)")
 
 
+def _ranked(pvalues) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(p as float64, an all-NaN array of its shape, the indices of its finite entries by ascending p (stable))."""
+    p = np.asarray(pvalues, dtype=np.float64)
+    ok = np.flatnonzero(np.isfinite(p))
+    return p, np.full(p.shape, np.nan), ok[np.argsort(p[ok], kind="stable")]
+
+
 def holm(pvalues) -> np.ndarray:
     """Holm step-down adjusted p-values; NaN entries stay NaN and are not counted in the family."""
-    p = np.asarray(pvalues, dtype=np.float64)
-    out = np.full(p.shape, np.nan)
-    ok = np.flatnonzero(np.isfinite(p))
-    m = ok.size
+    p, out, order = _ranked(pvalues)
+    m = order.size
     if not m:
         return out
-    order = ok[np.argsort(p[ok], kind="stable")]
     adj = np.maximum.accumulate((m - np.arange(m)) * p[order])
     out[order] = np.minimum(adj, 1.0)
     return out
@@ -231,13 +235,10 @@ def holm(pvalues) -> np.ndarray:
 
 def benjamini_hochberg(pvalues) -> np.ndarray:
     """Benjamini-Hochberg adjusted p-values (q-values); NaN entries stay NaN and are not counted."""
-    p = np.asarray(pvalues, dtype=np.float64)
-    out = np.full(p.shape, np.nan)
-    ok = np.flatnonzero(np.isfinite(p))
-    m = ok.size
+    p, out, order = _ranked(pvalues)
+    m = order.size
     if not m:
         return out
-    order = ok[np.argsort(p[ok], kind="stable")]
     adj = p[order] * m / np.arange(1, m + 1)
     adj = np.minimum.accumulate(adj[::-1])[::-1]
     out[order] = np.minimum(adj, 1.0)

@@ -19,11 +19,12 @@ import numpy as np
 
 from analysis import stats
 from analysis.bench import BenchRecord
-from analysis.collect import Sweep, model_key, task_key
+from analysis.collect import Sweep, model_key
 from analysis.features import StoreCounts, label_key, split_key
 from analysis.provenance import WARN
 from analysis.summary import Comparison, Convergence, GroupStat, ModelStat
 from cxrfeat.atomic import write_text
+from cxrfeat.labels import task_sort_key
 
 
 @dataclass
@@ -404,7 +405,7 @@ def table_long_tail(groups: list[GroupStat], sweep: Sweep) -> Table:
 def per_seed_rows(sweep: Sweep) -> Table:
     """Every run's recomputed AUROC and AUPRC (mean and per label), with its test-set counts and failed checks."""
     rows = []
-    for run in sorted(sweep.runs, key=lambda r: (task_key(r.task), model_key(r.model), r.seed)):
+    for run in sorted(sweep.runs, key=lambda r: (task_sort_key(r.task), model_key(r.model), r.seed)):
         for ts, pred in run.predictions.items():
             flags = ";".join(sorted(run.sanity.flags_for(ts)))
             rows.append([run.task, run.model, run.seed, ts, "mean", stats.nanmean(pred.auroc),

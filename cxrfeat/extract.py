@@ -45,6 +45,7 @@ from cxrfeat.store import (
     part_lock_path,
     part_locks,
 )
+from cxrfeat.synth import is_synthetic
 
 DEFAULT_SEED = 0
 DEFAULT_BATCH = 64  # backbone forward passes per device and call
@@ -79,11 +80,6 @@ class ExtractTiming:
 
 def default_views(split: str) -> int:
     return 8 if split == "train" else 1
-
-
-def _is_synthetic(data_dir: Path) -> bool:
-    readme = data_dir / "README.txt"
-    return readme.exists() and "synthetic" in readme.read_text(errors="ignore").lower()
 
 
 @functools.lru_cache(maxsize=8)
@@ -246,7 +242,7 @@ def extract(
             "dataset": dataset,
             "split": split,
             "source": str(ds.source),
-            "synthetic": _is_synthetic(data_dir),
+            "synthetic": is_synthetic(data_dir),
             "backbone": backbone.description,
             "preprocessing": PREPROCESSING,
             "augmentation": AUGMENTATION if views > 1 else {"views": "view 0 only (no augmentation)"},

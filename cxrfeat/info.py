@@ -16,14 +16,15 @@ import re
 from pathlib import Path
 
 from cxrfeat.errors import UserError
+from cxrfeat.imagecache import KIND as IMAGE_CACHE_KIND
 from cxrfeat.labels import LABELS
+from cxrfeat.synth import is_synthetic
 
 SPLIT_ORDER = ("train", "val", "test")
 _NIH = re.compile(r"^miccai2023_nih-cxr-lt_labels_(\w+)\.csv$")
 _MIMIC = re.compile(r"^(?:miccai2023_mimic-cxr-lt_labels_|mimic-cxr-lt_)(\w+)\.csv$")
 
 
-IMAGE_CACHE_KIND = "image-cache"  # heads.imagecache.KIND (cxrfeat does not import heads)
 SEARCH_DEPTH = 3  # folder levels searched for stores and datasets: features/images/<dataset>/<split>.zarr
 
 
@@ -74,7 +75,7 @@ def dataset_summary(path: str | Path) -> dict:
 
     path = Path(path)
     name, splits = detect_dataset(path)
-    out = {"kind": "dataset", "dataset": name, "path": str(path), "synthetic": _synthetic(path), "splits": {}}
+    out = {"kind": "dataset", "dataset": name, "path": str(path), "synthetic": is_synthetic(path), "splits": {}}
     for split in splits:
         ds = load_split(name, path, split)
         out["splits"][split] = {
@@ -237,11 +238,6 @@ def _one_or_error(path: Path) -> dict:
 def errors(info: dict | list[dict]) -> list[str]:
     """The error lines of a summary (damaged or unreadable stores and caches in a folder listing)."""
     return [i["error"] for i in (info if isinstance(info, list) else [info]) if i["kind"] == "error"]
-
-
-def _synthetic(path: Path) -> bool:
-    readme = path / "README.txt"
-    return readme.is_file() and "SYNTHETIC" in readme.read_text(errors="ignore").upper()
 
 
 # ------------------------------------------------------------------------------------------ rendering

@@ -12,6 +12,8 @@ kept in stores but is never a task label.
 
 from __future__ import annotations
 
+import re
+
 LABELS: tuple[str, ...] = (
     "Infiltration",
     "Effusion",
@@ -214,6 +216,13 @@ def read_tasks_file(path) -> Task:
     if len(labels) < 2:
         raise UserError(f"--tasks-file {path}: a task needs at least 2 labels, found {len(labels)}")
     return Task(_name_for(labels, f"{path.stem}-{len(labels)}"), labels)
+
+
+def task_sort_key(name: str) -> tuple[int, str]:
+    """Sort key of task names: by the number that ends the name (`cxr-8` < `cxr-14` < `cxr-19` <
+    `labels-40`), then by name; names without one last."""
+    m = re.search(r"(\d+)$", str(name))
+    return (int(m.group(1)) if m else 10**9, str(name))
 
 
 def resolve_tasks(tasks, available) -> list[Task]:

@@ -116,12 +116,6 @@ def _to_l_or_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Decode an image file to an RGB PIL image; `ImageError` (naming the file) when missing or corrupt."""
-    im = _open(path)
-    return im if im.mode == "RGB" else im.convert("RGB")
-
-
 def resize_size(height: int, width: int) -> tuple[int, int]:
     """(height, width) after resizing the short side to 256, as transformers computes it."""
     if width <= height:

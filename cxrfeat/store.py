@@ -68,6 +68,7 @@ import zarr
 
 from cxrfeat import __version__, atomic
 from cxrfeat.errors import UserError, os_error_message
+from cxrfeat.slices import parse_slice, slice_range
 
 FORMAT_VERSION = 1
 DEFAULT_CHUNK_ROWS = 64
@@ -134,22 +135,13 @@ PARTS = "parts"  # `<store>/parts/part-<i>-of-<N>.json`: one record per `--part 
 
 
 def parse_part(spec: str | None) -> tuple[int, int] | None:
-    """'i/N' -> (i, N) with 1 <= i <= N; None -> None (the whole store in one process)."""
-    if spec is None:
-        return None
-    try:
-        i, n = (int(p) for p in str(spec).split("/"))
-    except ValueError:
-        raise UserError(f"--part {spec!r}: give i/N, e.g. 2/4 (the second of 4 parts)") from None
-    if not (n >= 1 and 1 <= i <= n):
-        raise UserError(f"--part {spec}: need 1 <= i <= N")
-    return i, n
+    """'i/N' -> (i, N) with 1 <= i <= N (`cxrfeat.slices`); None -> None (the whole store in one process)."""
+    return None if spec is None else parse_slice(spec, "--part", "2/4 (the second of 4 parts)")
 
 
 def part_chunks(n_chunks: int, part: tuple[int, int]) -> range:
     """The row chunks of part i of N: the i-th of N contiguous, near-equal ranges (empty when N > chunks)."""
-    i, n = part
-    return range((i - 1) * n_chunks // n, i * n_chunks // n)
+    return slice_range(n_chunks, part)
 
 
 def part_lock_path(path: str | Path, part: tuple[int, int]) -> Path:
@@ -655,11 +647,6 @@ class Features:
             "preprocessing": self.attrs.get("preprocessing"),
             "created": self.attrs.get("created"),
         }
-
-
-def load_features(path: str | Path, labels=None) -> Features:
-    """Open a complete store (verified) and load it (see `FeatureStore.load`)."""
-    return FeatureStore.open(path).load(labels)
 
 
 def check_compatible(stores: list[Features]) -> None:

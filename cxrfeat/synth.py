@@ -282,7 +282,7 @@ def write_synthetic(
     out_dir = Path(out_dir)
     targets = {"nih": out_dir / "nih-cxr-lt", "mimic": out_dir / "mimic-cxr-lt"}
     for path in targets.values():
-        if path.exists() and not _is_synthetic(path):
+        if path.exists() and not _overwritable(path):
             raise UserError(f"{path} exists and is not a synthetic dataset (no README.txt saying SYNTHETIC); "
                             f"refusing to overwrite it: choose another OUT_DIR")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -307,7 +307,15 @@ def write_synthetic(
     }
 
 
-def _is_synthetic(path: Path) -> bool:
+def is_synthetic(data_dir: str | Path) -> bool:
+    """Whether a data folder says it is synthetic: its README.txt mentions "synthetic" (any case), as
+    the one `cxrfeat synth` writes does. Recorded as `synthetic` in stores, image caches and runs."""
+    readme = Path(data_dir) / "README.txt"
+    return readme.is_file() and "synthetic" in readme.read_text(errors="ignore").lower()
+
+
+def _overwritable(path: Path) -> bool:
+    """Stricter than `is_synthetic`, as it guards a deletion: the upper-case SYNTHETIC of our README."""
     readme = path / "README.txt"
     return readme.is_file() and "SYNTHETIC" in readme.read_text(errors="ignore")
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cxrfeat.errors import UserError, human_bytes
+from cxrfeat.imagecache import KIND, ImageCache
 from cxrfeat.store import Damage, FeatureStore
 
 
@@ -41,9 +42,7 @@ def _kind(path: Path) -> type[FeatureStore]:
         kind = json.loads((path / "zarr.json").read_text()).get("attributes", {}).get("kind")
     except (OSError, ValueError):
         kind = None
-    if kind == "image-cache":
-        from heads.imagecache import ImageCache
-
+    if kind == KIND:
         return ImageCache
     return FeatureStore
 

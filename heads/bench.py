@@ -147,7 +147,7 @@ def _tensorcircuit(angles, weights):
     import jax.numpy as jnp
     import tensorcircuit as tc
 
-    from heads.quantum import ring_pairs
+    from heads.ring import ring_pairs
 
     tc.set_backend("jax")
     n = angles.shape[1]

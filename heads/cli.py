@@ -192,7 +192,7 @@ def params(
 @app.command()
 @friendly
 def finetune(
-    task: Annotated[str, typer.Option("--task", help="Task: 8, 14 or 19 (the paper's CXR-8/14/19), or all (every label of the training store but No Finding).")] = "8",
+    task: Annotated[str, typer.Option("--task", help="Task: 8, 14 or 19 (the paper's CXR-8/14/19), or all (every label of the training split's CSV but No Finding).")] = "8",
     tasks_file: Annotated[Path, typer.Option("--tasks-file", help="A task from a file instead of --task: one label name a line, or a label set name (nih-cxr-lt, cxr-lt-2023, cxr-lt-2024).")] = None,
     model: Annotated[str, typer.Option("--model", help="Head: cdl or dqc (the run is named <model>-finetune).")] = "dqc",
     seed: Annotated[int, typer.Option("--seed", help="Seed (>= 1): head initialisation, batch order and augmentation.")] = 1,
@@ -222,13 +222,15 @@ def finetune(
     from rich.console import Console
 
     from cxrfeat.errors import UserError
+    from cxrfeat.labels import read_tasks_file
     from heads.finetune import FinetuneOptions
     from heads.finetune import finetune as run_finetune
     from heads.train import TrainConfig
 
     try:
         opts = FinetuneOptions(
-            task=task, model=model, seed=seed, data_dir=data_dir, external_dir=external_dir, weights=weights,
+            task=read_tasks_file(tasks_file) if tasks_file is not None else task,
+            model=model, seed=seed, data_dir=data_dir, external_dir=external_dir, weights=weights,
             freeze_backbone=freeze_backbone, init_head_from=init_head_from, runs=runs, name=name, cache=cache,
             layers=layers, backend=backend, circuit_init=circuit_init, limit=limit,
             train=TrainConfig(lr=lr, batch_size=batch_size, max_epochs=max_epochs, patience=patience),

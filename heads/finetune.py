@@ -7,7 +7,7 @@ run) and the frozen backbone on images (`--freeze-backbone`, which should approa
 feature-cache result).
 
 What it does, and why:
-- Images are decoded and preprocessed once into an image cache (`heads.imagecache`) and read back
+- Images are decoded and preprocessed once into an image cache (`cxrfeat.imagecache`) and read back
   in batches on background threads while the device works; decoding never repeats per epoch.
 - Parameters are `{"backbone": ..., "head": ...}`. BatchNorm normalises with its running
   statistics, which are an input of the step and never an output: the optimizer cannot touch them
@@ -57,9 +57,10 @@ from cxrfeat import locks
 from cxrfeat.atomic import write_bytes, write_json
 from cxrfeat.devices import batch_mesh, batch_sharding, replicated, round_up
 from cxrfeat.errors import UserError, refuse_multi_process
-from cxrfeat.labels import task_labels, task_name
+from cxrfeat.imagecache import DEFAULT_CACHE, ImageCache, build_cache, cache_path, prefetch
+from cxrfeat.labels import ALL, Task, resolve_tasks, task_labels, task_name
 from heads import runs
-from heads.imagecache import DEFAULT_CACHE, ImageCache, build_cache, cache_path, prefetch
+from heads.models import dqc_pre_activations
 from heads.plan import differences
 from heads.record import Backbone, Data, RunConfig, Settings
 from heads.train import INIT_STREAM, TrainConfig, epoch_order, masked_bce
@@ -76,7 +77,7 @@ RANDOM_BACKBONE_SEED = 0  # `--weights random`: the backbone `cxrfeat extract` d
 class FinetuneOptions:
     """Everything that decides a fine-tune run (the `heads finetune` options)."""
 
-    task: int
+    task: int | str  # 8, 14, 19, `all` (resolved by `resolve_task`) or a `cxrfeat.labels.Task`
     model: str  # cdl | dqc
     seed: int = 1
     data_dir: Path = Path("data") / NIH
@@ -96,7 +97,8 @@ class FinetuneOptions:
     def check(self) -> None:
         from heads.models import MODELS
 
-        task_labels(self.task)  # ValueError -> caller
+        if str(self.task).lower() != ALL:
+            task_labels(self.task)  # ValueError -> caller
         if self.model not in MODELS:
             raise UserError(f"--model must be one of {', '.join(MODELS)}, not {self.model!r}")
         if self.seed < 1:
@@ -206,7 +208,7 @@ def make_eval(backbone, head):
         logits = head.apply({"params": params["head"]}, emb)
         s, c = masked_bce(logits, labels, jnp.ones(labels.shape[:1], bool))
         if "pre" in params["head"]:  # a DQC (`heads.models`): its pre Dense on the embedding
-            pre = emb @ params["head"]["pre"]["kernel"] + params["head"]["pre"]["bias"]
+            pre = dqc_pre_activations(params["head"], emb)
             saturated = jnp.sum(jnp.abs(jnp.tanh(pre)) > SATURATION_TANH, axis=1)
         else:
             saturated = jnp.zeros(labels.shape[:1], jnp.int32)
@@ -396,6 +398,7 @@ def finetune(
                                            "--model and --seed on one shared --runs folder")
     opts.check()
     _data_dirs(opts)  # before the lock makes the run folder's parents
+    opts = resolve_task(opts)
     lock_file = runs.run_lock_path(opts.run_dir)
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     with locks.acquire(lock_file, what=f"run {opts.run_dir}", timeout=lock_timeout) as lock:
@@ -470,6 +473,18 @@ def _finetune(opts: FinetuneOptions, *, backbone, devices, say, on_epoch, lock) 
     results = _finish(run_dir, config, opts, splits, eval_fn, stats, state, history, sharding)
     return FinetuneResult(run_dir, history, state["best_epoch"], state["best_val"], results.to_json(),
                           resumed_from=resumed)
+
+
+def resolve_task(opts: FinetuneOptions) -> FinetuneOptions:
+    """`--task all` made a task: every label of the training split's CSV but No Finding, in its order
+    (`cxrfeat.labels.resolve_tasks`, as `heads sweep` resolves it against its training store); other
+    tasks are returned as they are."""
+    if str(opts.task).lower() != ALL:
+        return opts
+    from cxrfeat.datasets import load_split
+
+    names = load_split(NIH, _data_dirs(opts)[0], "train").label_names
+    return replace(opts, task=resolve_tasks([Task(ALL)], names)[0])
 
 
 def _data_dirs(opts: FinetuneOptions) -> tuple[Path, Path]:

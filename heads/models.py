@@ -15,6 +15,7 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from cxrfeat.errors import UserError
 from cxrfeat.labels import task_labels
@@ -59,10 +60,35 @@ class DQC(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        angles = jnp.tanh(nn.Dense(self.n, name="pre")(x)) * (math.pi / 2)
+        angles = circuit_angles(nn.Dense(self.n, name="pre")(x))
         theta = self.param("circuit", circuit_init(self.circuit_init), (self.layers, self.n))
         z = expvals(angles, theta, backend=self.backend)
         return nn.Dense(self.n, name="post")(z)
+
+
+def dqc_pre_activations(params, x, dtype=None):
+    """pre(x) = x @ pre/kernel + pre/bias: the DQC's pre Dense on embeddings x (N, D), for the head's
+    parameters `params` (`{'pre', 'circuit', 'post'}`) and x scaled as the head saw it in training
+    (after `--feature-norm`). With `dtype`, in NumPy with x and the parameters cast to it; without,
+    in the arrays' own types (JAX arrays inside a jitted function too)."""
+    pre = params["pre"]
+    if dtype is None:
+        return x @ pre["kernel"] + pre["bias"]
+    return np.asarray(x, dtype) @ np.asarray(pre["kernel"], dtype) + np.asarray(pre["bias"], dtype)
+
+
+def circuit_angles(pre):
+    """The circuit's input angles from the pre Dense's output: tanh(pre) · π/2, in [−π/2, π/2].
+
+    NumPy for a NumPy array, JAX otherwise (the `DQC` module itself)."""
+    xp = np if isinstance(pre, np.ndarray | np.generic) else jnp
+    return xp.tanh(pre) * (math.pi / 2)
+
+
+def dqc_angles(params, x, dtype=None):
+    """The circuit's input angles (N, n) of a DQC on embeddings x (N, D), as `DQC` computes them:
+    `circuit_angles(dqc_pre_activations(params, x, dtype))`."""
+    return circuit_angles(dqc_pre_activations(params, x, dtype))
 
 
 def make_model(model: str, n: int, *, layers: int = 3, backend: str = "fast", circuit_init: str = "uniform") -> nn.Module:

@@ -3,7 +3,7 @@
 Sites follow the folded qubit order: site s holds the pair (qubit s, qubit n−1−s), and for odd n
 the last site holds the middle qubit beside a dummy qubit that stays |0⟩. Every CNOT of a ring then
 joins a site to itself or to its neighbour, and the ring's inverse map A⁻¹ (old bits as parities of
-new bits, `heads.quantum._ring_inverse`) reads, for each site, its own new bits, one parity of the
+new bits, `heads.ring.ring_inverse`) reads, for each site, its own new bits, one parity of the
 left neighbour's and one of the right neighbour's. So the ring is exact on the MPS without any
 decomposition: every bond carries its old index plus two bits (the parity sent right, the parity
 sent left), the bond dimension grows ×4, and each new site tensor is the old one read at the old
@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from heads.ring import ring_inverse, ring_matrix
+
 # Z⊗I, I⊗I, Z⊗Z, I⊗Z on a site's physical index p = 2·(left bit) + (right bit).
 _SIGNS = {"ZI": (1, 1, -1, -1), "II": (1, 1, 1, 1), "ZZ": (1, -1, -1, 1), "IZ": (1, -1, 1, -1)}
 
@@ -50,9 +52,7 @@ def ring_tables(n: int) -> np.ndarray:
     the left neighbour read (the table is zero unless they hold those values). Bonds that carry
     nothing (the open ends) carry a constant 0.
     """
-    from heads.quantum import _ring_inverse
-
-    inv, layout = _ring_inverse(n), sites(n)
+    inv, layout = ring_inverse(n), sites(n)
     where = {q: (s, slot) for s, pair in enumerate(layout) for slot, q in enumerate(pair) if q is not None}
     S = len(layout)
     # contrib[s, d, slot_old, slot_nb]: old bit (s, slot_old) XORs new bit (s + d − 1, slot_nb), d = 0, 1, 2
@@ -92,8 +92,6 @@ def ring_tables(n: int) -> np.ndarray:
 def measurement_plan(n: int) -> tuple[tuple[int, str, str], ...]:
     """For every output k: (j, first, rest) with Z_k's string = `first` on site 0 (when j = 1 and
     first != "ZI"), Z⊗I on sites < j, then `rest` (II or ZZ) on sites j..S−1."""
-    from heads.quantum import ring_matrix
-
     layout, rows = sites(n), ring_matrix(n)
     plan = []
     for k in range(n):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from cxrfeat.errors import UserError
 from cxrfeat.labels import ALL, as_task, task_labels, task_name
+from cxrfeat.slices import parse_slice, take_slice
 from heads import runs
 from heads.grid import PER_MEMBER, SETTINGS, Config, configurations, format_value, shape_key, varying
 from heads.models import MODELS, make_model
@@ -146,16 +147,8 @@ class SweepSpec:
 
 
 def parse_shard(spec: str | None) -> tuple[int, int]:
-    """'i/N' -> (i, N); None -> (1, 1)."""
-    if spec is None:
-        return (1, 1)
-    try:
-        i, n = (int(p) for p in spec.split("/"))
-    except ValueError:
-        raise UserError(f"--shard {spec!r}: give i/N, e.g. 1/4 (the first of 4 slices)") from None
-    if not (n >= 1 and 1 <= i <= n):
-        raise UserError(f"--shard {spec}: need 1 <= i <= N")
-    return i, n
+    """'i/N' -> (i, N) (`cxrfeat.slices`); None -> (1, 1)."""
+    return (1, 1) if spec is None else parse_slice(spec, "--shard", "1/4 (the first of 4 slices)")
 
 
 def parse_models(spec: str) -> list[str]:
@@ -196,9 +189,7 @@ def plan(spec: SweepSpec) -> list[Cell]:
 
 def shard_cells(spec: SweepSpec) -> list[Cell]:
     """This shard's cells: the i-th of N contiguous, nearly equal slices of `plan`."""
-    cells = plan(spec)
-    i, n = spec.shard
-    return cells[(i - 1) * len(cells) // n: i * len(cells) // n]
+    return take_slice(plan(spec), spec.shard)
 
 
 def run_groups(cells: Sequence[Cell]) -> list[list[Cell]]:

@@ -51,6 +51,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from heads import mps
+from heads.ring import ring_inverse, ring_matrix
+
 BACKENDS = ("fast", "mps", "halves", "statevector", "pennylane")
 
 # Largest block of qubits a rotation layer applies as one matrix product on the full state (5–6 was
@@ -99,8 +102,6 @@ def expvals(angles, weights, *, backend: str = "fast"):
     if backend == "fast":
         backend = method(angles.shape[1], weights.shape[0])
     if backend == "mps":
-        from heads import mps
-
         return mps.expvals(angles, weights)
     if backend == "halves":
         return _simulate(angles, weights, dense_from_start=False)
@@ -124,30 +125,7 @@ def _check_shapes(a_shape, w_shape) -> None:
         raise ValueError("the circuit needs at least 1 layer")
 
 
-# ---------------------------------------------------------------- the ring as GF(2) algebra
-
-
-def ring_pairs(n: int) -> list[tuple[int, int]]:
-    """(control, target) of the CNOTs of one ring, in order, exactly as `BasicEntanglerLayers`."""
-    return [(0, 1)] if n == 2 else [(i, (i + 1) % n) for i in range(n)]
-
-
-@functools.cache
-def ring_matrix(n: int) -> np.ndarray:
-    """A (n×n over GF(2)) with ring|b⟩ = |A·b⟩; row k lists the bits whose parity becomes bit k."""
-    a = np.eye(n, dtype=np.int64)
-    for c, t in ring_pairs(n):
-        a[t] ^= a[c]
-    return a
-
-
-@functools.cache
-def _ring_inverse(n: int) -> np.ndarray:
-    # Each CNOT is its own inverse: undo them in reverse order.
-    a = np.eye(n, dtype=np.int64)
-    for c, t in reversed(ring_pairs(n)):
-        a[t] ^= a[c]
-    return a
+# ---------------------------------------------------------------- basis bits (the ring itself: `heads.ring`)
 
 
 def _bits(index: np.ndarray, width: int) -> np.ndarray:
@@ -199,7 +177,7 @@ class _FactorRing:
 
 @functools.cache
 def _factor_ring(n: int) -> _FactorRing:
-    m, inv = _cut(n), _ring_inverse(n)
+    m, inv = _cut(n), ring_inverse(n)
     f_l, g_l, f_r, g_r = inv[:m, :m], inv[:m, m:], inv[m:, m:], inv[m:, :m]
     xr = np.flatnonzero(g_l.any(0))  # right bits (0-based within the right half) the left half reads
     xl = np.flatnonzero(g_r.any(0))  # left bits the right half reads
@@ -386,7 +364,7 @@ def _gather(x, index, axis: int):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def _permute(psi, n: int, axis: int):
     """The ring on the state vector: new[c] = psi[A⁻¹c], a gather along the basis axis."""
-    return _gather(psi, _ring_index(n, _ring_inverse(n)), axis)
+    return _gather(psi, _ring_index(n, ring_inverse(n)), axis)
 
 
 def _permute_fwd(psi, n, axis):

@@ -33,7 +33,7 @@ from safetensors.numpy import save as st_save
 
 from cxrfeat import atomic
 from cxrfeat.errors import UserError
-from cxrfeat.labels import task_name
+from cxrfeat.labels import task_name, task_sort_key
 from cxrfeat.locks import Lock
 from heads import sanity
 from heads.metrics import auroc_report
@@ -325,12 +325,6 @@ MODEL_ORDER = ("cdl", "dqc", "cdl-finetune", "dqc-finetune")
 
 def model_sort_key(model: str) -> tuple[int, str]:
     return (MODEL_ORDER.index(model) if model in MODEL_ORDER else len(MODEL_ORDER), model)
-
-
-def task_sort_key(task: str) -> tuple[int, str]:
-    """Tasks by their number of labels (`cxr-8` < `cxr-14` < `cxr-40`), named ones last."""
-    digits = str(task).rsplit("-", 1)[-1]
-    return (int(digits) if digits.isdigit() else 10**9, str(task))
 
 
 # ---------------------------------------------------------------------------------------- finishing a run

@@ -42,13 +42,6 @@ def constant_labels(y_prob: np.ndarray, label_names, per_label_auroc: Mapping[st
     return out
 
 
-def dqc_pre_activations(params: Mapping, x: np.ndarray) -> np.ndarray:
-    """pre(x) = x @ pre/kernel + pre/bias of a DQC's parameters (`heads.models.DQC`) on embeddings x (N, D),
-    already scaled as the head saw them in training (after `--feature-norm`, if any)."""
-    pre = params["pre"]
-    return np.asarray(x, np.float64) @ np.asarray(pre["kernel"], np.float64) + np.asarray(pre["bias"], np.float64)
-
-
 def saturated_fraction(pre_activations: np.ndarray | Iterable[np.ndarray]) -> float | None:
     """Fraction of entries with |tanh| > SATURATION_TANH (None for no entries)."""
     arrays = [pre_activations] if isinstance(pre_activations, np.ndarray) else list(pre_activations)

@@ -127,9 +127,9 @@ def circuit_probabilities(angles: np.ndarray, theta: np.ndarray) -> np.ndarray:
     """|amplitude|² of the 2^n outcomes (B, 2^n) of the DQC circuit, qubit 0 most significant.
 
     Plain float64 state vector: H and RY(angles) per qubit, then per layer RY(θ_l) and the CNOT
-    ring of `heads.quantum.ring_pairs` (PennyLane's `BasicEntanglerLayers`).
+    ring of `heads.ring.ring_pairs` (PennyLane's `BasicEntanglerLayers`).
     """
-    from heads.quantum import ring_pairs
+    from heads.ring import ring_pairs
 
     angles = np.asarray(angles, np.float64)
     theta = np.asarray(theta, np.float64)
@@ -275,8 +275,9 @@ def circuit_inputs(run: DQCRun, x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, np.float32)
     if run.norm is not None:
         x = (x - run.norm["mean"]) / run.norm["sd"]
-    pre = run.params["pre"]
-    return np.tanh(x @ np.asarray(pre["kernel"], np.float32) + np.asarray(pre["bias"], np.float32)) * np.float32(math.pi / 2)
+    from heads.models import dqc_angles
+
+    return dqc_angles(run.params, x, np.float32)
 
 
 def post(run: DQCRun, z: np.ndarray) -> np.ndarray:

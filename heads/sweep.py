@@ -35,9 +35,9 @@ from jax.sharding import NamedSharding, PartitionSpec
 from cxrfeat import __version__, atomic, locks
 from cxrfeat.errors import UserError
 from cxrfeat.errors import refuse_multi_process as _refuse_multi_process
-from cxrfeat.labels import ALL, resolve_tasks, task_labels, task_name
+from cxrfeat.labels import ALL, resolve_tasks, task_labels, task_name, task_sort_key
 from heads import runs, sanity
-from heads.models import MODELS, make_model, param_counts
+from heads.models import MODELS, dqc_pre_activations, make_model, param_counts
 from heads.plan import Cell, SweepSpec, differences, run_groups, shard_cells
 from heads.record import RunConfig, Settings
 from heads.stores import Stores
@@ -74,7 +74,7 @@ def record_sweep(spec: SweepSpec, stores: Stores) -> dict:
                 f"use another --name, or the same settings to resume it"
             )
         record["tasks"] = sorted({task_name(t) for t in old["tasks"]} | {task_name(t) for t in spec.tasks},
-                                 key=runs.task_sort_key)
+                                 key=task_sort_key)
         record["models"] = [m for m in MODELS if m in set(old["models"]) | set(spec.models)]
         record["seeds"] = max(old["seeds"], spec.seeds)
         record["created"] = old.get("created", now)
@@ -209,7 +209,7 @@ def run_group(spec: SweepSpec, stores: Stores, cells: Sequence[tuple[Cell, locks
         saturated = None
         if model_name == "dqc":  # the test inputs as the head saw them
             saturated = sanity.saturated_fraction(
-                [sanity.dqc_pre_activations(r.best_params, x) for x in test_x.values()])
+                [dqc_pre_activations(r.best_params, x, np.float64) for x in test_x.values()])
         tests = {key: runs.TestSet(stores.all[key].ids, stores.labels_for(key, task), probs[key][j])
                  for key in stores.test_sets}
         runs.finish_run(d, records[j], params=r.best_params,

@@ -16,7 +16,7 @@ from transformers import ResNetConfig
 from cxrfeat.datasets import load_split
 from cxrfeat.errors import UserError
 from cxrfeat.extract import export_h5, extract
-from cxrfeat.store import FeatureStore, load_features
+from cxrfeat.store import FeatureStore
 
 
 def _run(data, out, backbone, split="train", **kw):
@@ -28,7 +28,7 @@ def _run(data, out, backbone, split="train", **kw):
 def test_extract_store_contents(data, backbone, tmp_path):
     path, timing = _run(data, tmp_path, backbone)
     assert path == tmp_path / "nih-cxr-lt" / "train.zarr"
-    feats = load_features(path)
+    feats = FeatureStore.open(path).load()
     ds = load_split("nih-cxr-lt", data / "nih-cxr-lt", "train")
     assert feats.embeddings.shape == (12, 3, 24)
     assert list(feats.ids) == ds.ids and feats.label_names == ds.label_names
@@ -64,7 +64,7 @@ def test_interrupted_run_resumes_to_identical_store(data, backbone, tmp_path, mo
         _run(data, tmp_path / "cut", backbone)
     monkeypatch.setattr(FeatureStore, "write_chunk", original)
     with pytest.raises(UserError, match="incomplete"):
-        load_features(tmp_path / "cut" / "nih-cxr-lt" / "train.zarr")
+        FeatureStore.open(tmp_path / "cut" / "nih-cxr-lt" / "train.zarr").load()
     resumed, timing = _run(data, tmp_path / "cut", backbone)
     assert timing.images == 4  # only the unfinished chunk was redone
     a, b = FeatureStore.open(clean), FeatureStore.open(resumed)
@@ -120,7 +120,7 @@ def test_settings_mismatch_refused_then_overwrite(data, backbone, tmp_path):
     with pytest.raises(UserError, match="different settings.*views.*--overwrite"):
         _run(data, tmp_path, backbone, split="val", views=2)
     path, _ = _run(data, tmp_path, backbone, split="val", views=2, overwrite=True)
-    assert load_features(path).embeddings.shape[1] == 2
+    assert FeatureStore.open(path).load().embeddings.shape[1] == 2
     # Same settings again: nothing to do.
     _, timing = _run(data, tmp_path, backbone, split="val", views=2)
     assert timing.images == 0
@@ -144,7 +144,7 @@ def test_bad_image_names_file_and_row_or_is_skipped(data, backbone, tmp_path):
                            chunk_rows=4, progress=False, announce=messages.append, skip_bad=True)
     assert timing.skipped == [ds.ids[5]]
     assert any(ds.ids[5] in m for m in messages)
-    feats = load_features(path)
+    feats = FeatureStore.open(path).load()
     assert len(feats.ids) == 5 and ds.ids[5] not in feats.ids
     assert FeatureStore.open(path).attrs["skipped_ids"] == [ds.ids[5]]
 

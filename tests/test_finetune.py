@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 import heads.finetune as ft
 from cxrfeat.datasets import load_split
 from cxrfeat.errors import UserError
+from cxrfeat.imagecache import ImageCache, build_cache, cache_path, prefetch
 from heads import runs
-from heads.imagecache import ImageCache, build_cache, cache_path, prefetch
 from heads.models import make_model
 from heads.train import TrainConfig
 
@@ -333,6 +333,19 @@ def test_cli_end_to_end_with_a_checkpoint_folder(data, backbone, tmp_path):
     assert f"run written to {run}" in flat and "still improving" in flat  # 1 epoch: flagged undertrained
 
 
+def test_task_all_is_every_training_label_and_tasks_file_is_read(data, tmp_path):
+    from cxrfeat.labels import NO_FINDING
+    from heads.cli import app
+
+    opts = ft.resolve_task(ft.FinetuneOptions(task="all", model="cdl", data_dir=data / "nih-cxr-lt", runs=tmp_path))
+    names = load_split("nih-cxr-lt", data / "nih-cxr-lt", "train").label_names
+    assert opts.task.labels == tuple(n for n in names if n != NO_FINDING) and opts.task == "cxr-19"
+    assert opts.run_dir == tmp_path / "sweep" / "cxr-19" / "cdl-finetune" / "seed-1"
+    (tmp_path / "t.txt").write_text("Effusion\nNo Finding\n")
+    result = CliRunner().invoke(app, ["finetune", "--tasks-file", str(tmp_path / "t.txt"), "--runs", str(tmp_path)])
+    assert result.exit_code == 2 and "'No Finding' is never a task label" in result.output
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--seed", "0"], "--seed must be at least 1"),
     (["--batch-size", "0"], "--batch-size must be at least 1"),
@@ -341,6 +354,8 @@ def test_cli_end_to_end_with_a_checkpoint_folder(data, backbone, tmp_path):
     (["--limit", "0"], "--limit must be at least 1"),
     (["--lr", "-1"], "--lr must be a positive number"),
     (["--data-dir", "/nonexistent/nih"], "no such folder"),
+    (["--task", "all", "--data-dir", "/nonexistent/nih"], "no such folder"),  # `all` is accepted
+    (["--tasks-file", "/nonexistent/t.txt"], "--tasks-file /nonexistent/t.txt: cannot read it"),
 ])
 def test_cli_rejects_bad_options(tmp_path, args, message):
     from heads.cli import app

@@ -14,7 +14,7 @@ from test_sweep_reliability import assert_same_sweep
 from typer.testing import CliRunner
 
 from cxrfeat.labels import task_labels
-from cxrfeat.store import load_features
+from cxrfeat.store import FeatureStore
 from heads import runs
 from heads.cli import app
 from heads.grid import format_value, parse_values
@@ -70,7 +70,7 @@ def test_grid_layout_and_records(grid_sweep):
 
 def test_validation_metrics_come_from_the_best_parameters(grid_sweep):
     root, _, _ = grid_sweep
-    val = load_features(root / "features" / "nih-cxr-lt" / "val.zarr", list(task_labels(8)))
+    val = FeatureStore.open(root / "features" / "nih-cxr-lt" / "val.zarr").load(list(task_labels(8)))
     for model, name in (("cdl", "lr-0.03"), ("dqc", "lr-0.01_layers-2")):
         d = root / "runs" / "g" / "cxr-8" / model / name / "seed-2"
         metrics = runs.read_metrics(d)

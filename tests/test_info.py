@@ -88,7 +88,7 @@ def test_info_errors_are_one_clear_line(tmp_path):
 def test_info_on_folders_of_stores_caches_and_datasets(data, tmp_path):
     """`cxrfeat info features` (stores two levels down, image caches three) and `cxrfeat info data`."""
     from cxrfeat.datasets import load_split
-    from heads.imagecache import build_cache, cache_path
+    from cxrfeat.imagecache import build_cache, cache_path
 
     features = tmp_path / "features"
     _store(features / "nih-cxr-lt" / "val.zarr", finish=True)
@@ -154,8 +154,9 @@ def test_info_on_a_damaged_incomplete_store(tmp_path):
 
 
 def test_info_on_a_damaged_image_cache(data, tmp_path):
-    from cxrfeat.datasets import load_split
     from heads.imagecache import build_cache
+
+    from cxrfeat.datasets import load_split
 
     cache = build_cache(load_split("nih-cxr-lt", data / "nih-cxr-lt", "val"), tmp_path / "c.zarr", limit=2).path
     (cache / "labels/c/0/0").unlink()

@@ -16,7 +16,7 @@ from cxrfeat.cli import app as cxrfeat_app
 from cxrfeat.errors import UserError
 from cxrfeat.extract import extract
 from cxrfeat.labels import LABEL_SETS, NO_FINDING
-from cxrfeat.store import load_features
+from cxrfeat.store import FeatureStore
 from heads import runs
 from heads.cli import app as heads_app
 
@@ -52,10 +52,10 @@ def test_cxr_lt_2023_trains_end_to_end_with_all_its_labels(data, backbone, tmp_p
         extract(dataset="mimic-cxr-lt", split=split, source_split=source, data_dir=root, out=features,
                 backbone=backbone, views=2 if split == "train" else 1, chunk_rows=4, batch_size=6,
                 progress=False, announce=lambda m: None)
-    val = load_features(features / "mimic-cxr-lt" / "val.zarr")
+    val = FeatureStore.open(features / "mimic-cxr-lt" / "val.zarr").load()
     assert val.attrs["extract_args"]["source_split"] == "development" and val.attrs["split"] == "val"
     assert val.attrs["source"].endswith("development.csv") and len(val.ids) == 6
-    train = load_features(features / "mimic-cxr-lt" / "train.zarr")
+    train = FeatureStore.open(features / "mimic-cxr-lt" / "train.zarr").load()
     assert train.label_names == list(LABEL_SETS["cxr-lt-2023"])
     result = CliRunner().invoke(heads_app, [
         "sweep", "--dataset", "mimic-cxr-lt", "--tasks", "all", "--models", "cdl", "--seeds", "1",
@@ -86,7 +86,7 @@ def test_extraction_warns_about_missing_task_labels_and_stores_named_extra_colum
                       out=tmp_path, backbone=backbone, views=1, chunk_rows=4, batch_size=4, progress=False,
                       announce=said.append)
     assert any(f"warning: {csv} has no column for 18 of the 19 task labels" in m and "CXR-8" in m for m in said), said
-    feats = load_features(path)
+    feats = FeatureStore.open(path).load()
     assert feats.label_names == ["Hernia", "Scoliosis"]
     np.testing.assert_array_equal(feats.labels, [[0, 1], [1, 0], [0, 1], [1, 0]])
     assert feats.attrs["extract_args"]["label_columns"] == ["Scoliosis"]
@@ -109,8 +109,8 @@ def test_a_store_without_checksums_is_refused_with_the_command_that_rebuilds_it(
     """A store written before the integrity sidecars (or with them deleted) cannot be verified: refused."""
     path, _ = extract(dataset="nih-cxr-lt", split="val", data_dir=data / "nih-cxr-lt", out=tmp_path, backbone=backbone,
                       views=1, chunk_rows=4, batch_size=4, progress=False, announce=lambda m: None)
-    load_features(path)
+    FeatureStore.open(path).load()
     shutil.rmtree(path / "checksums")
     with pytest.raises(UserError, match=r"val.zarr: feature store without checksums .*Rebuild it with: "
                                         r"cxrfeat extract --dataset nih-cxr-lt --split val .*--overwrite"):
-        load_features(path)
+        FeatureStore.open(path).load()

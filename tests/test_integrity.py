@@ -25,7 +25,7 @@ from cxrfeat.cliutil import friendly
 from cxrfeat.datasets import load_split
 from cxrfeat.errors import UserError
 from cxrfeat.extract import extract
-from cxrfeat.store import COMPLETE, FeatureStore, build_group, load_features, remove_dead_creations
+from cxrfeat.store import COMPLETE, FeatureStore, build_group, remove_dead_creations
 
 NAMES = ["Infiltration", "Effusion"]
 
@@ -73,7 +73,7 @@ def test_damaged_store_refused_naming_array_chunk_store_and_repair(tmp_path, dam
     path, _ = _store(tmp_path / "s.zarr")
     damage(path)
     with pytest.raises(UserError, match=named) as info:
-        load_features(path)
+        FeatureStore.open(path).load()
     msg = str(info.value)
     assert str(path) in msg and ("--repair" in msg or "--overwrite" in msg) and "\n" not in msg
     result = _verify(path)
@@ -136,7 +136,7 @@ def test_creation_is_race_free_and_keeps_live_creations(tmp_path):
     # A second creator of the same store loses and leaves the first one's store as it was.
     assert not build_group(path, ids=["z"], labels=np.zeros((1, 2), np.int8), label_names=NAMES, dtype="float32",
                            chunk_rows=1, settings={}, meta={}, make_data=lambda g, n, r: None)
-    np.testing.assert_array_equal(load_features(path).embeddings, emb)
+    np.testing.assert_array_equal(FeatureStore.open(path).load().embeddings, emb)
     # Leftover private build folders: a dead process's is removed, a live one's (the parent's) is kept.
     from cxrfeat.locks import HOST
 
@@ -408,7 +408,7 @@ def test_two_concurrent_extractions_of_one_store(data, tmp_path):
 
 
 def test_image_cache_refuses_damage_and_rebuilds_damaged_shards(data, tmp_path):
-    from heads.imagecache import ImageCache, build_cache
+    from cxrfeat.imagecache import ImageCache, build_cache
 
     ds = load_split("nih-cxr-lt", data / "nih-cxr-lt", "val")
     cache = build_cache(ds, tmp_path / "c.zarr", chunk_rows=2, workers=1)
@@ -450,7 +450,7 @@ def test_damaged_metadata_is_one_line_naming_the_file(tmp_path, name):
     (path / name).write_bytes((path / name).read_bytes()[:30])
     said = rf"{path / name}: not valid JSON \(line \d+ column \d+\): the (metadata|completion marker) .*{path} is damaged"
     with pytest.raises(UserError, match=said):
-        load_features(path)
+        FeatureStore.open(path).load()
     for cmd in (["info", str(path)], ["verify", str(tmp_path / "f")]):
         result = CliRunner().invoke(app, cmd)
         assert result.exit_code == 2 and "Traceback" not in result.output and "internal error" not in result.output

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from test_quantum import _reference, _reference_cases, assert_close, random_inputs, value_and_grads
 
-from heads import mps, quantum
+from heads import mps, quantum, ring
 from heads.quantum import expvals
 
 # ---------------------------------------------------------------- the tables
@@ -66,7 +66,7 @@ def test_deep_mps_on_small_registers(n, layers):
 def one_layer_closed_form(x, w):
     """⟨Z_k⟩ for one layer: the product over the bits of row k of the ring matrix of −sin(x_i + θ_i)."""
     z = -jnp.sin(x + w[0])
-    rows = jnp.asarray(quantum.ring_matrix(x.shape[1]), x.dtype)
+    rows = jnp.asarray(ring.ring_matrix(x.shape[1]), x.dtype)
     return jnp.prod(jnp.where(rows[None] > 0, z[:, None, :], 1.0), axis=-1)
 
 
@@ -99,7 +99,7 @@ def quimb_expvals(x, w, qubits):
     for layer in w:
         for i in range(n):
             circ.apply_gate("RY", float(layer[i]), i)
-        for c, t in quantum.ring_pairs(n):
+        for c, t in ring.ring_pairs(n):
             circ.apply_gate("CNOT", c, t)
     return np.array([circ.local_expectation(qu.pauli("Z"), k, optimize="greedy", simplify_sequence="ADCRS").real
                      for k in qubits])

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from heads import quantum
+from heads import quantum, ring
 from heads.quantum import expvals
 
 REFERENCE = Path(__file__).parent / "data" / "pennylane_expvals.npz"
@@ -57,13 +57,13 @@ def test_ring_is_pennylanes_basic_entangler_ring():
         ops = qml.BasicEntanglerLayers.compute_decomposition(
             np.zeros((1, n)), wires=qml.wires.Wires(range(n)), rotation=qml.RY)
         cnots = [tuple(op.wires.tolist()) for op in ops if op.name == "CNOT"]
-        assert cnots == quantum.ring_pairs(n)
-    assert quantum.ring_pairs(2) == [(0, 1)]  # one CNOT, not 0→1 then 1→0
+        assert cnots == ring.ring_pairs(n)
+    assert ring.ring_pairs(2) == [(0, 1)]  # one CNOT, not 0→1 then 1→0
 
 
 def test_ring_permutation_and_its_inverse():
     for n in range(2, 10):
-        a, a_inv = quantum.ring_matrix(n), quantum._ring_inverse(n)
+        a, a_inv = ring.ring_matrix(n), ring.ring_inverse(n)
         assert ((a @ a_inv) % 2 == np.eye(n)).all()
         forward = np.asarray(quantum._ring_index(n, a))
         backward = np.asarray(quantum._ring_index(n, a_inv))
@@ -71,7 +71,7 @@ def test_ring_permutation_and_its_inverse():
         assert (forward[backward] == np.arange(2**n)).all()  # undone by the inverse
         # CNOT by CNOT on basis bits (qubit 0 most significant) gives the same map
         bits = quantum._bits(np.arange(2**n), n)
-        for c, t in quantum.ring_pairs(n):
+        for c, t in ring.ring_pairs(n):
             bits[:, t] ^= bits[:, c]
         assert (quantum._index(bits) == forward).all()
 

@@ -11,7 +11,7 @@ from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from analysis.shots import shots_figure, shots_table, width_table
-from cxrfeat.store import load_features
+from cxrfeat.store import FeatureStore
 from heads import runs
 from heads import shots as sh
 from heads.cli import app
@@ -216,7 +216,7 @@ def test_width_counts_equal_a_direct_computation(trained):
     params = runs.load_params(d)
     with np.load(d / "feature_norm.npz") as f:
         mean, sd = f["mean"], f["sd"]
-    x = (load_features(trained / "features" / "nih-cxr-lt" / "test.zarr").embeddings[:, 0] - mean) / sd
+    x = (FeatureStore.open(trained / "features" / "nih-cxr-lt" / "test.zarr").load().embeddings[:, 0] - mean) / sd
     angles = np.tanh(x @ params["pre"]["kernel"] + params["pre"]["bias"]) * math.pi / 2
     z = np.asarray(expvals(angles.astype(np.float32), params["circuit"], backend="pennylane"), np.float64)
     spread = z.std(axis=0)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cxrfeat.errors import UserError
-from cxrfeat.store import FeatureStore, check_compatible, ids_digest, layout_of, layout_path, load_features
+from cxrfeat.store import FeatureStore, check_compatible, ids_digest, layout_of, layout_path
 
 NAMES = ["Infiltration", "Effusion", "Atelectasis"]
 
@@ -37,7 +37,7 @@ def test_roundtrip(tmp_path):
     store, ids, labels = _make(tmp_path / "s.zarr")
     assert store.n_chunks == 3 and store.chunk_bounds(2) == (8, 10)
     full = _fill(store)
-    feats = load_features(tmp_path / "s.zarr")
+    feats = FeatureStore.open(tmp_path / "s.zarr").load()
     np.testing.assert_array_equal(feats.embeddings, full)
     np.testing.assert_array_equal(feats.labels, labels)
     assert list(feats.ids) == ids and feats.label_names == NAMES
@@ -69,7 +69,7 @@ def test_invalid_rows_dropped_and_nan_refused(tmp_path):
     emb = np.ones((4, 2, 4), np.float32)
     store.write_chunk(0, emb, valid=np.array([True, False, True, True]))
     store.finalize([ids[1]])
-    feats = load_features(tmp_path / "s.zarr")
+    feats = FeatureStore.open(tmp_path / "s.zarr").load()
     assert list(feats.ids) == [ids[0], ids[2], ids[3]]
 
     bad, _, _ = _make(tmp_path / "nan.zarr", n=4, chunk_rows=4)
@@ -77,7 +77,7 @@ def test_invalid_rows_dropped_and_nan_refused(tmp_path):
     bad.write_chunk(0, emb)
     bad.finalize([])
     with pytest.raises(UserError, match="NaN or Inf.*img002"):
-        load_features(tmp_path / "nan.zarr")
+        FeatureStore.open(tmp_path / "nan.zarr").load()
 
 
 def test_check_compatible(tmp_path):
@@ -86,7 +86,7 @@ def test_check_compatible(tmp_path):
     _fill(a)
     _fill(b)
     with pytest.raises(UserError, match="differ in backbone"):
-        check_compatible([load_features(tmp_path / "a.zarr"), load_features(tmp_path / "b.zarr")])
+        check_compatible([FeatureStore.open(tmp_path / "a.zarr").load(), FeatureStore.open(tmp_path / "b.zarr").load()])
 
 
 def test_ids_digest_order_sensitive():

@@ -11,7 +11,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from typer.testing import CliRunner
 
 from cxrfeat.labels import LABELS, task_labels
-from cxrfeat.store import load_features
+from cxrfeat.store import FeatureStore
 from heads import runs
 from heads.cli import app
 from heads.metrics import auroc_report, label_auprc
@@ -75,7 +75,7 @@ def test_metrics_match_sklearn_and_predictions_match_saved_parameters(swept):
         assert metrics["test_sets"]["nih-cxr-lt"]["mean_auroc"] > 0.6  # the heads learn the signal
         # The saved best parameters reproduce the saved predictions.
         saved = runs.load_predictions(d, "nih-cxr-lt")
-        x = load_features(root / "features" / "nih-cxr-lt" / "test.zarr").embeddings[:, 0]
+        x = FeatureStore.open(root / "features" / "nih-cxr-lt" / "test.zarr").load().embeddings[:, 0]
         probs = jax.nn.sigmoid(make_model(model, 8).apply({"params": runs.load_params(d)}, x))
         np.testing.assert_allclose(probs, saved["y_prob"], rtol=1e-5, atol=1e-6)
 
@@ -274,7 +274,7 @@ def test_feature_norm_standardize_scales_inputs_and_is_recorded(tmp_path):
     d = tmp_path / "runs" / "normed" / "cxr-8" / "dqc" / "seed-1"
     assert json.loads((d / "config.json").read_text())["settings"]["feature_norm"] == "standardize"
     stats = np.load(d / "feature_norm.npz")
-    train = load_features(tmp_path / "f" / "nih-cxr-lt" / "train.zarr").embeddings
+    train = FeatureStore.open(tmp_path / "f" / "nih-cxr-lt" / "train.zarr").load().embeddings
     np.testing.assert_allclose(stats["mean"], train.mean(axis=(0, 1)), rtol=1e-4)
     np.testing.assert_allclose(stats["sd"], train.std(axis=(0, 1)), rtol=1e-3)
     metrics = {name: runs.read_metrics(tmp_path / "runs" / name / "cxr-8" / "dqc" / "seed-1")
@@ -287,7 +287,7 @@ def test_feature_norm_standardize_scales_inputs_and_is_recorded(tmp_path):
     plain = metrics["plain"]["sanity"]
     assert not plain["ok"] and {"saturated_inputs", "constant_predictions"} <= set(plain["flags"])
     params = runs.load_params(tmp_path / "runs" / "plain" / "cxr-8" / "dqc" / "seed-1")
-    x = load_features(tmp_path / "f" / "nih-cxr-lt" / "test.zarr").embeddings[:, 0].astype(np.float64)
+    x = FeatureStore.open(tmp_path / "f" / "nih-cxr-lt" / "test.zarr").load().embeddings[:, 0].astype(np.float64)
     pre = x @ params["pre"]["kernel"] + params["pre"]["bias"]
     assert plain["details"]["saturated_fraction"] == pytest.approx(np.mean(np.abs(np.tanh(pre)) > 0.99), abs=1e-6)
     assert plain["details"]["constant_labels"]["nih-cxr-lt"]  # at least one constant label

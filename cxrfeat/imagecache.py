@@ -40,6 +40,7 @@ import zarr
 from cxrfeat import locks
 from cxrfeat.errors import UserError, os_error_message
 from cxrfeat.store import FORMAT_VERSION, WRITE_ALL, FeatureStore, build_group, ids_digest, lock_path
+from cxrfeat.synth import is_synthetic
 
 KIND = "image-cache"
 SIZE = 224
@@ -152,7 +153,6 @@ def build_cache(
     process at a time builds a cache (lock file `<cache>.lock`; another waits). Shards of a complete
     cache found damaged are rebuilt (the cache is derived data), with a message.
     """
-    from cxrfeat.extract import _is_synthetic
     from cxrfeat.preprocess import PREPROCESSING, ImageError, load_and_preprocess
 
     path = Path(path)
@@ -195,7 +195,7 @@ def build_cache(
                 path, ids=ids, labels=labels, label_names=dataset.label_names, dtype=dtype, chunk_rows=chunk_rows,
                 settings=settings,
                 attrs={"dataset": dataset.name, "split": dataset.split, "source": str(dataset.source),
-                       "synthetic": _is_synthetic(Path(dataset.source).parent), "preprocessing": PREPROCESSING},
+                       "synthetic": is_synthetic(Path(dataset.source).parent), "preprocessing": PREPROCESSING},
             )
             cache = ImageCache.open(path, mode="r+", require_complete=False)
         done = cache.done_chunks()
