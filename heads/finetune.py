@@ -63,7 +63,15 @@ from heads import runs
 from heads.models import dqc_pre_activations
 from heads.plan import differences
 from heads.record import Backbone, Data, RunConfig, Settings
-from heads.train import INIT_STREAM, TrainConfig, epoch_order, masked_bce
+from heads.train import (
+    INIT_STREAM,
+    TrainConfig,
+    check_finite,
+    early_stopping,
+    epoch_order,
+    history_row,
+    masked_bce,
+)
 
 AUGMENT_STREAM = 3  # fold_in tag: independent of heads.train's ORDER_STREAM (1) and INIT_STREAM (2)
 SUFFIX = "-finetune"
@@ -449,19 +457,14 @@ def _finetune(opts: FinetuneOptions, *, backbone, devices, say, on_epoch, lock) 
         params, opt_state, train_loss, digest = _train_epoch(step, params, opt_state, stats, splits["train"], opts, epoch,
                                                              sharding)
         _, val_loss = evaluate(eval_fn, params, stats, splits["val"], opts.train.batch_size, sharding=sharding)
-        if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
-            raise UserError(f"training diverged: epoch {epoch} has loss {train_loss} (val {val_loss}); "
-                            f"try a lower --lr (now {opts.train.lr}). Completed epochs are kept in {run_dir}")
-        improved = val_loss < state["best_val"]
+        check_finite(epoch, train_loss, val_loss, opts.train.lr, kept=str(run_dir))
+        improved, bad, stop = early_stopping(state["best_val"], state["bad"], val_loss, opts.train.patience)
         if improved:
             _save_tree(_best_file(run_dir, epoch), params)  # before the commit point that names it
-            state.update(best_val=val_loss, best_epoch=epoch, bad=0)
-        else:
-            state["bad"] += 1
-        state.update(epoch=epoch, stopped=state["bad"] >= opts.train.patience)
-        history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "best_so_far": state["best_val"],
-                        "improved": bool(improved), "seconds": round(time.perf_counter() - t0, 4),
-                        "order_digest": digest})
+            state.update(best_val=val_loss, best_epoch=epoch)
+        state.update(epoch=epoch, bad=bad, stopped=bool(stop))
+        history.append(history_row(epoch, train_loss, val_loss, state["best_val"], improved,
+                                   time.perf_counter() - t0, digest))
         runs.write_history(run_dir, history)
         save_checkpoint(run_dir, params, opt_state, state)
         for stale in (run_dir / CHECKPOINT).glob("best-*.safetensors"):

@@ -266,6 +266,34 @@ def _init_state(model, dim: int):
     return init
 
 
+def early_stopping(best_val, bad, val_loss, patience, active=True):
+    """The early-stopping rule of every head (train and finetune): an epoch improves when its validation
+    loss is below the best so far; a member stops once `patience` epochs in a row did not improve.
+
+    Returns (improved, epochs without improvement, stop now). Works on traced arrays (inside the
+    compiled epoch) and on Python numbers (fine-tuning's host loop) alike."""
+    improved = active & (val_loss < best_val)
+    bad = jnp.where(improved, 0, bad + 1) if isinstance(improved, jax.Array) else (0 if improved else bad + 1)
+    return improved, bad, active & (bad >= patience)
+
+
+def history_row(epoch: int, train_loss: float, val_loss: float, best_so_far: float, improved: bool, seconds: float,
+                order_digest: str) -> dict:
+    """One line of a run's `history.jsonl`."""
+    return {"epoch": int(epoch), "train_loss": float(train_loss), "val_loss": float(val_loss),
+            "best_so_far": float(best_so_far), "improved": bool(improved), "seconds": round(seconds, 4),
+            "order_digest": order_digest}
+
+
+def check_finite(epoch: int, train_loss: float, val_loss: float, lr: float, *, seed: int | None = None,
+                 kept: str | None = None) -> None:
+    """The one-line error of a diverged head: a non-finite training or validation loss."""
+    if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+        who = f"seed {seed}, " if seed is not None else ""
+        raise UserError(f"training diverged: {who}epoch {epoch} has loss {train_loss} (val {val_loss}); "
+                        f"try a lower --lr (now {lr:g})" + (f". Completed epochs are kept in {kept}" if kept else ""))
+
+
 def _where(cond, new, old):
     return jax.tree.map(lambda a, b: jnp.where(cond, a, b), new, old)
 
@@ -295,8 +323,7 @@ def _epoch_fn(model, *, n: int, views: int, batch: int, first_view: int = 0):
         val_loss = _mean_loss(model, params, val_xb, val_yb, val_rb)
 
         active = ~state["stopped"]
-        improved = active & (val_loss < state["best_val"])
-        bad = jnp.where(improved, 0, state["bad"] + 1)
+        improved, bad, stop = early_stopping(state["best_val"], state["bad"], val_loss, member["patience"], active)
         new_state = {
             # A member that has stopped keeps everything as it was.
             "params": _where(active, params, state["params"]),
@@ -305,7 +332,7 @@ def _epoch_fn(model, *, n: int, views: int, batch: int, first_view: int = 0):
             "best_val": jnp.where(improved, val_loss, state["best_val"]),
             "best_epoch": jnp.where(improved, epoch, state["best_epoch"]),
             "bad": jnp.where(active, bad, state["bad"]),
-            "stopped": state["stopped"] | (active & (bad >= member["patience"])),
+            "stopped": state["stopped"] | stop,
         }
         out = {"train_loss": train_loss, "val_loss": val_loss, "improved": improved, "perm": perm, "views": view}
         return new_state, out
@@ -441,20 +468,9 @@ def train_members(
                 continue
             out = outs[b]
             train_loss, val_loss = float(out["train_loss"][j]), float(out["val_loss"][j])
-            if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
-                raise UserError(
-                    f"training diverged: seed {members[k].seed}, epoch {epoch} has loss {train_loss} "
-                    f"(val {val_loss}); try a lower --lr (now {members[k].lr:g})"
-                )
-            row = {
-                "epoch": epoch,
-                "train_loss": train_loss,
-                "val_loss": val_loss,
-                "best_so_far": float(best[b][0][j]),
-                "improved": bool(out["improved"][j]),
-                "seconds": round(seconds, 4),
-                "order_digest": order_digest(out["perm"][j], out["views"][j]),
-            }
+            check_finite(epoch, train_loss, val_loss, members[k].lr, seed=members[k].seed)
+            row = history_row(epoch, train_loss, val_loss, best[b][0][j], out["improved"][j], seconds,
+                              order_digest(out["perm"][j], out["views"][j]))
             histories[k].append(row)
             rows.append({"seed": members[k].seed, "member": k, **row})
         for k in stopped:
