@@ -258,6 +258,16 @@ def parse_task_specs(spec: str, tasks_file=None) -> list[Task]:
     return list(out.values())
 
 
+def parse_task_option(spec: str, option: str = "--tasks") -> list[int]:
+    """`parse_tasks` for a command-line option: a bad value is a one-line UserError naming the option."""
+    from cxrfeat.errors import UserError
+
+    try:
+        return parse_tasks(spec)
+    except ValueError as e:
+        raise UserError(f"{option}: {e}") from None
+
+
 def parse_tasks(spec: str) -> list[int]:
     """Parse a `--tasks 8,14,19` option of the paper's tasks into label counts (duplicates dropped)."""
     out = []

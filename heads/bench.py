@@ -44,6 +44,8 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from cxrfeat.errors import UserError
+
 MODELS = ("cdl", "dqc", "circuit")
 # Simulators that researchers would otherwise pick, timed beside ours (the circuit alone; bench only).
 ANCHORS = ("tensorcircuit",)
@@ -456,3 +458,83 @@ def _child() -> None:
 
 if __name__ == "__main__":
     _child()
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """What `heads bench` times: qubit counts x back ends x models, and how."""
+
+    tasks: tuple[int, ...]
+    backends: tuple[str, ...]
+    models: tuple[str, ...]
+    batch_size: int = 32
+    warmup: int = 10
+    steps: int = 30
+    layers: int = 3
+    max_seconds: float = 60.0
+    out: Path = Path("bench")
+    with_backbone: bool = False
+    isolate: bool = True
+
+    @classmethod
+    def parse(cls, *, tasks: str, backends: str, models: str, **kw) -> BenchOptions:
+        """From the command's comma-separated options; a bad value is a one-line UserError naming its option."""
+        from heads.quantum import BACKENDS
+
+        try:
+            qubits = [int(t) for t in _csv("--tasks", tasks)]
+        except ValueError:
+            raise UserError(f"--tasks must be qubit counts such as 8,14,19, not {tasks!r}") from None
+        opts = cls(tuple(qubits), tuple(_csv("--backends", backends, (*BACKENDS, *ANCHORS))),
+                   tuple(_csv("--models", models, MODELS)), **kw)
+        opts.check()
+        return opts
+
+    def check(self) -> None:
+        if any(n < 2 for n in self.tasks):
+            raise UserError("--tasks: the circuit needs at least 2 qubits")
+        for name, value, least in (("--batch-size", self.batch_size, 1), ("--steps", self.steps, 1),
+                                   ("--warmup", self.warmup, 0), ("--layers", self.layers, 1)):
+            if value < least:
+                raise UserError(f"{name} must be at least {least}, not {value}")
+        if self.max_seconds <= 0:
+            raise UserError("--max-seconds must be positive")
+
+
+def _csv(option: str, text: str, allowed=None) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in items if allowed is not None and t not in allowed]
+    if not items or bad:
+        raise UserError(f"{option}: {', '.join(bad) or 'nothing given'} — choose from {', '.join(allowed or ())}")
+    return list(dict.fromkeys(items))
+
+
+def run_bench(opts: BenchOptions) -> Path:
+    """`heads bench`: time every cell (progress on stderr), print the table, write <out>/<machine>.json and .md."""
+    from rich.console import Console
+
+    if opts.with_backbone:
+        _random_backbone()  # fail now, not after the other cells
+    settings = dict(layers=opts.layers, batch_size=opts.batch_size, warmup=opts.warmup, steps=opts.steps,
+                    max_seconds=opts.max_seconds)
+    cells = plan(list(opts.tasks), list(opts.backends), list(opts.models), with_backbone=opts.with_backbone, **settings)
+    machine = describe_machine()
+    console = Console(stderr=True)
+    console.print(f"timing {len(cells)} cells on {machine['name']} "
+                  f"({'one process each' if opts.isolate else 'in this process'})")
+
+    def progress(r: dict) -> None:
+        what = f"{r['model']:<16} {r['qubits']:>3} qubits {r['backend']:<12}"
+        if r.get("status") == "ok":
+            console.print(f"  {what} median {_duration(r['median_s']):>9} over {r['timed_steps']} steps, "
+                          f"compile {r['compile_s']:.1f} s, peak {r['peak_memory_mib']:.0f} MiB")
+        else:
+            console.print(f"  {what} [red]{r['status']}[/red]")
+
+    records = run(cells, isolate=opts.isolate, on_record=progress)
+    doc = result(records, machine, {**settings, "tasks": list(opts.tasks), "backends": list(opts.backends),
+                                    "models": list(opts.models), "with_backbone": opts.with_backbone,
+                                    "isolate": opts.isolate})
+    path = write(doc, opts.out, machine["slug"])
+    Console(width=max(Console().width, 130)).print(table(doc))
+    return path

@@ -166,26 +166,11 @@ def params(
 ):
     """Parameter counts by component (the paper's Table II) for CDL and DQC heads."""
     from rich.console import Console
-    from rich.table import Table
 
-    from cxrfeat.errors import UserError
-    from cxrfeat.labels import parse_tasks
-    from heads.models import COMPONENTS, MODELS, param_counts
+    from cxrfeat.labels import parse_task_option
+    from heads.models import params_table
 
-    try:
-        task_list = parse_tasks(tasks)
-    except ValueError as e:
-        raise UserError(f"--tasks: {e}") from None
-    if layers < 1 or dim < 1:
-        raise UserError("--layers and --dim must be at least 1")
-    table = Table(title=f"Parameters by component ({layers} circuit layers, {dim}-d embeddings)")
-    for col in ("Task", "Model", *("Backbone", "Classical pre", "Quantum", "Classical post"), "Head total"):
-        table.add_column(col, justify="left" if col in ("Task", "Model") else "right")
-    for t in task_list:
-        for m in MODELS:
-            c = param_counts(t, m, layers, dim)
-            table.add_row(f"CXR-{t}", m.upper(), *(f"{c[k]:,}" for k in (*COMPONENTS, "head")))
-    Console().print(table)
+    Console().print(params_table(parse_task_option(tasks), layers, dim))
 
 
 # ---------------------------------------------------------------- finetune (end to end on images)
@@ -271,39 +256,14 @@ def bench_epoch(
     out: Annotated[Path, typer.Option("--out", help="JSON results (default bench/epoch-<platform>.json).")] = None,
 ):
     """Time one training epoch at the NIH training size for every (task, model), and project the sweep."""
-    import jax
     from rich.console import Console
-    from rich.table import Table
 
-    from cxrfeat import atomic
-    from cxrfeat.errors import UserError
-    from cxrfeat.labels import parse_tasks
-    from heads.epochbench import time_epochs
+    from cxrfeat.labels import parse_task_option
+    from heads.epochbench import run_epoch_bench
     from heads.plan import parse_models
 
-    try:
-        task_list = parse_tasks(tasks)
-    except ValueError as e:
-        raise UserError(f"--tasks: {e}") from None
-    if min(seeds, rows, views, dim, epochs) < 1:
-        raise UserError("--seeds, --rows, --views, --dim and --epochs must be at least 1")
-    console = Console()
-    record = time_epochs(tasks=task_list, models=parse_models(models), seeds=seeds, rows=rows, views=views, dim=dim,
-                         epochs=epochs, backend=backend, layers=layers,
-                         on_result=lambda r: console.print(f"CXR-{r['task']} {r['model'].upper()}: {r['epoch_s']:.2f} s/epoch "
-                                                           f"({r['rows']} rows), compile {r['compile_s']:.1f} s"))
-    table = Table(title=f"One epoch, {seeds} seeds together, on {record['device']}"
-                  + (f" (timed on {record['rows']} rows, scaled x{record['scale']:.1f})" if record["scale"] > 1 else ""))
-    for col in ("Task", "Model", "Compile s", "Epoch s (NIH size)", f"{epochs} epochs + compile, s"):
-        table.add_column(col, justify="left" if col in ("Task", "Model") else "right")
-    for r in record["results"]:
-        table.add_row(f"CXR-{r['task']}", r["model"].upper(), f"{r['compile_s']:.1f}", f"{r['epoch_s_nih']:.1f}", f"{r['run_s_nih']:.0f}")
-    console.print(table)
-    console.print(f"projected sweep ({len(record['results'])} runs x {seeds} seeds, {epochs} epochs, no early stop): "
-                  f"{record['projected_sweep_s'] / 3600:.2f} h")
-    out = out or Path("bench") / f"epoch-{jax.devices()[0].platform}.json"
-    atomic.write_json(out, record)
-    console.print(f"wrote {out}")
+    run_epoch_bench(tasks=parse_task_option(tasks), models=parse_models(models), seeds=seeds, rows=rows, views=views,
+                    dim=dim, epochs=epochs, backend=backend, layers=layers, out=out, console=Console())
 
 
 # ---------------------------------------------------------------- bench (the paper's Table III)
@@ -327,53 +287,11 @@ def bench(
     Everything is timed in one run on this machine and written to <out>/<machine>.json (and .md);
     compare back ends by the ratios of one run.
     """
-    from rich.console import Console
+    from heads.bench import BenchOptions, run_bench
 
-    from cxrfeat.errors import UserError
-    from heads import bench as b
-    from heads.quantum import BACKENDS
-
-    def csv(option: str, text: str, allowed=None) -> list[str]:
-        items = [t.strip() for t in text.split(",") if t.strip()]
-        bad = [t for t in items if allowed is not None and t not in allowed]
-        if not items or bad:
-            raise UserError(f"{option}: {', '.join(bad) or 'nothing given'} — choose from {', '.join(allowed)}")
-        return list(dict.fromkeys(items))
-
-    try:
-        qubits = [int(t) for t in csv("--tasks", tasks)]
-    except ValueError:
-        raise UserError(f"--tasks must be qubit counts such as 8,14,19, not {tasks!r}") from None
-    if any(n < 2 for n in qubits):
-        raise UserError("--tasks: the circuit needs at least 2 qubits")
-    for name, value, least in (("--batch-size", batch_size, 1), ("--steps", steps, 1), ("--warmup", warmup, 0), ("--layers", layers, 1)):
-        if value < least:
-            raise UserError(f"{name} must be at least {least}, not {value}")
-    if max_seconds <= 0:
-        raise UserError("--max-seconds must be positive")
-    backend_list = csv("--backends", backends, (*BACKENDS, *b.ANCHORS))
-    model_list = csv("--models", models, b.MODELS)
-    if with_backbone:
-        b._random_backbone()  # fail now, not after the other cells
-    settings = dict(layers=layers, batch_size=batch_size, warmup=warmup, steps=steps, max_seconds=max_seconds)
-    cells = b.plan(qubits, backend_list, model_list, with_backbone=with_backbone, **settings)
-    machine = b.describe_machine()
-    console = Console(stderr=True)
-    console.print(f"timing {len(cells)} cells on {machine['name']} ({'one process each' if isolate else 'in this process'})")
-
-    def progress(r: dict) -> None:
-        what = f"{r['model']:<16} {r['qubits']:>3} qubits {r['backend']:<12}"
-        if r.get("status") == "ok":
-            console.print(f"  {what} median {b._duration(r['median_s']):>9} over {r['timed_steps']} steps, "
-                          f"compile {r['compile_s']:.1f} s, peak {r['peak_memory_mib']:.0f} MiB")
-        else:
-            console.print(f"  {what} [red]{r['status']}[/red]")
-
-    records = b.run(cells, isolate=isolate, on_record=progress)
-    doc = b.result(records, machine, {**settings, "tasks": qubits, "backends": backend_list, "models": model_list,
-                                      "with_backbone": with_backbone, "isolate": isolate})
-    path = b.write(doc, out, machine["slug"])
-    Console(width=max(Console().width, 130)).print(b.table(doc))
+    path = run_bench(BenchOptions.parse(tasks=tasks, backends=backends, models=models, batch_size=batch_size,
+                                        warmup=warmup, steps=steps, layers=layers, max_seconds=max_seconds, out=out,
+                                        with_backbone=with_backbone, isolate=isolate))
     typer.echo(f"wrote {path} and {path.with_suffix('.md')}")
 
 
@@ -398,57 +316,8 @@ def shots(
     AUROC (mean ± sd over --repeats draws) is set beside the exact AUROC. width.json records, per test
     set, the sd over the examples of every exact <Z_k> and how many qubits exceed --width-threshold.
     """
-    import sys
-
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-    from rich.table import Table
-
     from heads import shots as sh
 
     settings = sh.ShotSettings(shots=sh.parse_shots(shots), repeats=repeats, readout_error=readout_error, seed=seed,
                                sampling=sampling, threshold=width_threshold, width_only=width_only, features=features)
-    settings.check()
-    err = Console(stderr=True)
-    paths = sh.find_dqc_runs(run_dirs, warn=lambda m: err.print(m, markup=False))
-    total = sum(sh.steps_per_run(p, settings) for p in paths)
-    outcomes = []
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                        console=err, transient=True, disable=total < 50 or not err.is_terminal)
-    with progress:
-        bar = progress.add_task("shot draws", total=total)
-        for p in paths:
-            progress.update(bar, description=str(p))
-            outcomes.append(sh.evaluate_run(p, settings, step=lambda: progress.advance(bar)))
-    out = Console(width=max(Console().width, 50 + 18 * len(settings.shots)))
-    if not width_only:
-        table = Table(title=f"AUROC with finite shots ({settings.sampling} sampling, readout error {readout_error:g}, "
-                            f"mean ± sd over {repeats} draws)")
-        for col in ("Run", "Test set", "Exact", *(f"{n:,} shots" for n in settings.shots)):
-            table.add_column(col, justify="left" if col in ("Run", "Test set") else "right", no_wrap=True)
-        for o in outcomes:
-            for key, entry in o.shots["test_sets"].items():
-                cells = []
-                for row in entry["shots"]:
-                    m, s = row["auroc_mean"], row["auroc_sd"]
-                    cells.append("undefined" if m is None else f"{m:.4f}" + ("" if s is None else f" ± {s:.4f}"))
-                exact = entry["exact"]["mean_auroc"]
-                table.add_row(_shots_run_label(o), key, "undefined" if exact is None else f"{exact:.4f}", *cells)
-        out.print(table)
-    wtable = Table(title=f"Effective width: qubits whose exact <Z_k> varies over the test set by sd > {width_threshold:g}")
-    for col in ("Run", "Test set", "Qubits above", "sd of <Z_k>, k = 0..n-1"):
-        wtable.add_column(col, justify="left" if col != "Qubits above" else "right")
-    for o in outcomes:
-        for key, w in o.width["test_sets"].items():
-            wtable.add_row(_shots_run_label(o), key, f"{w['above']}/{w['qubits']}", " ".join(f"{v:.1e}" for v in w["sd"]))
-    out.print(wtable)
-    files = "width.json" if width_only else "shots.json and width.json"
-    print(f"wrote {files} into {len(outcomes)} run folder(s)", file=sys.stderr)
-
-
-def _shots_run_label(o) -> str:
-    """`CXR-19 seed 2`, or `CXR-19 lr-3e-3_layers-2 seed 2` for a run of a grid configuration."""
-    task = str(o.task)
-    task = task.upper() if task.lower().startswith("cxr-") else f"CXR-{task}"
-    config = o.path.parent.name
-    return f"{task} {'' if config == 'dqc' else config + ' '}seed {o.seed}"
+    sh.run_shots(run_dirs, settings)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import platform
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -78,3 +79,34 @@ def time_epochs(*, tasks=(8, 14, 19), models=("cdl", "dqc"), seeds: int = 5, row
         "results": results,
         "projected_sweep_s": round(sum(r["run_s_nih"] for r in results), 1),
     }
+
+
+def run_epoch_bench(*, tasks, models, seeds: int, rows: int, views: int, dim: int, epochs: int, backend: str,
+                    layers: int, out: Path | None, console) -> Path:
+    """`heads bench-epoch`: time every (task, model), print the table and the projected sweep, write the JSON
+    (default `bench/epoch-<platform>.json`); returns its path."""
+    from rich.table import Table
+
+    from cxrfeat import atomic
+    from cxrfeat.errors import UserError
+
+    if min(seeds, rows, views, dim, epochs) < 1:
+        raise UserError("--seeds, --rows, --views, --dim and --epochs must be at least 1")
+    record = time_epochs(tasks=tasks, models=models, seeds=seeds, rows=rows, views=views, dim=dim, epochs=epochs,
+                         backend=backend, layers=layers,
+                         on_result=lambda r: console.print(f"CXR-{r['task']} {r['model'].upper()}: {r['epoch_s']:.2f} "
+                                                           f"s/epoch ({r['rows']} rows), compile {r['compile_s']:.1f} s"))
+    table = Table(title=f"One epoch, {seeds} seeds together, on {record['device']}"
+                  + (f" (timed on {record['rows']} rows, scaled x{record['scale']:.1f})" if record["scale"] > 1 else ""))
+    for col in ("Task", "Model", "Compile s", "Epoch s (NIH size)", f"{epochs} epochs + compile, s"):
+        table.add_column(col, justify="left" if col in ("Task", "Model") else "right")
+    for r in record["results"]:
+        table.add_row(f"CXR-{r['task']}", r["model"].upper(), f"{r['compile_s']:.1f}", f"{r['epoch_s_nih']:.1f}",
+                      f"{r['run_s_nih']:.0f}")
+    console.print(table)
+    console.print(f"projected sweep ({len(record['results'])} runs x {seeds} seeds, {epochs} epochs, no early stop): "
+                  f"{record['projected_sweep_s'] / 3600:.2f} h")
+    out = Path(out) if out is not None else Path("bench") / f"epoch-{jax.devices()[0].platform}.json"
+    atomic.write_json(out, record)
+    console.print(f"wrote {out}")
+    return out

@@ -131,3 +131,19 @@ def param_counts(task: int, model: str, layers: int = 3, dim: int = EMBEDDING_DI
     shapes = jax.eval_shape(module.init, jax.random.key(0), jax.ShapeDtypeStruct((1, dim), jnp.float32))
     counts = count_params(shapes["params"])
     return {"backbone": BACKBONE_PARAMS, **counts, "head": sum(counts.values())}
+
+
+def params_table(tasks, layers: int = 3, dim: int = 2048):
+    """The paper's Table II as a rich table: parameters by component of CDL and DQC for each task."""
+    from rich.table import Table
+
+    if layers < 1 or dim < 1:
+        raise UserError("--layers and --dim must be at least 1")
+    table = Table(title=f"Parameters by component ({layers} circuit layers, {dim}-d embeddings)")
+    for col in ("Task", "Model", *("Backbone", "Classical pre", "Quantum", "Classical post"), "Head total"):
+        table.add_column(col, justify="left" if col in ("Task", "Model") else "right")
+    for t in tasks:
+        for m in MODELS:
+            c = param_counts(t, m, layers, dim)
+            table.add_row(f"CXR-{t}", m.upper(), *(f"{c[k]:,}" for k in (*COMPONENTS, "head")))
+    return table

@@ -488,3 +488,69 @@ def steps_per_run(path: Path, settings: ShotSettings) -> int:
     except UserError:
         n_sets = 1
     return n_sets * len(settings.shots) * settings.repeats
+
+
+def run_label(o: RunOutcome) -> str:
+    """`CXR-19 seed 2`, or `CXR-19 lr-3e-3_layers-2 seed 2` for a run of a grid configuration."""
+    task = str(o.task)
+    task = task.upper() if task.lower().startswith("cxr-") else f"CXR-{task}"
+    config = o.path.parent.name
+    return f"{task} {'' if config == 'dqc' else config + ' '}seed {o.seed}"
+
+
+def shots_tables(outcomes: Sequence[RunOutcome], settings: ShotSettings) -> list:
+    """The console tables of `heads shots`: AUROC against shots (unless width only) and the effective width."""
+    from rich.table import Table
+
+    tables = []
+    if not settings.width_only:
+        table = Table(title=f"AUROC with finite shots ({settings.sampling} sampling, readout error "
+                            f"{settings.readout_error:g}, mean ± sd over {settings.repeats} draws)")
+        for col in ("Run", "Test set", "Exact", *(f"{n:,} shots" for n in settings.shots)):
+            table.add_column(col, justify="left" if col in ("Run", "Test set") else "right", no_wrap=True)
+        for o in outcomes:
+            for key, entry in o.shots["test_sets"].items():
+                cells = []
+                for row in entry["shots"]:
+                    m, s = row["auroc_mean"], row["auroc_sd"]
+                    cells.append("undefined" if m is None else f"{m:.4f}" + ("" if s is None else f" ± {s:.4f}"))
+                exact = entry["exact"]["mean_auroc"]
+                table.add_row(run_label(o), key, "undefined" if exact is None else f"{exact:.4f}", *cells)
+        tables.append(table)
+    wtable = Table(title=f"Effective width: qubits whose exact <Z_k> varies over the test set by sd > "
+                         f"{settings.threshold:g}")
+    for col in ("Run", "Test set", "Qubits above", "sd of <Z_k>, k = 0..n-1"):
+        wtable.add_column(col, justify="left" if col != "Qubits above" else "right")
+    for o in outcomes:
+        for key, w in o.width["test_sets"].items():
+            wtable.add_row(run_label(o), key, f"{w['above']}/{w['qubits']}", " ".join(f"{v:.1e}" for v in w["sd"]))
+    tables.append(wtable)
+    return tables
+
+
+def run_shots(run_dirs: Sequence[str | Path], settings: ShotSettings) -> list[RunOutcome]:
+    """`heads shots`: evaluate every finished DQC run found under `run_dirs` (a progress bar on a terminal),
+    print the tables and say what was written."""
+    import sys
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    settings.check()
+    err = Console(stderr=True)
+    paths = find_dqc_runs(run_dirs, warn=lambda m: err.print(m, markup=False))
+    total = sum(steps_per_run(p, settings) for p in paths)
+    outcomes = []
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                        console=err, transient=True, disable=total < 50 or not err.is_terminal)
+    with progress:
+        bar = progress.add_task("shot draws", total=total)
+        for p in paths:
+            progress.update(bar, description=str(p))
+            outcomes.append(evaluate_run(p, settings, step=lambda: progress.advance(bar)))
+    out = Console(width=max(Console().width, 50 + 18 * len(settings.shots)))
+    for table in shots_tables(outcomes, settings):
+        out.print(table)
+    files = "width.json" if settings.width_only else "shots.json and width.json"
+    print(f"wrote {files} into {len(outcomes)} run folder(s)", file=sys.stderr)
+    return outcomes
