@@ -77,8 +77,8 @@ class Predictions:
 
 
 @dataclass
-class Run:
-    """A finished run (its DONE file exists)."""
+class ReportRun:
+    """A finished run as the report reads it: its records, history and predictions (`heads.runs.Run` is its folder)."""
 
     task: str
     model: str
@@ -101,18 +101,18 @@ class Sweep:
     """The finished runs of a sweep folder, and notes on what is missing or odd."""
 
     path: Path
-    runs: list[Run]
+    runs: list[ReportRun]
     notes: list[str] = field(default_factory=list)
     meta: dict[str, Any] | None = None
     store_attrs: list[dict[str, Any]] = field(default_factory=list)  # feature stores' attributes (fallback)
 
-    def backbone(self, run: Run) -> provenance.Backbone:
+    def backbone(self, run: ReportRun) -> provenance.Backbone:
         return provenance.run_backbone(run.record, self.store_attrs)
 
-    def data(self, run: Run) -> provenance.Data:
+    def data(self, run: ReportRun) -> provenance.Data:
         return provenance.run_data(run.record, self.store_attrs)
 
-    def settings(self, run: Run) -> dict[str, Any]:
+    def settings(self, run: ReportRun) -> dict[str, Any]:
         return provenance.run_settings(run.record, self.meta)
 
     def test_sizes(self, task: str, model: str, test_set: str) -> list[int]:
@@ -145,7 +145,7 @@ class Sweep:
     def models(self, task: str) -> list[str]:
         return sorted({r.model for r in self.runs if r.task == task}, key=model_key)
 
-    def runs_of(self, task: str, model: str, config: str | None = None) -> dict[int, Run]:
+    def runs_of(self, task: str, model: str, config: str | None = None) -> dict[int, ReportRun]:
         """seed -> run (of one grid configuration when `config` is given; a grid needs it, or `select`)."""
         return {r.seed: r for r in self.runs if r.task == task and r.model == model
                 and (config is None or r.config_name == config)}
@@ -224,7 +224,7 @@ def load_sweep(path: str | Path) -> Sweep:
         raise UserError(f"{path}: not a runs folder (expected {_LAYOUT}){hint}")
 
     meta = _read_json(path / "sweep.json") if (path / "sweep.json").is_file() else None
-    runs: list[Run] = []
+    runs: list[ReportRun] = []
     notes: list[str] = []
     unfinished: set[tuple[str, str, str, int]] = set()
     for folder in folders:
@@ -294,7 +294,7 @@ def _shown(path: Path, sweep: Path | None = None) -> str:
     return path.name
 
 
-def _load_run(folder: run_folders.Run) -> Run:
+def _load_run(folder: run_folders.Run) -> ReportRun:
     """A finished run, or UserError when it is damaged or belongs to another place."""
     missing = [f for f in run_folders.damage(folder.path) if not f.startswith("metrics.json (")]
     if missing:  # an unreadable or incomplete metrics.json is named by reading it, below
@@ -302,7 +302,7 @@ def _load_run(folder: run_folders.Run) -> Run:
     record = folder.config()
     results = folder.results(record)
     preds = {npz.stem: _load_predictions(npz, record) for npz in folder.prediction_files()}
-    return Run(folder.task, folder.model, folder.seed, folder.path, record, folder.history(), preds, results,
+    return ReportRun(folder.task, folder.model, folder.seed, folder.path, record, folder.history(), preds, results,
                folder.config_name)
 
 

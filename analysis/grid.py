@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from analysis import stats
-from analysis.collect import Run, Sweep, _shown
+from analysis.collect import ReportRun, Sweep, _shown
 from cxrfeat.errors import UserError
 
 CRITERIA = ("val-loss", "val-auroc")
@@ -30,7 +30,7 @@ def _num(v: Any) -> float:
     return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else math.nan
 
 
-def validation(run: Run) -> tuple[float, float]:
+def validation(run: ReportRun) -> tuple[float, float]:
     """(validation loss, validation mean AUROC) of one run; NaN where the run does not say."""
     v = run.results.validation or {}
     loss = _num(v.get("loss"))
