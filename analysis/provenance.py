@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from heads.record import SETTING_KEYS, RunConfig, RunResults
+from heads.record import Backbone as RecordBackbone
 
 CONSTANT_SD = 1e-6
 HALF_SD = 1e-4
@@ -68,31 +69,20 @@ def _name(v: Any) -> str:
     return s
 
 
-def _backbone_from(d: Any, source: str) -> Backbone | None:
-    if not isinstance(d, dict) or not (d.get("name") or "random" in d):
-        return None
-    name = d.get("name")
-    rnd = d.get("random")
-    if not isinstance(rnd, bool):
-        rnd = True if name == "random" else (None if name is None else False)
-    seed = d.get("seed") if isinstance(d.get("seed"), int) and not isinstance(d.get("seed"), bool) else None
-    return Backbone("random" if rnd else _name(name or "unknown"), rnd, seed,
-                    str(d["revision"]) if d.get("revision") else None,
-                    str(d["sha256"]) if d.get("sha256") else None, source)
+def _shown(b: RecordBackbone, source: str) -> Backbone:
+    return Backbone("random" if b.random else _name(b.name or "unknown"), b.random, b.seed, b.revision, b.sha256, source)
 
 
 def run_backbone(record: RunConfig, store_attrs: list[dict] | None = None) -> Backbone:
     """The record's backbone, else the training feature store's (for runs whose record does not say)."""
-    b = record.backbone
-    if b.known:
-        return Backbone("random" if b.random else _name(b.name or "unknown"), b.random, b.seed, b.revision, b.sha256,
-                        "config.json `backbone`")
+    if record.backbone.known:
+        return _shown(record.backbone, "config.json `backbone`")
     dataset = record.data.dataset
     for attrs in store_attrs or []:
         if attrs.get("split") == "train" and (dataset is None or attrs.get("dataset") == dataset):
-            found = _backbone_from(attrs.get("backbone"), "feature store")
+            found = RecordBackbone.read(attrs.get("backbone"))
             if found:
-                return found
+                return _shown(found, "feature store")
     return Backbone("unknown", None)
 
 

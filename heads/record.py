@@ -66,8 +66,8 @@ class Backbone:
                    _str(desc.get("revision")), _str(desc.get("sha256")))
 
     @classmethod
-    def _read(cls, d: Any) -> Backbone | None:
-        """A recorded backbone block, or None when it names nothing."""
+    def read(cls, d: Any) -> Backbone | None:
+        """A recorded backbone block (a run's or a store's), or None when it names nothing."""
         if not isinstance(d, dict) or not (d.get("name") or "random" in d):
             return None
         name = d.get("name")
@@ -196,7 +196,7 @@ class RunConfig:
                 data=Data(**{f.name: data.get(f.name) for f in fields(Data) if f.name in data}
                           | {"test_sets": tuple(data.get("test_sets") or ()), "rows": dict(data.get("rows") or {}),
                              "sources": dict(data.get("sources") or {})}),
-                backbone=Backbone._read(d.get("backbone")) or Backbone(),
+                backbone=Backbone.read(d.get("backbone")) or Backbone(),
                 grid=d.get("grid") if isinstance(d.get("grid"), dict) else None,
                 param_counts=_dict(d.get("param_counts")), trained_with=tuple(d.get("trained_with") or ()),
                 stores=_dict(d.get("stores")), finetune=d.get("finetune") if isinstance(d.get("finetune"), dict) else None,
@@ -236,14 +236,14 @@ def _old_dataset(d: dict) -> str | None:
 
 
 def _old_backbone(d: dict) -> Backbone:
-    found = Backbone._read(d.get("backbone"))
+    found = Backbone.read(d.get("backbone"))
     if found:
         return found
     prov = d.get("provenance")
     if isinstance(prov, dict):
         for key in ("train", *sorted(k for k in prov if k != "train")):
             store = prov.get(key)
-            found = Backbone._read(store.get("backbone") if isinstance(store, dict) else None)
+            found = Backbone.read(store.get("backbone") if isinstance(store, dict) else None)
             if found:
                 return found
     return Backbone()
