@@ -1,6 +1,6 @@
 """What the report needs from the feature stores: label counts per split, and whether data is synthetic.
 
-Stores are `features/<dataset>/<split>.zarr` (DESIGN "Feature store"); only their labels and
+Stores are `features/<dataset>/<split>.zarr` (docs/design.md "Feature store"); only their labels and
 attributes are read, never the embeddings.
 """
 

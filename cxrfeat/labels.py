@@ -2,7 +2,8 @@
 
 The canonical order is the paper's Table I order (NIH-CXR-LT training occurrence, most common
 first) for the 19 NIH-CXR-LT labels, then the findings that only the CXR-LT challenges label
-(`EXTRA_LABELS`, in a fixed order). Within a task, labels (and so qubits) follow this order.
+(`EXTRA_LABELS`, in a fixed order). The paper's tasks and `all` follow this order (qubit i = label i);
+a `--tasks-file` task keeps the file's order (docs/design.md "Labels and tasks").
 
 Label sets (`LABEL_SETS`): `nih-cxr-lt` (the 19), `cxr-lt-2023` (the 26 classes of the CXR-LT 2023
 release of MIMIC-CXR-LT, `No Finding` among them) and `cxr-lt-2024` (its 40 long-tailed classes,

@@ -1,6 +1,6 @@
 """The Zarr v3 feature store: `features/<dataset>/<split>.zarr`.
 
-Layout (DESIGN "Feature store"):
+Layout (docs/design.md "Feature store"):
 
 - `embeddings` float16|float32 (N, V, D), chunked along N (one file per chunk of `chunk_rows` rows).
 - `labels` int8 (N, L): 1, 0, or -1 for unknown; attribute `label_names`.
@@ -19,7 +19,7 @@ Integrity (nothing read as fill values, nothing silently damaged):
 - `COMPLETE` (JSON, written atomically by `finalize`) is the completion marker: the sha256 of every
   chunk file of every array, `skipped_ids` (computed once from `valid`), `completed` and `timing`.
   `zarr.json` is never rewritten after creation. A store without `COMPLETE` is incomplete.
-- `FeatureStore.open` (used by every reader: sweep, report, export) checks that every chunk
+- `FeatureStore.open` (every reader: sweep, shots, report, `cxrfeat export`) checks that every chunk
   file of every array exists and matches its checksum (`verify`: hashing files on threads, ~1 GB/s)
   and refuses a damaged store naming the array, the chunk, the store and the repair command
   (`cxrfeat extract ... --repair` recomputes only the damaged chunks, bit for bit). `load` verifies
@@ -42,10 +42,11 @@ chunk range and state; one writer each) and holds `<split>.zarr.part-<i>-of-<N>.
 creator wins) and completed once, by whichever part finds every chunk done. The format is the one
 of single-process stores (format version 1): stores written before parts existed read unchanged.
 
-Attributes (`zarr.json`): `format_version`, `dataset`, `split`, `label_names`, `backbone`,
-`preprocessing`, `augmentation`, `views`, `seed`, `dtype`, `created`, `package_version`, `settings`
-(what must match for a resume), `extract_args` (the command that made it); `FeatureStore.attrs`
-adds `complete`, `completed`, `skipped_ids` and `timing` from `COMPLETE`.
+Attributes (`zarr.json`): `format_version`, `dataset`, `split`, `source`, `synthetic`, `label_names`,
+`backbone`, `preprocessing`, `augmentation`, `views`, `dim`, `seed`, `dtype`, `rows`, `chunk_rows`,
+`created`, `package_version`, `settings` (what must match for a resume), `extract_args` (the command
+that made it); `FeatureStore.attrs` adds `complete`, `completed`, `skipped_ids` and `timing` from
+`COMPLETE`.
 """
 
 from __future__ import annotations

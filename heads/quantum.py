@@ -1,6 +1,6 @@
 """⟨Z_i⟩ of the DQC circuit: exact simulators and the PennyLane reference behind one function.
 
-The circuit (DESIGN "The models"): H on every qubit; RY(angles_i) on qubit i; then `layers` times
+The circuit (docs/design.md "The models"): H on every qubit; RY(angles_i) on qubit i; then `layers` times
 [RY(weights_l,i) on every qubit, the CNOT ring of PennyLane's `BasicEntanglerLayers`]; ⟨Z_i⟩ of
 every qubit. The ring is 0→1, 1→2, …, n−2→n−1, n−1→0 for n ≥ 3 and one CNOT 0→1 for n = 2
 (PennyLane's rule: a two-wire "ring" would apply the same pair twice). Qubit 0 is the most

@@ -1,15 +1,16 @@
-"""Run folders: `runs/<sweep>/cxr-<task>/<model>/seed-<s>/` (DESIGN "Runs"), plain files only.
+"""Run folders: `runs/<sweep>/<task>/<model>/seed-<s>/` (docs/design.md "Run layout"), plain files only.
 
-- `config.json` — every setting, package versions, feature-store provenance, parameter counts.
+- `config.json` — the run record (`heads.record.RunConfig`, docs/design.md "Run record").
+- `feature_norm.npz` — the standardization constants, when the run uses `--feature-norm standardize`.
 - `history.jsonl` — one JSON line per epoch: epoch, train_loss, val_loss, best_so_far, improved,
   seconds, order_digest (see `heads.train.order_digest`).
 - `best.safetensors` — the best-validation-loss parameters, keys '/'-joined (`pre/kernel`, ...).
 - `predictions/<test-set>.npz` — `ids`, `y_true` (int8, -1 unknown), `y_prob`, `label_names`.
-- `metrics.json` — per test set, mean and per-label AUROC (`heads.metrics.auroc_report`).
+- `metrics.json` — what the run produced (`heads.record.RunResults`): per test set, validation, sanity.
 - `DONE` — written last: a run folder without it is unfinished and is redone by a sweep. A run
   with `DONE` whose other files are not all there is damaged (`damage`): a sweep says so and redoes it.
 
-A hyper-parameter grid adds one level: `runs/<sweep>/cxr-<task>/<model>/<config>/seed-<s>/`
+A hyper-parameter grid adds one level: `runs/<sweep>/<task>/<model>/<config>/seed-<s>/`
 (`heads.grid`; config.json `grid` holds the configuration's name and point).
 `runs/<sweep>/sweep.json` records the grid and the settings. Every file is written atomically.
 `.seed-<s>.lock` beside a run folder is held (`cxrfeat.locks`) by the process working on that

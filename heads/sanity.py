@@ -1,4 +1,5 @@
-"""Sanity checks of a trained head, written into its run's `metrics.json` as `sanity` (shared contract, issue 9).
+"""Sanity checks of a trained head, written into its run's `metrics.json` as `sanity`
+(docs/design.md "Run record").
 
 A number from a degenerate head must not pass for a result. Four checks, each a flag:
 
@@ -63,7 +64,7 @@ def check(
     losses: Iterable[float] = (),
     feature_norm: str | None = None,
 ) -> dict:
-    """The `sanity` record of one run (shared contract, issue 9).
+    """The `sanity` record of one run: `ok`, `flags`, `details`, `messages` (docs/design.md "Run record").
 
     `predictions`: y_prob (N, L) per test set; `reports`: `heads.metrics.auroc_report` per test set;
     `saturated`: `saturated_fraction` of a DQC (None for a CDL); `losses`: the history's losses;

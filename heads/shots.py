@@ -12,7 +12,7 @@ draws, beside the exact values) and `width.json` (below) into the run folder. Tr
 only evaluation is sampled.
 
 Sampling (`sampling=`):
-- `marginal` (the default, as issue 13 states it): each qubit's count of −1 outcomes is drawn on
+- `marginal` (the default): each qubit's count of −1 outcomes is drawn on
   its own, k_i ~ Binomial(N, q_i), ẑ_i = 1 − 2 k_i / N. With readout error p every outcome is
   flipped with probability p, so q_i = p + (1 − 2p)(1 − ⟨Z_i⟩)/2 and E[ẑ_i] = (1 − 2p)⟨Z_i⟩.
   This ignores the correlations between qubits. Precisely: on hardware all n qubits are read in

@@ -1,4 +1,4 @@
-"""Run folders fabricated exactly as the issue-9 contract lays them out (config.json `data`/`backbone`/
+"""Run folders fabricated in the schema-1 run-record layout (config.json `data`/`backbone`/
 `settings`, metrics.json `sanity` and AUPRC), for the report tests that need a given provenance or a
 degenerate head without training one."""
 
@@ -46,7 +46,7 @@ def fabricate_runs(root: Path, *, name: str = "fab", task: int = 8, models=("cdl
                    n: int = 60, random_backbone: bool = True, synthetic: bool | None = True,
                    constant: dict | None = None, record_sanity: bool = True, extra_flags: dict | None = None,
                    still_improving: dict | None = None) -> Path:
-    """runs/<name>/cxr-<task>/<model>/seed-<s>/ with every file of DESIGN "Runs" and the contract's keys.
+    """runs/<name>/cxr-<task>/<model>/seed-<s>/ with every file of docs/design.md "Run layout", schema-1 keys.
 
     `constant[(model, seed)]`: that run predicts a constant for every label (a saturated DQC), and
     records it in metrics.json `sanity` when `record_sanity`. `extra_flags[(model, seed)]`: flags

@@ -50,7 +50,7 @@ def test_config_round_trips_through_json_with_its_schema():
 
 
 def test_every_older_config_layout_is_upgraded_to_one_settings_shape():
-    # Schema 1 (the issue-9 contract, no `schema` key): `settings` with `mode` beside `training` and `head`.
+    # Schema 1 (no `schema` key): `settings` with `mode` beside `training` and `head`.
     old = contract_config(8, "dqc", 2, seeds=5, random_backbone=False, synthetic=True, rows=ROWS, lr=0.01)
     rec = RunConfig.from_json(old)
     assert rec.read_schema == 1 and rec.task == "cxr-8" and rec.model == "dqc" and rec.seed == 2

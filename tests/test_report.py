@@ -47,7 +47,7 @@ def _truth(rng, n: int, labels, test_set: str) -> np.ndarray:
 def make_sweep(root: Path, tasks=(8, 14), models=("cdl", "dqc"), seeds=(1, 2, 3), n: int = 80,
                missing=(("cxr-14", "dqc", 3),), extra=(("cxr-8", "cdl-finetune", (1, 2)),
                                                         ("cxr-8", "dqc-finetune", (1,)))) -> Path:
-    """runs/<sweep>/cxr-<n>/<model>/seed-<s>/ exactly as DESIGN "Runs" lays it out.
+    """runs/<sweep>/cxr-<n>/<model>/seed-<s>/ exactly as docs/design.md "Run layout" lays it out.
 
     `extra` adds finetune runs (seeds given); dqc-finetune seed 2 is left unfinished (no DONE).
     """

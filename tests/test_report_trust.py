@@ -1,4 +1,4 @@
-"""Issue 9, report side: provenance banners from the runs, sanity flags instead of stars, CIs, AUPRC,
+"""The report's trust: provenance banners from the runs, sanity flags instead of stars, CIs, AUPRC,
 corrected p-values, .tex = .csv, Table III by machine, no absolute paths; one test trains for real."""
 
 from __future__ import annotations

@@ -118,7 +118,7 @@ def test_train_command_and_changed_settings(swept):
 
 
 def test_config_records_data_backbone_and_settings(swept):
-    """The shared contract of issue 9: config.json `data`, `backbone`, `settings` of every run."""
+    """docs/design.md "Run record": config.json `data`, `backbone`, `settings` of every run."""
     root, _, first = swept
     for model in ("cdl", "dqc"):
         config = json.loads((root / "runs" / "t" / "cxr-8" / model / "seed-1" / "config.json").read_text())

@@ -360,7 +360,8 @@ def test_float16_features_train_as_their_float32_values():
 
 
 def test_views_from_augmented_never_draws_the_plain_view():
-    """DESIGN: one augmented view per example (views 1..V-1), view 0 only when it is all there is."""
+    """docs/design.md "Training": one augmented view per example (views 1..V-1), view 0 only when
+    it is all there is."""
     assert first_training_view("augmented", 4) == 1 and first_training_view("augmented", 1) == 0
     assert first_training_view("all", 4) == 0
     with pytest.raises(UserError, match="--views-from"):
