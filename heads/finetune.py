@@ -600,6 +600,7 @@ def _finish(run_dir: Path, config: RunConfig, opts: FinetuneOptions, splits: dic
     """Evaluate the best parameters on the test set(s) and finish the run (`heads.runs.finish_run`)."""
     best, _ = _load_tree(_best_file(run_dir, state["best_epoch"]))
     best = jax.device_put(best, replicated(sharding.mesh)) if sharding is not None else jax.tree.map(jnp.asarray, best)
+    val_probs, _ = evaluate(eval_fn, best, stats, splits["val"], opts.train.batch_size, sharding=sharding)
     tests, saturated, entries = {}, 0, 0
     for role in ("test", "external"):
         if role in splits:
@@ -611,7 +612,7 @@ def _finish(run_dir: Path, config: RunConfig, opts: FinetuneOptions, splits: dic
     results = runs.finish_run(
         run_dir, config, params={**best, "batch_stats": stats},
         params_metadata={"format": "cxr-qtl finetune", "best_epoch": str(state["best_epoch"])}, tests=tests,
-        validation=None, history=history, best_epoch=state["best_epoch"], best_val_loss=state["best_val"],
+        validation=(splits["val"].labels, val_probs), history=history, best_epoch=state["best_epoch"], best_val_loss=state["best_val"],
         saturated=saturated / entries if opts.model == "dqc" and entries else None,
         train_seconds=sum(r["seconds"] for r in history))
     shutil.rmtree(run_dir / CHECKPOINT, ignore_errors=True)

@@ -71,7 +71,10 @@ def damage(path: str | Path, test_sets=()) -> list[str]:
     missing = [f for f in wanted if not (path / f).is_file()]
     if "metrics.json" not in missing:
         try:
-            if json.loads((path / "metrics.json").read_text()).get("complete") is False:
+            metrics = json.loads((path / "metrics.json").read_text())
+            if not isinstance(metrics, dict):
+                missing.append("metrics.json (not a JSON object)")
+            elif metrics.get("complete") is False:
                 missing.append("metrics.json (incomplete)")
         except (OSError, ValueError):
             missing.append("metrics.json (unreadable)")

@@ -47,11 +47,6 @@ SWEEP_LOCK = ".sweep.json.lock"
 
 
 # ---------------------------------------------------------------- sweep.json
-def _task_order(name: str) -> tuple[int, str]:
-    digits = name.rsplit("-", 1)[-1]
-    return (int(digits) if digits.isdigit() else 10**6, name)
-
-
 def record_sweep(spec: SweepSpec, stores: Stores) -> dict:
     """Write or extend `runs/<name>/sweep.json`; refuse a folder made with other settings."""
     path = Path(spec.runs) / spec.name / "sweep.json"

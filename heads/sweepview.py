@@ -150,7 +150,8 @@ def _grid_runs(sweep_dir, pairs, seeds, configs):
     for task, model in pairs:
         for name in (configs or {}).get(model, [""]):
             for s in range(1, seeds + 1):
-                run = runs.Run(task_name(task), model, s, Path(sweep_dir) / task_name(task) / model / name / f"seed-{s}",
+                sweep = Path(sweep_dir)
+                run = runs.Run(task_name(task), model, s, runs.seed_dir(sweep.parent, sweep.name, task, model, s, name),
                                name)
                 if run.done:
                     yield task, model, name, s, run

@@ -5,7 +5,7 @@ the seed axis, and an epoch — a shuffled pass over every training example in b
 then the validation loss and the early-stopping bookkeeping — is one call of one compiled
 function. The features stay on the device; the host only reads back a few numbers per epoch.
 
-Determinism and fairness (DESIGN "The models"):
+Determinism and fairness (docs/design.md "Training"):
 - Epoch e of seed s visits the training rows in the order `epoch_order(s, e)` and uses, for each
   row, the stored view that it names (one augmented view, 1..V-1, by default: `views_from`); both depend only on (s, e), so CDL and DQC with the same
   seed see identical batches. `history.jsonl` records `order_digest` of them per epoch.
@@ -15,14 +15,13 @@ Determinism and fairness (DESIGN "The models"):
   keeps its parameters (its updates are masked) while the others go on. The best-validation-loss
   parameters are kept.
 
-A seed's result does not depend on which other seeds it is trained with (DESIGN "Reliability
-rules"): `--seeds 1` gives the same bits for seed 1 as `--seeds 5`, and a resumed sweep the same
+A seed's result does not depend on which other seeds it is trained with (docs/design.md
+"Reliability rules"): `--seeds 1` gives the same bits for seed 1 as `--seeds 5`, and a resumed sweep the same
 bits as an uninterrupted one. Measured cause (XLA on CPU, jax 0.8): the same per-seed program
 `vmap`ped over 1, 2, 3-5, 8 or 16 seeds gives results that differ in the last bits (up to 1.2e-7
 after two epochs of a CDL, growing with training; 3.8e-4 in DQC-19 predictions after a full run):
 batched dots and reductions are compiled differently for each batch width. Companions and order
-do not matter at a fixed width. Besides, the evaluation batch size used to depend on the number of
-seeds. Decision: the program is compiled for a FIXED number of members, `block` per device
+do not matter at a fixed width. So the program is compiled for a FIXED number of members, `block` per device
 (default `SEED_BLOCK`), W = block x devices. A member is a seed with its per-member settings
 (`Member`: learning rate, patience, circuit initialiser — plain data, so configurations of a grid
 that differ only in these train together); the members asked for are packed in order into blocks
@@ -30,8 +29,7 @@ of W slots, the last block padded with copies of its last member (trained and th
 call runs the blocks one after another with the same executable per block and epoch. Since at a
 fixed width neither the companions nor the slot matter (tested: a seed alone, in other groupings,
 and a grid member alone, in every slot, give the same bits), every member's arithmetic is the
-same whatever the grouping. (Until grids, seed s sat in the fixed slot (s-1) mod W; packing
-wastes fewer members: `--seeds 5` trains 8, a 4 x 5 grid 20.) The evaluation batch size depends on
+same whatever the grouping (`--seeds 5` trains 8 members, a 4 x 5 grid 20). The evaluation batch size depends on
 W only. Cost: up to W-1 wasted members per call. A block whose members have all stopped is no
 longer run.
 The block size changes the bits, so a sweep records it with its settings.

@@ -209,6 +209,9 @@ def test_run_layout_and_outputs(finished, backbone):
     metrics = runs.read_metrics(path)
     assert set(metrics["test_sets"]) == {"nih-cxr-lt", "mimic-cxr-lt"} and metrics["best_epoch"] == res.best_epoch
     assert "mean_auprc" in metrics["test_sets"]["nih-cxr-lt"]
+    # The best parameters on the validation split, as for runs on cached features (same record type).
+    assert metrics["schema"] == 2 and metrics["validation"]["n"] == 6
+    assert metrics["validation"]["loss"] == metrics["best_val_loss"] == min(h["val_loss"] for h in history)
     check = metrics["sanity"]
     assert check["ok"] == (not check["flags"]) and check["details"]["saturated_fraction"] is None
     assert ("still_improving" in check["flags"]) == (res.best_epoch == 3) and check["details"]["epochs"] == 3
