@@ -154,7 +154,7 @@ def test_info_on_a_damaged_incomplete_store(tmp_path):
 
 
 def test_info_on_a_damaged_image_cache(data, tmp_path):
-    from heads.imagecache import build_cache
+    from cxrfeat.imagecache import build_cache
 
     from cxrfeat.datasets import load_split
 
