@@ -15,7 +15,6 @@ instead of failing or reporting numbers it cannot stand behind.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from analysis import provenance, stats
+from cxrfeat import atomic
 from cxrfeat.errors import UserError
 from cxrfeat.labels import canonical
 from cxrfeat.labels import task_sort_key as task_key
@@ -223,9 +223,9 @@ def load_sweep(path: str | Path) -> Sweep:
         hint = f"; it holds sweeps {', '.join(inner)}: pass --runs {path / inner[0]}" if inner else ""
         raise UserError(f"{path}: not a runs folder (expected {_LAYOUT}){hint}")
 
-    meta = _read_json(path / "sweep.json") if (path / "sweep.json").is_file() else None
-    runs: list[ReportRun] = []
     notes: list[str] = []
+    meta = _sweep_record(path, notes)
+    runs: list[ReportRun] = []
     unfinished: set[tuple[str, str, str, int]] = set()
     for folder in folders:
         if not folder.done:
@@ -238,7 +238,7 @@ def load_sweep(path: str | Path) -> Sweep:
     if not runs:
         raise UserError(f"{path}: no finished run yet (no seed folder has its DONE file); nothing to report"
                         + (f" ({notes[0]})" if notes else ""))
-    sweep = Sweep(path=path, runs=runs, meta=meta if isinstance(meta, dict) else None)
+    sweep = Sweep(path=path, runs=runs, meta=meta)
     _fill_points(sweep)
     sweep.notes = notes + _missing(sweep, unfinished) + _cross_check(sweep)
     return sweep
@@ -271,11 +271,18 @@ def _fill_points(sweep: Sweep) -> None:
                 r.point = {k: each[r.path].get(k) for k in keys}
 
 
-def _read_json(path: Path) -> Any:
+def _sweep_record(path: Path, notes: list[str]) -> dict | None:
+    """sweep.json, or None (with a note) when it is absent or damaged: the runs carry their own records,
+    so the report goes on without it (it only says which tasks, models and seeds were asked for)."""
+    file = path / "sweep.json"
+    if not file.is_file():
+        return None
     try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{_shown(path)}: unreadable JSON ({e})") from None
+        return atomic.read_json(file, what="the sweep record")
+    except (UserError, OSError) as e:
+        notes.append(f"{_shown(file, path)}: left out ({_shown_error(UserError(str(e)), path)}); the runs' own "
+                     f"records are used, and missing seeds cannot be told from seeds never asked for")
+        return None
 
 
 def _shown(path: Path, sweep: Path | None = None) -> str:

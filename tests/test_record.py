@@ -120,6 +120,11 @@ def test_report_leaves_out_a_damaged_run_and_says_so(tmp_path):
     assert res.exit_code == 0, res.output
     md = (out / "report.md").read_text()
     assert "left out: marked DONE but lacks metrics.json" in md and "not valid JSON" in md
+    # A damaged sweep.json: the runs carry their own records, so the report goes on and says so.
+    (sweep / "sweep.json").write_text("{")
+    s = load_sweep(sweep)
+    assert sorted(s.runs_of("cxr-8", "dqc")) == [1] and s.meta is None
+    assert any("sweep.json: left out" in n and "not valid JSON" in n for n in s.notes), s.notes
 
 
 def test_a_run_moved_into_another_tasks_folder_is_not_reported_as_that_task(tmp_path):
