@@ -195,6 +195,7 @@ def run_cell(cell: Cell, *, isolated: bool = False) -> dict:
     compiled = step.lower(*args).compile()
     compile_s = time.perf_counter() - start
     xla_bytes = _xla_bytes(compiled)
+    flops = xla_flops(compiled)
 
     def one(args):
         t = time.perf_counter()
@@ -211,9 +212,16 @@ def run_cell(cell: Cell, *, isolated: bool = False) -> dict:
         dt, args = one(args)
         times.append(dt)
 
+    median = float(np.median(times))
+    yardstick = matmul_yardstick()
     record = {**asdict(cell), "method": _method(cell), "status": "ok", "timed_steps": len(times), "capped": len(times) < cell.steps,
-              "median_s": float(np.median(times)), "sd_s": float(np.std(times, ddof=1)) if len(times) > 1 else 0.0,
-              "min_s": float(np.min(times)), "compile_s": compile_s}
+              "median_s": median, "sd_s": float(np.std(times, ddof=1)) if len(times) > 1 else 0.0,
+              "min_s": float(np.min(times)), "compile_s": compile_s,
+              # What the step costs in arithmetic, and this machine's yardstick timed in the same process:
+              # `x_matmul` = the step's time in 512^3 float32 matmuls (a regression shows as a ratio).
+              "flops": flops, "gflops_per_s": flops / median / 1e9 if flops else None,
+              "matmul_s": yardstick["median_s"], "matmul_gflops_per_s": yardstick["gflops_per_s"],
+              "x_matmul": median / yardstick["median_s"]}
     stats = device.memory_stats() if device.platform != "cpu" else None
     if stats and "peak_bytes_in_use" in stats and isolated:
         peak, source = stats["peak_bytes_in_use"], "device peak_bytes_in_use (this cell's process)"
@@ -223,6 +231,42 @@ def run_cell(cell: Cell, *, isolated: bool = False) -> dict:
         peak, source = xla_bytes, "XLA memory analysis of the compiled step (temporaries + arguments + outputs)"
     record |= {"peak_memory_mib": _mib(peak), "xla_memory_mib": _mib(xla_bytes), "peak_memory_source": source}
     return record
+
+
+YARDSTICK_N = 512
+
+
+def matmul_yardstick(n: int = YARDSTICK_N, steps: int = 30) -> dict:
+    """This process's yardstick: the median seconds of an n x n x n float32 matmul (jitted, after warm-up),
+    and its rate (2 n^3 flops)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    a, b = (jnp.asarray(rng.normal(size=(n, n)), jnp.float32) for _ in range(2))
+    f = jax.jit(jnp.matmul).lower(a, b).compile()
+    for _ in range(5):
+        jax.block_until_ready(f(a, b))
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        jax.block_until_ready(f(a, b))
+        times.append(time.perf_counter() - t)
+    median = float(np.median(times))
+    return {"n": n, "median_s": median, "gflops_per_s": 2 * n**3 / median / 1e9}
+
+
+def xla_flops(compiled) -> float | None:
+    """The compiled program's floating-point operations per call (XLA's cost analysis), None if not reported."""
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # not every backend reports it
+        return None
+    if isinstance(cost, list | tuple):
+        cost = cost[0] if cost else None
+    value = (cost or {}).get("flops")
+    return float(value) if isinstance(value, int | float) and value > 0 else None
 
 
 def _method(cell: Cell) -> str:
@@ -386,19 +430,24 @@ def markdown(doc: dict) -> str:
     lines = [f"Measured by `heads bench` on {doc['machine']}, {doc['date'][:10]}, JAX {doc['jax_version']}: "
              f"batch {s['batch_size']}, {s['layers']} circuit layers, median of up to {s['steps']} steps "
              f"after up to {s['warmup']} warm-up steps (at most {s['max_seconds']:g} s per cell).", "",
-             "| Task | Model | Back end | Method | Median step | SD | Steps | Compile | Peak memory | XLA buffers | × fastest | Speed-up vs PennyLane |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| Task | Model | Back end | Method | Median step | SD | Steps | Compile | Peak memory | XLA buffers | MFLOP | GFLOP/s | × 512³ matmul | × fastest | Speed-up vs PennyLane |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in doc["records"]:
         task = f"CXR-{r['qubits']}" if r["qubits"] in (8, 14, 19) else f"{r['qubits']} qubits"
         if r.get("status") != "ok":
-            lines.append(f"| {task} | {r['model']} | {r['backend']} | {_method(Cell(r['model'], r['qubits'], r['backend'], r['layers']))} | {r['status']} | | | | | | | |")
+            lines.append(f"| {task} | {r['model']} | {r['backend']} | {_method(Cell(r['model'], r['qubits'], r['backend'], r['layers']))} | {r['status']} | | | | | | | | | | |")
             continue
         speedup = f"{r['speedup_vs_pennylane']:.1f}×" if "speedup_vs_pennylane" in r else ""
         lines.append(f"| {task} | {r['model']} | {r['backend']} | {r.get('method', '?')} | {_duration(r['median_s'])} | {_duration(r['sd_s'])} | "
                      f"{r['timed_steps']} | {r['compile_s']:.1f} s | {_size(r.get('peak_memory_mib'))} | "
-                     f"{_size(r.get('xla_memory_mib'))} | {r['ratio_to_fastest']:.2f} | {speedup} |")
+                     f"{_size(r.get('xla_memory_mib'))} | {_mflop(r)} | {_rate(r)} | {_x_matmul(r)} | "
+                     f"{r['ratio_to_fastest']:.2f} | {speedup} |")
+    yard = [r["matmul_gflops_per_s"] for r in doc["records"] if r.get("matmul_gflops_per_s")]
     lines += ["", f"Peak memory: {_sources(doc['records'])}. XLA buffers: the compiled step's memory analysis "
-              "(its temporary arena + arguments + outputs − donated buffers)."]
+              "(its temporary arena + arguments + outputs − donated buffers). MFLOP: XLA's cost analysis of the "
+              "compiled step; GFLOP/s: that over the median step; × 512³ matmul: the median step over a 512×512×512 "
+              "float32 matmul timed in the same process"
+              + (f" (this run: {min(yard):.0f}–{max(yard):.0f} GFLOP/s)." if yard else ".")]
     return "\n".join(lines) + "\n"
 
 
@@ -408,7 +457,8 @@ def table(doc: dict):
 
     t = Table(title=f"Seconds per step on {doc['machine']} (batch {doc['settings']['batch_size']}, "
                     f"{doc['settings']['layers']} layers)")
-    for col in ("Task", "Model", "Back end", "Method", "Median", "SD", "Steps", "Compile", "Peak MiB", "× fastest", "vs PennyLane"):
+    for col in ("Task", "Model", "Back end", "Method", "Median", "SD", "Steps", "Compile", "Peak MiB", "GFLOP/s",
+                "× matmul", "× fastest", "vs PennyLane"):
         t.add_column(col, justify="left" if col in ("Task", "Model", "Back end", "Method") else "right")
     for r in doc["records"]:
         head = (str(r["qubits"]), r["model"], r["backend"], r.get("method", _method(Cell(r["model"], r["qubits"], r["backend"], r["layers"]))))
@@ -418,8 +468,20 @@ def table(doc: dict):
         speedup = f"{r['speedup_vs_pennylane']:.1f}×" if "speedup_vs_pennylane" in r else ""
         t.add_row(*head, _duration(r["median_s"]), _duration(r["sd_s"]), str(r["timed_steps"]),
                   f"{r['compile_s']:.1f} s", f"{r['peak_memory_mib']:,.0f}" if r.get("peak_memory_mib") is not None else "?",
-                  f"{r['ratio_to_fastest']:.2f}", speedup)
+                  _rate(r), _x_matmul(r), f"{r['ratio_to_fastest']:.2f}", speedup)
     return t
+
+
+def _mflop(r: dict) -> str:
+    return f"{r['flops'] / 1e6:,.1f}" if r.get("flops") else "?"
+
+
+def _rate(r: dict) -> str:
+    return f"{r['gflops_per_s']:.1f}" if r.get("gflops_per_s") else "?"
+
+
+def _x_matmul(r: dict) -> str:
+    return f"{r['x_matmul']:.1f}" if r.get("x_matmul") else "?"
 
 
 def _sources(records) -> str:

@@ -43,6 +43,11 @@ def test_one_record_per_cell_with_consistent_ratios(tiny_run):
         assert r["peak_memory_mib"] >= 0 and r["peak_memory_source"]
         if r["model"] != "circuit":  # parameters and Adam moments alone make 0.1 MiB
             assert r["peak_memory_mib"] > 0.1
+        # The machine's yardstick, timed in the same process, and the step's arithmetic.
+        assert r["matmul_s"] > 0 and r["x_matmul"] == pytest.approx(r["median_s"] / r["matmul_s"])
+        assert r["matmul_gflops_per_s"] == pytest.approx(2 * 512**3 / r["matmul_s"] / 1e9)
+        if r["backend"] != "pennylane":  # PennyLane's step is a host callback: XLA cannot count its work
+            assert r["flops"] > 0 and r["gflops_per_s"] == pytest.approx(r["flops"] / r["median_s"] / 1e9)
     for model in ("dqc", "circuit"):
         group = {r["backend"]: r for r in doc["records"] if r["model"] == model}
         fastest = min(r["median_s"] for r in group.values())
@@ -105,3 +110,13 @@ def test_tensorcircuit_anchor_computes_the_same_circuit():
     cells = bench.plan([4], ["fast", "tensorcircuit"], ["cdl", "dqc", "circuit"])
     assert [(c.model, c.backend) for c in cells] == [("cdl", "-"), ("dqc", "fast"), ("circuit", "fast"),
                                                      ("circuit", "tensorcircuit")]
+
+
+def test_xla_flops_counts_a_matmul_exactly():
+    import jax
+    import jax.numpy as jnp
+
+    compiled = jax.jit(jnp.matmul).lower(jnp.ones((64, 32)), jnp.ones((32, 16))).compile()
+    assert bench.xla_flops(compiled) == 2 * 64 * 32 * 16
+    y = bench.matmul_yardstick(n=64, steps=3)
+    assert y["n"] == 64 and y["gflops_per_s"] == pytest.approx(2 * 64**3 / y["median_s"] / 1e9)
