@@ -50,13 +50,23 @@ _CircuitInitList = Annotated[str, typer.Option("--circuit-init", help="RY angles
 _FeatureNormList = Annotated[str, typer.Option("--feature-norm", help="none (the paper) or standardize: z-score each embedding dimension with the training split's statistics (needed for random-weight backbones, whose embeddings saturate the DQC's tanh)." + _GRID)]
 
 
-def _spec(*, tasks, models, seeds, features, runs, name, layers, backend, lr, batch_size, max_epochs, patience,
-          circuit_init, dataset, external, shard=None, feature_norm="none", views_from=ViewsFrom.augmented):
-    """The sweep; each of lr, layers, circuit_init, feature_norm, batch_size, patience may be a
-    comma-separated list (a grid)."""
+def _spec(*, tasks, tasks_file, tasks_option, models, seeds, features, runs, name, layers, backend, lr, batch_size,
+          max_epochs, patience, circuit_init, dataset, external, shard=None, feature_norm="none",
+          views_from=ViewsFrom.augmented):
+    """The sweep of `heads train` and `heads sweep`: `tasks` as the option `tasks_option` gives them (plus
+    `tasks_file`), `models` comma-separated; each of lr, layers, circuit_init, feature_norm,
+    batch_size, patience may be a comma-separated list (a grid)."""
+    from cxrfeat.errors import UserError
+    from cxrfeat.labels import parse_task_specs
     from heads.grid import SETTINGS, parse_values
-    from heads.plan import HeadConfig, SweepSpec, parse_shard
+    from heads.plan import HeadConfig, SweepSpec, parse_models, parse_shard
     from heads.train import TrainConfig
+
+    try:
+        tasks = parse_task_specs(tasks, tasks_file)
+    except ValueError as e:
+        raise UserError(f"{tasks_option}: {e}") from None
+    models = parse_models(models)
 
     given = {"lr": lr, "layers": layers, "circuit_init": circuit_init, "feature_norm": feature_norm,
              "batch_size": batch_size, "patience": patience}
@@ -101,15 +111,8 @@ def train(
     views_from: _ViewsFrom = ViewsFrom.augmented,
 ):
     """Train one head (task, model) for every seed at once; finished seeds are skipped."""
-    from cxrfeat.errors import UserError
-    from cxrfeat.labels import parse_task_specs
-    from heads.plan import parse_models
-
-    try:
-        tasks = parse_task_specs("" if tasks_file is not None else str(task), tasks_file)
-    except ValueError as e:
-        raise UserError(f"--task: {e}") from None
-    _run(_spec(tasks=tasks, models=parse_models(model), seeds=seeds, features=features, runs=runs, name=name,
+    _run(_spec(tasks="" if tasks_file is not None else str(task), tasks_file=tasks_file, tasks_option="--task",
+               models=model, seeds=seeds, features=features, runs=runs, name=name,
                layers=layers, backend=backend, lr=lr, batch_size=batch_size, max_epochs=max_epochs,
                patience=patience, circuit_init=circuit_init, dataset=dataset, external=external,
                feature_norm=feature_norm, views_from=views_from))
@@ -143,15 +146,7 @@ def sweep(
     Configurations with the same compiled shapes (same model, layers, batch size, feature norm) train
     together in one program: learning rates, patiences and circuit initialisers are per-member data.
     """
-    from cxrfeat.errors import UserError
-    from cxrfeat.labels import parse_task_specs
-    from heads.plan import parse_models
-
-    try:
-        task_list = parse_task_specs(tasks, tasks_file)
-    except ValueError as e:
-        raise UserError(f"--tasks: {e}") from None
-    _run(_spec(tasks=task_list, models=parse_models(models), seeds=seeds, features=features, runs=runs, name=name,
+    _run(_spec(tasks=tasks, tasks_file=tasks_file, tasks_option="--tasks", models=models, seeds=seeds, features=features, runs=runs, name=name,
                layers=layers, backend=backend, lr=lr, batch_size=batch_size, max_epochs=max_epochs,
                patience=patience, circuit_init=circuit_init, dataset=dataset, external=external, shard=shard,
                feature_norm=feature_norm, views_from=views_from))
