@@ -39,6 +39,12 @@ def write_store(path: Path, x, y, *, dataset, split, label_names=LABELS, backbon
     return path
 
 
+# The stores of most tests that train heads. Heads trained on stores of one shape run the same compiled
+# programs (whatever the learning rate, seeds, epochs or feature normalisation: those are data), and the
+# suite's persistent compilation cache (tests/conftest.py) compiles a program once for every test that runs it.
+SMALL = dict(n_train=60, n_val=20, n_test=20, dim=16)
+
+
 def make_stores(root: Path, *, n_train=240, n_val=80, n_test=120, views=2, dim=32, external=True, seed=0):
     """features/nih-cxr-lt/{train,val,test}.zarr (+ mimic-cxr-lt/test.zarr with unknown labels)."""
     rng = np.random.default_rng(seed)

@@ -6,7 +6,7 @@ import stat
 import threading
 
 import pytest
-from headsdata import make_stores
+from headsdata import SMALL, make_stores
 from typer.testing import CliRunner
 
 from cxrfeat import atomic
@@ -61,7 +61,7 @@ def test_reading_the_umask_never_changes_it_under_threads(tmp_path):
 
 @pytest.mark.parametrize(("mask", "file_mode", "dir_mode"), [(0o022, 0o644, 0o755), (0o027, 0o640, 0o750)])
 def test_a_sweeps_run_folder_is_readable_by_the_group(tmp_path, mask, file_mode, dir_mode):
-    features = make_stores(tmp_path / "features", n_train=40, n_val=16, n_test=16, external=False)
+    features = make_stores(tmp_path / "features", **SMALL, external=False)
     with umask(mask):
         result = CliRunner().invoke(app, [str(a) for a in (
             "sweep", "--tasks", "8", "--seeds", "1", "--models", "cdl", "--features", features,

@@ -51,8 +51,14 @@ def test_resnet50_parameter_count_matches_the_paper():
     assert count_params(shapes["batch_stats"]) == 2 * 26_560  # a mean and a var per BN channel
 
 
-def test_random_resnet50_embeds_224_images_to_2048():
-    backbone = load_backbone("random", seed=0)
+@pytest.fixture(scope="module")
+def resnet50():
+    """The random-weight ResNet-50 (seed 0), built once for the tests that only read it."""
+    return load_backbone("random", seed=0)
+
+
+def test_random_resnet50_embeds_224_images_to_2048(resnet50):
+    backbone = resnet50
     assert backbone.dim == 2048
     assert count_params(backbone.params) == 23_508_032
     out = backbone.embed(images((2, 224, 224, 3)))
@@ -62,7 +68,7 @@ def test_random_resnet50_embeds_224_images_to_2048():
     assert backbone.description["architecture"]["hidden_sizes"] == [256, 512, 1024, 2048]
 
 
-def test_random_weights_are_seeded_and_initialised_like_transformers():
+def test_random_weights_are_seeded_and_initialised_like_transformers(resnet50):
     cfg = ResNetConfig(**TINY)
     a, b, c = (load_backbone("random", seed=s, config=cfg) for s in (3, 3, 4))
     leaves = jax.tree.leaves
@@ -70,7 +76,7 @@ def test_random_weights_are_seeded_and_initialised_like_transformers():
     assert not np.array_equal(a.embed(images()), c.embed(images()))
     np.testing.assert_array_equal(a.embed(images()), b.embed(images()))
     # Big enough to check the He-normal (fan_out) scale: ResNet-50's last 3x3 conv.
-    r50 = load_backbone("random", seed=0)
+    r50 = resnet50
     kernel = np.asarray(r50.params["encoder"]["stages_3"]["layers_0"]["layer_1"]["convolution"]["kernel"])
     assert kernel.shape == (3, 3, 512, 512)
     assert abs(kernel.std() / np.sqrt(2 / (512 * 9)) - 1) < 0.01 and abs(kernel.mean()) < 1e-3
@@ -86,8 +92,9 @@ def test_batchnorm_uses_running_statistics_so_an_image_ignores_its_batch():
     alone = backbone.embed(x[:1])
     together = backbone.embed(x)[:1]
     np.testing.assert_allclose(alone, together, rtol=1e-5, atol=1e-6)
-    # apply() needs no mutable collections: nothing is updated.
-    out = backbone.module.apply({"params": backbone.params, "batch_stats": backbone.batch_stats}, x)
+    # apply() needs no mutable collections: nothing is updated (Flax refuses an update of an immutable
+    # collection while tracing, so tracing the call for its output shape checks it without running it op by op).
+    out = jax.eval_shape(backbone.module.apply, {"params": backbone.params, "batch_stats": backbone.batch_stats}, x)
     assert out.shape == (4, 32)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from headsdata import cli_sweep, make_stores
+from headsdata import SMALL, cli_sweep, make_stores
 from test_sweep_reliability import assert_same_sweep
 from typer.testing import CliRunner
 
@@ -33,8 +33,7 @@ def invoke(*args):
 
 @pytest.fixture(scope="module")
 def grid_sweep(tmp_path_factory):
-    return cli_sweep(tmp_path_factory.mktemp("grid"), "g", "--lr", "0.01,3e-2", "--layers", "1,2", *FAST,
-                     n_train=60, n_val=30, n_test=20, dim=16)
+    return cli_sweep(tmp_path_factory.mktemp("grid"), "g", "--lr", "0.01,3e-2", "--layers", "1,2", *FAST, **SMALL)
 
 
 def test_grid_layout_and_records(grid_sweep):
@@ -121,7 +120,7 @@ def _cdl_grid(root: Path, runs_dir: Path, **kw) -> SweepSpec:
 
 
 def test_the_union_of_seed_level_shards_equals_the_unsharded_sweep(tmp_path):
-    make_stores(tmp_path / "features", n_train=60, n_val=20, n_test=20, dim=16)
+    make_stores(tmp_path / "features", **SMALL)
     full = _cdl_grid(tmp_path, tmp_path / "one")
     cells = plan(full)
     assert len(cells) == 12  # 2 lr x 2 feature norms x 3 seeds
@@ -189,7 +188,7 @@ def test_concurrent_shards_of_one_grid_end_like_the_unsharded_sweep(tmp_path):
 
     from test_sweep_reliability import _env, _heads
 
-    make_stores(tmp_path / "features", n_train=40, n_val=16, n_test=16, dim=16, external=False)
+    make_stores(tmp_path / "features", **SMALL, external=False)
     common = ["sweep", "--tasks", "8", "--models", "cdl", "--seeds", "3", "--lr", "0.01,0.03",
               "--features", tmp_path / "features", "--name", "t", "--max-epochs", "2", "--patience", "2"]
     procs = [subprocess.Popen(_heads(*common, "--runs", tmp_path / "both", "--shard", f"{i}/2"), stdout=subprocess.PIPE,
@@ -197,9 +196,8 @@ def test_concurrent_shards_of_one_grid_end_like_the_unsharded_sweep(tmp_path):
     for p in procs:
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0 and "Traceback" not in err, err[-3000:]
-    one = subprocess.run(_heads(*common, "--runs", tmp_path / "one"), capture_output=True, text=True, env=_env(),
-                         timeout=600)
-    assert one.returncode == 0, one.stderr[-3000:]
+    one = invoke(*common, "--runs", tmp_path / "one")  # the unsharded job, alone (in this process: no start-up)
+    assert one.exit_code == 0, one.output
     assert_same_sweep(tmp_path / "one" / "t", tmp_path / "both" / "t")
 
 

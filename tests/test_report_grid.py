@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from griddata import make_grid
-from headsdata import make_stores
+from headsdata import SMALL, make_stores
 from scipy.stats import ttest_rel
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
@@ -36,7 +36,7 @@ def grid(tmp_path_factory):
     `heads shots` measures the selected DQC configuration (as one would after selection).
     """
     root = tmp_path_factory.mktemp("grid")
-    features = make_stores(root / "features", n_train=48, n_val=16, n_test=24)
+    features = make_stores(root / "features", **SMALL)  # tests/test_grid.py's grid: the same compiled programs
     sweep = make_grid(root, features)
     config = sweep / "cxr-8" / "dqc" / _reference_selection(sweep)["dqc"]
     r = CliRunner().invoke(heads_app, ["shots", str(config), "--shots", "10,1000", "--repeats", "2", "--seed", "3",

@@ -212,7 +212,7 @@ def test_predict_uses_the_best_parameters(cdl_together):
 
 
 def test_unknown_labels_are_left_out_of_the_loss():
-    data = tiny_data(n=64, n_val=16)
+    data = tiny_data()  # DATA's shapes: the program the module compiled already
     data.val_y = data.val_y.copy()
     data.val_y[:, 0] = -1
     r = train_seeds(make_model("cdl", 8), data, [1], TrainConfig(lr=1e-12, max_epochs=1)).results[0]
@@ -233,7 +233,7 @@ def test_impossible_options_are_refused(config, seeds, words):
 
 
 def test_divergence_stops_loudly():
-    data = tiny_data(n=32, n_val=8)
+    data = tiny_data()  # DATA's shapes: the program the module compiled already
     data.train_x = data.train_x.copy()
     data.train_x[3, :, 0] = np.inf
     with pytest.raises(UserError, match="diverged"):
@@ -337,14 +337,14 @@ def test_a_grid_compiles_once_whatever_its_epochs():
 
 
 def test_dqc_circuit_init_is_per_member_data():
-    data = tiny_data(labels=3, n=48, n_val=16, dim=8)
+    data = tiny_data(labels=4, n=96)  # dqc_run's data and head: the programs it compiled
     members = [Member(1, 0.02, 3, "uniform"), Member(1, 0.02, 3, "normal"), Member(2, 0.05, 3, "normal")]
-    grid = train_members(make_model("dqc", 3), data, members, max_epochs=2)
+    grid = train_members(make_model("dqc", 4), data, members, max_epochs=2)
     a, b = grid.results[0].best_params["circuit"], grid.results[1].best_params["circuit"]
     assert not np.allclose(a, b)
     for k in (1, 2):
         m = members[k]
-        model = make_model("dqc", 3, circuit_init=m.circuit_init)
+        model = make_model("dqc", 4, circuit_init=m.circuit_init)
         alone = train_seeds(model, data, [m.seed], TrainConfig(lr=m.lr, patience=m.patience, max_epochs=2))
         assert_identical_run(grid.results[k], alone.results[0])
 
@@ -403,7 +403,7 @@ def test_train_finetune_and_bench_build_their_step_with_one_function(monkeypatch
         make_model("cdl", 4).apply({"params": jax.tree.map(jnp.asarray, _program(Cell("cdl", 4, "-"))[1][0])}, x),
         y.astype(jnp.float32)).mean()), rel=1e-6)
     calls.clear()
-    train_seeds(make_model("cdl", 8), tiny_data(n=16, n_val=4), [1], TrainConfig(max_epochs=1))
+    train_seeds(make_model("cdl", 8), DATA, [1], TrainConfig(max_epochs=1))
     assert len(calls) == 1
     make_step(SimpleNamespace(module=None), make_model("cdl", 4), optax.adam(1e-4))
     assert len(calls) == 3  # finetune: trained and frozen backbone variants
