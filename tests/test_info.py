@@ -154,9 +154,8 @@ def test_info_on_a_damaged_incomplete_store(tmp_path):
 
 
 def test_info_on_a_damaged_image_cache(data, tmp_path):
-    from cxrfeat.imagecache import build_cache
-
     from cxrfeat.datasets import load_split
+    from cxrfeat.imagecache import build_cache
 
     cache = build_cache(load_split("nih-cxr-lt", data / "nih-cxr-lt", "val"), tmp_path / "c.zarr", limit=2).path
     (cache / "labels/c/0/0").unlink()
