@@ -61,6 +61,8 @@ class SweepSpec:
     # one value) takes its value from `train`, `head` or `feature_norm`.
     grid: dict = field(default_factory=dict)
     views_from: str = "augmented"
+    # Members per device in one compiled call (`heads.train`); a resumed sweep keeps the block it recorded.
+    seed_block: int = SEED_BLOCK
 
     def __post_init__(self) -> None:  # `--tasks 8,8` is task 8 once, everywhere (sweep.json too)
         object.__setattr__(self, "tasks", list(dict.fromkeys(self.tasks)))
@@ -136,7 +138,7 @@ class SweepSpec:
                 head[k] = values[k]
         return {"dataset": self.dataset, "external": self.external, "training": training, "head": head,
                 "feature_norm": values["feature_norm"] if "feature_norm" in vary else self.feature_norm,
-                "seed_block": SEED_BLOCK, "views_from": self.views_from}
+                "seed_block": self.seed_block, "views_from": self.views_from}
 
     def grid_record(self) -> dict:
         """sweep.json `grid`: the value lists (as folder names spell them), the settings that vary,

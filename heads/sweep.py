@@ -21,6 +21,7 @@ member's bits do not depend on its companions: `heads.train`).
 from __future__ import annotations
 
 import contextlib
+import json
 import platform
 import sys
 import time
@@ -77,6 +78,19 @@ def record_sweep(spec: SweepSpec, stores: Stores) -> dict:
         record["grid"]["configs"] = {m: configs[m] for m in record["models"] if m in configs}
     atomic.write_json(path, record)
     return record
+
+
+def recorded_block(path: Path, default: int) -> int:
+    """The member block an existing sweep was trained with (its bits depend on it), else `default`.
+
+    A folder started with another block (before the default became 1) resumes with its own, so its
+    remaining runs get the bits they would have had; a damaged record is left to `record_sweep` to name.
+    """
+    try:
+        block = json.loads(path.read_text())["settings"]["seed_block"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return default
+    return block if isinstance(block, int) and not isinstance(block, bool) and block >= 1 else default
 
 
 # ---------------------------------------------------------------- one run group
@@ -195,7 +209,7 @@ def run_group(spec: SweepSpec, stores: Stores, cells: Sequence[tuple[Cell, locks
         reporter.group_start(task, model_name, labels, spec.train.max_epochs)
     t0 = time.perf_counter()
     result = train_members(model, data, members, batch_size=shape.train.batch_size, max_epochs=spec.train.max_epochs,
-                           views_from=spec.views_from, on_epoch=on_epoch)
+                           views_from=spec.views_from, block=spec.seed_block, on_epoch=on_epoch)
     test_x = {key: stores.embeddings(key, norm)[:, 0] for key in stores.test_sets}
     probs = {key: predict(model, result, x) for key, x in test_x.items()}
     val_probs = predict(model, result, val_x)
@@ -243,6 +257,7 @@ def run_sweep(spec: SweepSpec, *, reporter=None) -> list[GroupOutcome]:
         stores.check_task(task)
     sweep_dir = Path(spec.runs) / spec.name
     with locks.acquire(sweep_dir / SWEEP_LOCK, what=f"{sweep_dir / 'sweep.json'}", timeout=600):
+        spec = replace(spec, seed_block=recorded_block(sweep_dir / "sweep.json", spec.seed_block))
         record_sweep(spec, stores)
     groups = run_groups(cells)
     if reporter:

@@ -22,15 +22,18 @@ bits as an uninterrupted one. Measured cause (XLA on CPU, jax 0.8): the same per
 after two epochs of a CDL, growing with training; 3.8e-4 in DQC-19 predictions after a full run):
 batched dots and reductions are compiled differently for each batch width. Companions and order
 do not matter at a fixed width. So the program is compiled for a FIXED number of members, `block` per device
-(default `SEED_BLOCK`), W = block x devices. A member is a seed with its per-member settings
+(default `SEED_BLOCK` = 1), W = block x devices. A member is a seed with its per-member settings
 (`Member`: learning rate, patience, circuit initialiser — plain data, so configurations of a grid
 that differ only in these train together); the members asked for are packed in order into blocks
 of W slots, the last block padded with copies of its last member (trained and thrown away). A
 call runs the blocks one after another with the same executable per block and epoch. Since at a
 fixed width neither the companions nor the slot matter (tested: a seed alone, in other groupings,
 and a grid member alone, in every slot, give the same bits), every member's arithmetic is the
-same whatever the grouping (`--seeds 5` trains 8 members, a 4 x 5 grid 20). The evaluation batch size depends on
-W only. Cost: up to W-1 wasted members per call. A block whose members have all stopped is no
+same whatever the grouping. With the default block of 1 on one device nothing is padded: 5 seeds
+cost 5 members' work (a block of 4 ran 8). On the 2-core CPU the block of 1 is also the fastest per
+member (one NIH-size epoch of 5 seeds, AMD EPYC: DQC-19 1.5x, CDL-19 1.25x faster than blocks of
+4: a wider `vmap` is not faster per member there); on an accelerator a larger block can fill the chip (`heads sweep` records it, and a resumed sweep keeps
+its own). The evaluation batch size depends on W only. A block whose members have all stopped is no
 longer run.
 The block size changes the bits, so a sweep records it with its settings.
 - With several local devices, each block is sharded over a 1-D mesh (`block` members per
@@ -57,7 +60,7 @@ from heads.models import CIRCUIT_INITS, DQC
 
 ORDER_STREAM = 1  # fold_in tags that keep the data order and the initial parameters independent
 INIT_STREAM = 2
-SEED_BLOCK = 4  # members per device in one compiled call (see the module docstring)
+SEED_BLOCK = 1  # members per device in one compiled call (see the module docstring)
 EVAL_STATE_BUDGET = 2**27  # amplitudes per device held by one evaluation batch of a DQC (512 MiB)
 
 

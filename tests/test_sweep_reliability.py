@@ -295,3 +295,15 @@ def test_finetune_checks_init_head_from_before_building_caches(tmp_path):
                                       "--runs", str(tmp_path / "runs"), "--weights", "random"])
     assert result.exit_code == 2 and "--init-head-from" in result.output and "nonexistent" in result.output
     assert not cache.exists() and not (tmp_path / "runs").exists()
+
+
+def test_a_sweep_started_with_another_block_resumes_with_its_own(tmp_path):
+    # Bits depend on the member block, so a folder keeps the block it recorded when the default changes.
+    make_stores(tmp_path / "features", **SMALL)
+    cdl = dict(tasks=[8], models=["cdl"], features=tmp_path / "features", name="t", train=FAST)
+    run_sweep(SweepSpec(seeds=3, runs=tmp_path / "a", seed_block=2, **cdl))
+    run_sweep(SweepSpec(seeds=1, runs=tmp_path / "b", seed_block=2, **cdl))
+    assert SweepSpec(seeds=3, **cdl).seed_block == 1  # today's default
+    run_sweep(SweepSpec(seeds=3, runs=tmp_path / "b", **cdl))
+    assert json.loads((tmp_path / "b" / "t" / "sweep.json").read_text())["settings"]["seed_block"] == 2
+    assert_same_sweep(tmp_path / "a" / "t", tmp_path / "b" / "t")

@@ -100,6 +100,7 @@ def test_a_seed_is_bit_identical_whatever_it_is_trained_with(cdl_together):
     for r in cdl_together.results:  # the module's 4-seed group too
         assert_identical_run(five.results[r.seed - 1], r)
     assert five.timing["blocks"] == -(-5 // SEED_BLOCK) and five.timing["eval_batch"] == part.timing["eval_batch"]
+    assert five.timing["padded_seeds"] == 5  # one device, block 1: no member trained for nothing
 
 
 def test_member_blocks_pack_members_in_order_and_pad_the_last():
@@ -297,7 +298,8 @@ GRID_LRS = (0.003, 0.01, 0.03, 0.1)
 @pytest.fixture(scope="module")
 def cdl_grid():
     members = [Member(s, lr, patience) for lr in GRID_LRS for patience in (2, 3) for s in (1, 2)]
-    return members, train_members(make_model("cdl", 8), DATA, members, batch_size=32, max_epochs=12)
+    # A block of 4 (not the default 1), so that members share blocks and take every slot position.
+    return members, train_members(make_model("cdl", 8), DATA, members, batch_size=32, max_epochs=12, block=4)
 
 
 def test_grid_members_trained_together_equal_each_trained_alone(cdl_grid):
@@ -311,7 +313,7 @@ def test_grid_members_trained_together_equal_each_trained_alone(cdl_grid):
     probs = predict(model, grid, DATA.val_x)
     for k in (0, 5, 10, 15):  # members in every block and slot position
         m = members[k]
-        alone = train_seeds(model, DATA, [m.seed], TrainConfig(lr=m.lr, patience=m.patience, max_epochs=12))
+        alone = train_seeds(model, DATA, [m.seed], TrainConfig(lr=m.lr, patience=m.patience, max_epochs=12), block=4)
         assert_identical_run(grid.results[k], alone.results[0])
         np.testing.assert_array_equal(probs[k], predict(model, alone, DATA.val_x)[0])
 
