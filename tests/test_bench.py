@@ -120,3 +120,16 @@ def test_xla_flops_counts_a_matmul_exactly():
     assert bench.xla_flops(compiled) == 2 * 64 * 32 * 16
     y = bench.matmul_yardstick(n=64, steps=3)
     assert y["n"] == 64 and y["gflops_per_s"] == pytest.approx(2 * 64**3 / y["median_s"] / 1e9)
+
+
+def test_mps_flops_count_every_site_of_the_scans():
+    # XLA's cost analysis counts a loop body once; the bench counts the MPS step with its site scans
+    # unrolled, so twice the sites cost about twice the FLOPs (the rest of the step is small).
+    counts = {}
+    for n in (16, 32):
+        cell = bench.Cell("circuit", n, "mps", batch_size=4)
+        step, args, _ = bench._program(cell)
+        compiled = step.lower(*args).compile()
+        counts[n] = bench.counted_flops(cell, compiled)
+        assert counts[n] > 2 * bench.xla_flops(compiled)  # the loop bodies, now counted per site
+    assert 1.8 < counts[32] / counts[16] < 2.2
