@@ -132,9 +132,17 @@ def _split(pats, n, k):
 _UNROLL: int | bool = 1
 
 
-def expvals(angles, weights):
-    """⟨Z_i⟩ of the DQC circuit by the MPS: angles (B, n), weights (layers, n) → (B, n)."""
-    return _expvals(angles, weights, unroll=_UNROLL)
+def expvals(angles, weights, ops=None):
+    """⟨Z_i⟩ of the DQC circuit by the MPS: angles (B, n), weights (layers, n) → (B, n).
+
+    `ops` (optional, (B, layers + 2, n, 2, 2), real): a single-qubit operator per example, slot and
+    qubit, inserted into the circuit — slot 0 after the Hadamard, slot 1 after the embedding RY(angles),
+    slot 2 + l after RY(weights[l]) (before ring l). They ride in the site tensors, so the bond and
+    the cost per example do not change: the hook for noise trajectories (Pauli Y is the real X·Z up
+    to a global phase; an error after a CNOT is carried back through the ring to slot 2 + l as a
+    product of Paulis). With `ops=None` the program is the noiseless one, bit for bit.
+    """
+    return _expvals(angles, weights, ops, unroll=_UNROLL)
 
 
 @contextlib.contextmanager
@@ -150,7 +158,7 @@ def counted_flops():
 
 
 @functools.partial(jax.jit, static_argnames=("unroll",))
-def _expvals(angles, weights, *, unroll=1):
+def _expvals(angles, weights, ops=None, *, unroll=1):
     dtype = jnp.promote_types(jnp.result_type(angles, weights), jnp.float32)
     angles, weights = angles.astype(dtype), weights.astype(dtype)
     n = angles.shape[1]
@@ -159,17 +167,30 @@ def _expvals(angles, weights, *, unroll=1):
     right_q = np.array([b if b is not None else 0 for _, b in layout])
     dummy = np.array([b is None for _, b in layout])
 
-    phi = (angles + weights[0]) / 2 + math.pi / 4
-    amp = jnp.stack([jnp.cos(phi), jnp.sin(phi)], -1)  # (B, n, 2)
+    if ops is None:
+        phi = (angles + weights[0]) / 2 + math.pi / 4
+        amp = jnp.stack([jnp.cos(phi), jnp.sin(phi)], -1)  # (B, n, 2)
+    else:
+        ops = ops.astype(dtype)
+        amp = jnp.broadcast_to(jnp.asarray([1, 1], dtype) / math.sqrt(2), angles.shape + (2,))  # H|0⟩
+        for slot, gate in ((0, None), (1, _ry(angles)), (2, _ry(weights[0])[None])):
+            if gate is not None:
+                amp = jnp.einsum("...ij,...j->...i", gate, amp)
+            amp = jnp.einsum("bqij,bqj->bqi", ops[:, slot], amp)
     amp_r = jnp.where(dummy[None, :, None], jnp.asarray([1, 0], dtype), amp[:, right_q])
     pair = (amp[:, left_q, :, None] * amp_r[:, :, None, :]).reshape(amp.shape[0], len(layout), 4)
     t = jnp.swapaxes(pair, 0, 1)[:, :, None, :, None]  # (S, B, 1, 4, 1)
 
     tab = jnp.asarray(ring_tables(n), dtype)
-    for theta in weights[1:]:
+    for layer, theta in enumerate(weights[1:], start=1):
         rot = _site_rotations(theta, left_q, right_q, dummy)  # (S, 4, 4)
-        kernel = jnp.einsum("sqp,sijpklo->sqijklo", rot, tab)  # ring, then rotation
-        t = _apply(t, kernel)
+        if ops is None:
+            kernel = jnp.einsum("sqp,sijpklo->sqijklo", rot, tab)  # ring, then rotation
+            t = _apply(t, kernel)
+        else:  # per example: ring, rotation, then the slot's operators on the site's two qubits
+            site_ops = _site_products(ops[:, 2 + layer], left_q, right_q, dummy)  # (B, S, 4, 4)
+            kernel = jnp.einsum("bsqr,srp,sijpklo->sbqijklo", site_ops, rot, tab)
+            t = _apply(t, kernel)
     return _measure(n, t, unroll)
 
 
@@ -184,10 +205,19 @@ def _site_rotations(theta, left_q, right_q, dummy):
     return jnp.einsum("sab,scd->sacbd", u_l, u_r).reshape(-1, 4, 4)
 
 
+def _site_products(ops, left_q, right_q, dummy):
+    """Per example, (B, n, 2, 2) single-qubit operators → (B, S, 4, 4) on the sites' pairs (I on a dummy)."""
+    o_l = ops[:, left_q]
+    o_r = jnp.where(dummy[None, :, None, None], jnp.eye(2, dtype=ops.dtype), ops[:, right_q])
+    return jnp.einsum("Bsab,Bscd->Bsacbd", o_l, o_r).reshape(ops.shape[0], -1, 4, 4)
+
+
 def _apply(t, kernel):
-    """T'[s, b, (α, x_in, y_in), q, (β, x_out, y_out)] = Σ_p kernel[s, q, x_in, y_in, x_out, y_out, p] T[s, b, α, p, β]."""
+    """T'[s, b, (α, x_in, y_in), q, (β, x_out, y_out)] = Σ_p kernel[s, (b,) q, x_in, y_in, x_out, y_out, p] T[s, b, α, p, β]
+    (the kernel shared by the batch, or one per example)."""
     S, B, D, _, _ = t.shape
-    out = jnp.einsum("sqijklp,sbapc->sbaijqckl", kernel, t)
+    spec = "sqijklp,sbapc->sbaijqckl" if kernel.ndim == 7 else "sbqijklp,sbapc->sbaijqckl"
+    out = jnp.einsum(spec, kernel, t)
     return out.reshape(S, B, 4 * D, 4, 4 * D)
 
 

@@ -88,7 +88,7 @@ def method(n: int, layers: int) -> str:
 _MPS_FROM = {1: 12, 2: 14, 3: 16}
 
 
-def expvals(angles, weights, *, backend: str = "fast"):
+def expvals(angles, weights, *, backend: str = "fast", ops=None):
     """⟨Z_i⟩ of the DQC circuit: angles (B, n) and weights (layers, n) → (B, n).
 
     `angles` are the embedding angles (the model scales them to [−π/2, π/2]); `weights` are the
@@ -96,9 +96,20 @@ def expvals(angles, weights, *, backend: str = "fast"):
     "fast" (default: `method(n, layers)` of the exact ones below), "mps" (`heads.mps`, linear in
     n), "halves" (low-rank factors of the two halves of the register, then the state vector),
     "statevector" (the plain state vector) and "pennylane" (the PennyLane `default.qubit` reference).
+
+    `ops` (B, layers + 2, n, 2, 2): per-example single-qubit operators inserted into the circuit
+    (`heads.mps.expvals` names the slots); they run on the MPS, which `fast` then picks.
     """
     angles, weights = jnp.asarray(angles), jnp.asarray(weights)
     _check_shapes(angles.shape, weights.shape)
+    if ops is not None:
+        ops = jnp.asarray(ops)
+        want = (angles.shape[0], weights.shape[0] + 2, angles.shape[1], 2, 2)
+        if ops.shape != want:
+            raise ValueError(f"ops must have shape (batch, layers + 2, qubits, 2, 2) = {want}, not {ops.shape}")
+        if backend not in ("fast", "mps"):
+            raise ValueError(f"per-example operators run on the mps back end (or fast), not {backend!r}")
+        return mps.expvals(angles, weights, ops)
     if backend == "fast":
         backend = method(angles.shape[1], weights.shape[0])
     if backend == "mps":
