@@ -67,12 +67,14 @@ _REMAT_BYTES = 1 << 30
 def method(n: int, layers: int) -> str:
     """The exact method that `backend="fast"` runs for n qubits and `layers` layers.
 
-    Chosen from value-and-gradient timings at batch 32 on the 2-core dev machine (AMD EPYC, JAX
-    0.10.2, n = 4..20 × layers 1..6, each cell's methods timed back to back; the machine was
-    shared, so only clear wins decide):
+    Chosen from measurements on the 2-core dev machine (AMD EPYC, JAX 0.10.2):
     - small registers (n ≤ 6, 2+ layers): the plain state vector (≤ 0.1 ms, a handful of GEMMs);
-    - 1–3 layers (MPS bond 1, 4, 16): the MPS from n = 12, 14, 16 on (at 18–20 qubits and
-      3 layers 3–7× the halves), linear in n where the halves double every 2 qubits;
+    - 1–3 layers (MPS bond 1, 4, 16): the MPS from n = 8, 10, 14 on, the halves below. Set by what
+      training runs — one NIH-size epoch of 5 seeds, blocks on both cores (`heads.train`) — where
+      the MPS keeps each core busy and the halves' larger products contend for both: at 3 layers
+      13 qubits tie (49 s) and at 14 the MPS takes 48 s against the halves' 75 s; at 2 layers the
+      MPS wins from 10 (6.4 s against 11.1 s), at 1 layer from 8 (2.3 against 2.7 s). (A single
+      step timed alone, one core mostly idle, favours the halves up to 12–15 qubits.)
     - 4+ layers (bond ≥ 64): the halves (which switch to the state vector by themselves past
       `_max_rank`) up to 26 qubits, 30–100× faster than the MPS at 4 layers; beyond, the state
       vector does not fit and the MPS, whatever its bond, is the one exact method left.
@@ -84,8 +86,8 @@ def method(n: int, layers: int) -> str:
     return "halves" if n <= 26 else "mps"
 
 
-# Smallest n at which the MPS beats the factored halves, per depth (measured, see `method`).
-_MPS_FROM = {1: 12, 2: 14, 3: 16}
+# Smallest n at which the MPS beats the factored halves in training, per depth (measured, see `method`).
+_MPS_FROM = {1: 8, 2: 10, 3: 14}
 
 
 def expvals(angles, weights, *, backend: str = "fast", ops=None):
