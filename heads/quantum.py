@@ -54,7 +54,7 @@ import numpy as np
 from heads import mps
 from heads.ring import ring_inverse, ring_matrix
 
-BACKENDS = ("fast", "mps", "halves", "statevector", "pennylane")
+BACKENDS = ("fast", "mps", "halves", "statevector", "pennylane", "density")
 
 # Largest block of qubits a rotation layer applies as one matrix product on the full state (5–6 was
 # fastest on a 2-core Xeon: larger blocks turn the layer compute-bound, smaller ones add passes).
@@ -90,7 +90,7 @@ def method(n: int, layers: int) -> str:
 _MPS_FROM = {1: 8, 2: 10, 3: 14}
 
 
-def expvals(angles, weights, *, backend: str = "fast", ops=None):
+def expvals(angles, weights, *, backend: str = "fast", ops=None, noise=None, key=None, trajectories: int = 1):
     """⟨Z_i⟩ of the DQC circuit: angles (B, n) and weights (layers, n) → (B, n).
 
     `angles` are the embedding angles (the model scales them to [−π/2, π/2]); `weights` are the
@@ -101,9 +101,26 @@ def expvals(angles, weights, *, backend: str = "fast", ops=None):
 
     `ops` (B, layers + 2, n, 2, 2): per-example single-qubit operators inserted into the circuit
     (`heads.mps.expvals` names the slots); they run on the MPS, which `fast` then picks.
+
+    `noise` (a `heads.noise.NoiseModel`): the noisy circuit's measured ⟨Z_i⟩. `backend="density"`
+    is exact (the density matrix, small n); "fast" and "mps" average `trajectories` noise
+    trajectories per example on the MPS, drawn from `key` (one key, folded with the position in the
+    batch, or one key per example); `heads.noise.trajectory_expvals` also gives their standard
+    error. `noise=None` is the noiseless circuit, bit for bit.
     """
     angles, weights = jnp.asarray(angles), jnp.asarray(weights)
     _check_shapes(angles.shape, weights.shape)
+    if backend == "density" or noise is not None:
+        from heads import noise as noise_mod
+
+        model = noise if noise is not None else noise_mod.NoiseModel()
+        if backend == "density":
+            return noise_mod.density_expvals(angles, weights, model)
+        if backend not in ("fast", "mps"):
+            raise ValueError(f"noisy circuits run on the density (exact) or mps (trajectories) back end, not {backend!r}")
+        if key is None:
+            raise ValueError("noise trajectories need a key (jax.random.key(seed), or one per example)")
+        return noise_mod.trajectory_expvals(angles, weights, model, key, trajectories)[0]
     if ops is not None:
         ops = jnp.asarray(ops)
         want = (angles.shape[0], weights.shape[0] + 2, angles.shape[1], 2, 2)
