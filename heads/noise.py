@@ -348,7 +348,7 @@ def example_keys(key, batch: int):
 
 
 def trajectory_samples(angles, weights, noise: NoiseModel, keys, trajectories: int):
-    """(K, B, n) ⟨Z⟩ of each trajectory (before readout error): all K × B in one MPS evaluation."""
+    """(K, B, n) ⟨Z⟩ of each trajectory (before readout error) on the MPS."""
     angles, weights = jnp.asarray(angles), jnp.asarray(weights)
     if not (isinstance(trajectories, int) and trajectories >= 1):
         raise ValueError(f"trajectories must be an integer ≥ 1, not {trajectories!r}")
@@ -363,6 +363,8 @@ def _trajectory_samples(angles, weights, keys, *, noise: NoiseModel, trajectorie
     b, n = angles.shape
     layers = weights.shape[0]
     dtype = jnp.promote_types(jnp.result_type(angles, weights), jnp.float32)
+
+    # all K × B trajectories as one batch (measured faster than one batch per trajectory in a loop)
     tk = jax.vmap(lambda k: jax.vmap(lambda key: jax.random.fold_in(key, k))(keys))(jnp.arange(trajectories))
     ops = trajectory_ops(tk.reshape(-1), n, layers, noise, dtype)  # (K·B, ...)
     z = mps.expvals(jnp.tile(angles, (trajectories, 1)), weights, ops)
