@@ -316,3 +316,29 @@ def shots(
     settings = sh.ShotSettings(shots=sh.parse_shots(shots), repeats=repeats, readout_error=readout_error, seed=seed,
                                sampling=sampling, threshold=width_threshold, width_only=width_only, features=features)
     sh.run_shots(run_dirs, settings)
+
+
+# ---------------------------------------------------------------- noise (finished heads under a device noise model)
+@app.command()
+@friendly
+def noise(
+    run_dirs: Annotated[list[Path], typer.Argument(help="DQC run folders or folders holding them (a sweep: every finished DQC seed under it).", show_default=False)],
+    model: Annotated[str, typer.Option("--noise", help="Noise model: a TOML file, or a shipped preset by name (e.g. sycamore-2019).", show_default=False)],
+    scale: Annotated[str, typer.Option("--scale", help="Error scales, comma-separated: the model's error rates times each (0 = noiseless).")] = "0,0.1,0.3,1,3",
+    trajectories: Annotated[int, typer.Option("--trajectories", help="Noise trajectories per example (method mps).")] = 32,
+    method: Annotated[str, typer.Option("--method", help="density (exact, up to 10 qubits), mps (trajectories, any width) or auto (density up to 6 qubits).")] = "auto",
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the trajectory draws (with the run's seed, the test set and the example).")] = 0,
+    features: Annotated[Path, typer.Option("--features", help="Features folder (default: the one recorded in each run's config.json).")] = None,
+):
+    """Evaluate trained DQCs under a device noise model at several error scales; writes noise.json.
+
+    Each test example goes through the run's pre layer, the circuit with the model's gate, relaxation
+    and readout errors (times each --scale), the post layer and the sigmoid; AUROC and AUPRC per scale
+    are set beside the noiseless ones. Example: heads noise runs/sweep --noise sycamore-2019 --scale 0,1,3,10
+    """
+    from heads import noise_eval as ne
+    from heads.noise import NoiseModel
+
+    settings = ne.NoiseSettings(model=NoiseModel.load(model), scales=ne.parse_scales(scale), trajectories=trajectories,
+                                method=method, seed=seed, features=features)
+    ne.run_noise(run_dirs, settings)

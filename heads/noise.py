@@ -128,8 +128,11 @@ class NoiseModel:
             raise UserError(f"noise scale {s!r} must be ≥ 0")
         t1 = None if self.t1_us is None or s == 0 else self.t1_us / s
         t2 = None if self.t2_us is None or s == 0 else self.t2_us / s
-        return replace(self, p1=self.p1 * s, p2=self.p2 * s, readout_p01=self.readout_p01 * s,
-                       readout_p10=self.readout_p10 * s, t1_us=t1, t2_us=t2)
+        try:
+            return replace(self, p1=self.p1 * s, p2=self.p2 * s, readout_p01=self.readout_p01 * s,
+                           readout_p10=self.readout_p10 * s, t1_us=t1, t2_us=t2)
+        except UserError as e:
+            raise UserError(f"{self.name} scaled by {s:g}: {str(e).removeprefix('noise model: ')}") from None
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -270,7 +273,21 @@ def _relax(rho, q, n, noise, qubits, twirled=False):
 
 def trajectory_ops(keys, n: int, layers: int, noise: NoiseModel, dtype=jnp.float32):
     """Per example key (B,) → sampled operators (B, layers + 2, n, 2, 2) for `heads.mps.expvals`."""
-    return jax.vmap(lambda k: _sample_one(k, n, layers, noise, dtype))(keys)
+    return _ops(keys, n, layers, sampling_tables(noise), dtype)
+
+
+def sampling_tables(noise: NoiseModel) -> dict[str, np.ndarray]:
+    """The model's error distributions as log-probabilities (traced arrays: one program for every scale).
+    gate: one qubit's Pauli after a single-qubit gate; pair: the Pauli pair after a CNOT (index 4·c + t);
+    relax: one qubit's Pauli from the relaxation during a CNOT."""
+    with np.errstate(divide="ignore"):
+        return {"gate": np.log(_pauli_probs(noise, 1, noise.p1)),
+                "pair": np.log(np.array([1 - noise.p2] + [noise.p2 / 15] * 15)),
+                "relax": np.log(_pauli_probs(noise, 2, 0.0))}
+
+
+def _ops(keys, n, layers, tables, dtype):
+    return jax.vmap(lambda k: _sample_one(k, n, layers, tables, dtype))(keys)
 
 
 def _pauli_probs(noise: NoiseModel, qubits: int, depol: float) -> np.ndarray:
@@ -287,13 +304,10 @@ def _pauli_probs(noise: NoiseModel, qubits: int, depol: float) -> np.ndarray:
     return out
 
 
-def _sample_one(key, n, layers, noise, dtype):
+def _sample_one(key, n, layers, tables, dtype):
     paulis = jnp.asarray(PAULIS, dtype)
-    p_gate = jnp.log(jnp.asarray(_pauli_probs(noise, 1, noise.p1)))
-    p_cnot_relax = jnp.log(jnp.asarray(_pauli_probs(noise, 2, 0.0)))
+    p_gate, p_pair, p_cnot_relax = (jnp.asarray(tables[k], jnp.float32) for k in ("gate", "pair", "relax"))
     pairs = ring_pairs(n)
-    p2 = noise.p2
-    p_pair = jnp.log(jnp.asarray(np.array([1 - p2] + [p2 / 15] * 15)))
 
     def single(slot_key, shape):
         return jax.random.categorical(slot_key, p_gate, shape=shape)
@@ -352,21 +366,20 @@ def trajectory_samples(angles, weights, noise: NoiseModel, keys, trajectories: i
     angles, weights = jnp.asarray(angles), jnp.asarray(weights)
     if not (isinstance(trajectories, int) and trajectories >= 1):
         raise ValueError(f"trajectories must be an integer ≥ 1, not {trajectories!r}")
-    return _trajectory_samples(angles, weights, example_keys(keys, angles.shape[0]), noise=noise,
+    return _trajectory_samples(angles, weights, example_keys(keys, angles.shape[0]), sampling_tables(noise),
                                trajectories=trajectories)
 
 
-@functools.partial(jax.jit, static_argnames=("noise", "trajectories"))
-def _trajectory_samples(angles, weights, keys, *, noise: NoiseModel, trajectories: int):
+@functools.partial(jax.jit, static_argnames=("trajectories",))
+def _trajectory_samples(angles, weights, keys, tables, *, trajectories: int):
     from heads import mps
 
     b, n = angles.shape
     layers = weights.shape[0]
     dtype = jnp.promote_types(jnp.result_type(angles, weights), jnp.float32)
-
     # all K × B trajectories as one batch (measured faster than one batch per trajectory in a loop)
     tk = jax.vmap(lambda k: jax.vmap(lambda key: jax.random.fold_in(key, k))(keys))(jnp.arange(trajectories))
-    ops = trajectory_ops(tk.reshape(-1), n, layers, noise, dtype)  # (K·B, ...)
+    ops = _ops(tk.reshape(-1), n, layers, tables, dtype)  # (K·B, ...)
     z = mps.expvals(jnp.tile(angles, (trajectories, 1)), weights, ops)
     return z.reshape(trajectories, b, n)
 

@@ -176,14 +176,14 @@ class DQCRun:
         return len(self.labels)
 
 
-def open_run(path: str | Path) -> DQCRun:
+def open_run(path: str | Path, *, purpose: str = "measurement shots apply") -> DQCRun:
     """A finished DQC run folder, or a one-line error saying why it cannot be evaluated."""
     path = Path(path)
     if not (path / "config.json").exists():
         raise UserError(f"{path}: not a run folder (no config.json); give runs/<sweep>/cxr-<task>/dqc/seed-<s> or a sweep folder")
     record = runs.read_config(path)  # what the run says it is: a run folder may be given wherever it lies
     if record.model != "dqc":
-        raise UserError(f"{path}: a {record.model.upper()} run; measurement shots apply to DQC runs only")
+        raise UserError(f"{path}: a {record.model.upper()} run; {purpose} to DQC runs only")
     if not runs.is_done(path):
         raise UserError(f"{path}: unfinished run (no {runs.DONE}); finish it by re-running its `heads sweep` command")
     if not (path / "best.safetensors").exists():

@@ -255,3 +255,55 @@ def test_refusals_name_the_fault(trained, tmp_path):
     assert r.exit_code != 0 and "no finished DQC run" in r.output
     r = invoke("shots", sweep / "dqc" / "seed-1", "--shots", "0")
     assert r.exit_code != 0 and "--shots" in r.output
+
+
+# ---------------------------------------------------------------- `heads noise` on the same trained run
+def test_heads_noise_on_a_sweep_writes_sensible_numbers(trained):
+    sweep = trained / "runs" / "t"
+    r = invoke("noise", sweep, "--noise", "sycamore-2019", "--scale", "0,1,10", "--method", "mps", "--trajectories", "4")
+    assert r.exit_code == 0, r.output
+    assert "AUROC under the noise model sycamore-2019" in r.output and "CXR-8 seed 1" in r.output
+    assert not (sweep / "cxr-8" / "cdl" / "seed-1" / "noise.json").exists()
+    d = sweep / "cxr-8" / "dqc" / "seed-1"
+    doc = json.loads((d / "noise.json").read_text())
+    assert doc["settings"]["model"]["source"].startswith("Arute") and doc["settings"]["scales"] == [0.0, 1.0, 10.0]
+    metrics = runs.read_metrics(d)
+    for key, entry in doc["test_sets"].items():
+        zero, one, ten = entry["scales"]
+        assert zero["method"] == "mps" and zero["trajectories"] == 4 and zero["z_stderr_mean"] == 0  # no noise: no spread
+        assert zero["auroc_mean"] == pytest.approx(metrics["test_sets"][key]["mean_auroc"], abs=1e-6)
+        assert one["z_stderr_mean"] > 0
+        assert zero["z_shift_mean"] < 1e-6 < one["z_shift_mean"] < ten["z_shift_mean"]
+        assert ten["auroc_mean"] != pytest.approx(zero["auroc_mean"], abs=1e-4)  # noise changes the ranking
+
+
+def test_noise_trajectories_on_the_trained_run_agree_with_the_density_matrix(trained, monkeypatch):
+    from heads import noise_eval as ne
+    from heads.noise import NoiseModel
+
+    run = sh.open_run(trained / "runs" / "t" / "cxr-8" / "dqc" / "seed-2")
+    t = sh.load_test(run, "nih-cxr-lt")
+    theta = np.asarray(run.params["circuit"], np.float32)
+    model = NoiseModel.load("sycamore-2019").scaled(5)
+    exact, _ = ne.noisy_z(t.angles[:40], theta, model, "density", trajectories=1, key_seed=[0])
+    mean, se = ne.noisy_z(t.angles[:40], theta, model, "mps", trajectories=200, key_seed=[0])
+    assert np.all(np.abs(mean - exact) <= 4.5 * se + 1e-5)
+    again, _ = ne.noisy_z(t.angles[:40], theta, model, "mps", trajectories=200, key_seed=[0])
+    np.testing.assert_array_equal(mean, again)  # seeded: the same draws
+    monkeypatch.setattr(ne, "CHUNK", 16)  # other chunks: every example keeps its own draws
+    chunked, _ = ne.noisy_z(t.angles[:40], theta, model, "mps", trajectories=200, key_seed=[0])
+    np.testing.assert_allclose(chunked, mean, atol=1e-6)
+
+
+def test_heads_noise_refusals_name_the_fault(trained, tmp_path):
+    sweep = trained / "runs" / "t" / "cxr-8"
+    r = invoke("noise", sweep / "cdl" / "seed-1", "--noise", "sycamore-2019")
+    assert r.exit_code != 0 and "a CDL run" in r.output and "noise models apply to DQC runs only" in r.output
+    r = invoke("noise", sweep / "dqc" / "seed-1", "--noise", tmp_path / "none.toml")
+    assert r.exit_code != 0 and "no such file" in r.output
+    r = invoke("noise", sweep / "dqc" / "seed-1", "--noise", "sycamore-2019", "--scale", "0,30")
+    assert r.exit_code != 0 and "scaled by 30" in r.output and "not a probability" in r.output
+    r = invoke("noise", sweep / "dqc" / "seed-1", "--noise", "sycamore-2019", "--method", "exact")
+    assert r.exit_code != 0 and "--method 'exact'" in r.output
+    r = invoke("noise", sweep / "dqc" / "seed-1", "--noise", "sycamore-2019", "--scale", "-1")
+    assert r.exit_code != 0 and "--scale" in r.output
