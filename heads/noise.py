@@ -286,6 +286,7 @@ def sampling_tables(noise: NoiseModel) -> dict[str, np.ndarray]:
                 "relax": np.log(_pauli_probs(noise, 2, 0.0))}
 
 
+@functools.partial(jax.jit, static_argnames=("n", "layers", "dtype"))
 def _ops(keys, n, layers, tables, dtype):
     return jax.vmap(lambda k: _sample_one(k, n, layers, tables, dtype))(keys)
 

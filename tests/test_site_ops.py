@@ -64,7 +64,7 @@ def _inputs(rng, b, n, layers, paulis=False):
     return x, w, ops.astype(np.float32), rng.normal(size=(b, n)).astype(np.float32)
 
 
-@pytest.mark.parametrize("n,layers", [(2, 1), (3, 2), (5, 3), (8, 3)])
+@pytest.mark.parametrize("n,layers", [(2, 1), (3, 2), (5, 3)])
 def test_mps_with_operators_matches_a_dense_simulation(n, layers):
     x, w, ops, g = _inputs(np.random.default_rng(10 * n + layers), 3, n, layers)
 
@@ -76,7 +76,7 @@ def test_mps_with_operators_matches_a_dense_simulation(n, layers):
 
     got = jax.value_and_grad(loss_mps, argnums=(0, 1))(x, w)
     with jax.default_matmul_precision("highest"):
-        want = jax.value_and_grad(loss_dense, argnums=(0, 1))(x, w)
+        want = jax.jit(jax.value_and_grad(loss_dense, argnums=(0, 1)))(x, w)
     values = expvals(x, w, backend="mps", ops=ops)
     np.testing.assert_allclose(values, jax.vmap(dense, in_axes=(0, None, 0))(x, w, jnp.asarray(ops)), atol=2e-5)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
