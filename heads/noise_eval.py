@@ -6,7 +6,7 @@ For every finished DQC run (as `heads shots` finds them) and test set:
               → post Dense → sigmoid → AUROC and AUPRC
 
 with the noise model (`heads.noise.NoiseModel`, a TOML file or a preset) multiplied by each scale
-(`--scale 0,0.1,0.3,1,3`; 0 is the noiseless circuit). Writes `noise.json` into the run folder:
+(`--scale 0,0.1,0.3,1,3`; 0 is the noiseless circuit, computed exactly as the "exact" column). Writes `noise.json` into the run folder:
 per test set the exact (noiseless) metrics and, per scale, the mean AUROC and AUPRC over labels,
 per-label AUROC, how ⟨Z⟩ was computed, and — for trajectories — the mean standard error of the
 estimated ⟨Z⟩ over the examples. Training is untouched.
@@ -129,11 +129,15 @@ def evaluate_test(run: sh.DQCRun, t: sh.TestInputs, settings: NoiseSettings, *,
     rows = []
     for scale in settings.scales:
         model = settings.model.scaled(scale)
-        z, se = noisy_z(t.angles, theta, model, method, trajectories=settings.trajectories,
-                        key_seed=[settings.seed, run.seed, zlib.crc32(t.name.encode())])
+        if model.is_zero:  # the noiseless circuit: the run's own exact ⟨Z⟩ (the same bits as "exact")
+            z, se, how = t.z, None, "exact"
+        else:
+            z, se = noisy_z(t.angles, theta, model, method, trajectories=settings.trajectories,
+                            key_seed=[settings.seed, run.seed, zlib.crc32(t.name.encode())])
+            how = method
         aurocs, auprcs = sh._label_metrics(t.y_true, sh.post(run, z))
-        rows.append({"scale": float(scale), "method": method,
-                     "trajectories": settings.trajectories if method == "mps" else None,
+        rows.append({"scale": float(scale), "method": how,
+                     "trajectories": settings.trajectories if how == "mps" else None,
                      "auroc_mean": sh._mean(aurocs), "auprc_mean": sh._mean(auprcs),
                      "per_label_auroc": dict(zip(run.labels, aurocs, strict=True)),
                      "z_stderr_mean": float(se.mean()) if se is not None else None,
