@@ -286,12 +286,12 @@ def test_noise_trajectories_on_the_trained_run_agree_with_the_density_matrix(tra
     theta = np.asarray(run.params["circuit"], np.float32)
     model = NoiseModel.load("sycamore-2019").scaled(5)
     exact, _ = ne.noisy_z(t.angles[:40], theta, model, "density", trajectories=1, key_seed=[0])
-    mean, se = ne.noisy_z(t.angles[:40], theta, model, "mps", trajectories=200, key_seed=[0])
+    mean, se = ne.noisy_z(t.angles[:40], theta, model, "mps", trajectories=120, key_seed=[0])
     assert np.all(np.abs(mean - exact) <= 4.5 * se + 1e-5)
-    again, _ = ne.noisy_z(t.angles[:40], theta, model, "mps", trajectories=200, key_seed=[0])
+    again, _ = ne.noisy_z(t.angles[:40], theta, model, "mps", trajectories=120, key_seed=[0])
     np.testing.assert_array_equal(mean, again)  # seeded: the same draws
     monkeypatch.setattr(ne, "CHUNK", 16)  # other chunks: every example keeps its own draws
-    chunked, _ = ne.noisy_z(t.angles[:40], theta, model, "mps", trajectories=200, key_seed=[0])
+    chunked, _ = ne.noisy_z(t.angles[:40], theta, model, "mps", trajectories=120, key_seed=[0])
     np.testing.assert_allclose(chunked, mean, atol=1e-6)
 
 
