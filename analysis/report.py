@@ -11,7 +11,8 @@ view and a list of what a partial sweep lacks. No absolute path is written into 
 A hyper-parameter grid (`<model>/<config>/seed-<s>/`) is reported for one configuration per task ×
 model, selected on validation data (`select`, see `analysis.grid`); a grid section shows the
 selection and the whole grid (`analysis.report_grid`). Runs measured with `heads shots` add the
-AUROC against shots and the effective width of the quantum layer (`analysis.report_shots`).
+AUROC against shots and the effective width of the quantum layer (`analysis.report_shots`); runs
+evaluated with `heads noise` the AUROC under device noise by error scale (`analysis.report_noise`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 from analysis import figures as F
 from analysis import grid as G
 from analysis import provenance as P
-from analysis import report_grid, report_shots, stats, summary
+from analysis import report_grid, report_noise, report_shots, stats, summary
 from analysis import tables as T
 from analysis.bench import is_this_machine, load_bench_paths, this_machine
 from analysis.collect import Sweep, _shown, comparisons, find_sweep, load_sweep, test_set_key
@@ -176,6 +177,7 @@ def _write(sweep: Sweep, features: Path | None, bench: list[Path] | None, out: P
     _training_section(doc)
     _long_tail_section(doc)
     report_shots.shots_section(doc, full, chosen)
+    report_noise.noise_section(doc, full, chosen)
     _methods_section(doc)
     extra = [sweep.path, *(p for p in [features] if p), *(bench or [])]
     write_text(out / "report.md", scrub_paths("\n".join(doc.md), roots + [Path(p) for p in extra]))

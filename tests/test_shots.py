@@ -307,3 +307,39 @@ def test_heads_noise_refusals_name_the_fault(trained, tmp_path):
     assert r.exit_code != 0 and "--method 'exact'" in r.output
     r = invoke("noise", sweep / "dqc" / "seed-1", "--noise", "sycamore-2019", "--scale", "-1")
     assert r.exit_code != 0 and "--scale" in r.output
+
+
+def test_noise_in_the_report_with_break_even_scales(trained, tmp_path):
+    from analysis.noise import break_even, noise_table
+    from analysis.report import build_report
+
+    sweep = tmp_path / "runs" / "t"
+    shutil.copytree(trained / "runs" / "t", sweep)
+    r = invoke("noise", sweep, "--noise", "sycamore-2019", "--scale", "0,3,30", "--method", "mps", "--trajectories", "4")
+    assert r.exit_code != 0 and "scaled by 30" in r.output  # readout errors above 1: refused before any work
+    r = invoke("noise", sweep, "--noise", "sycamore-2019", "--scale", "0,3,12", "--method", "mps", "--trajectories", "4")
+    assert r.exit_code == 0, r.output
+    rows = noise_table(sweep)
+    assert {(x["test_set"], x["scale"]) for x in rows} == {(t, s) for t in ("nih-cxr-lt", "mimic-cxr-lt") for s in (0.0, 3.0, 12.0)}
+    for row in rows:
+        docs = [json.loads((sweep / "cxr-8" / "dqc" / f"seed-{s}" / "noise.json").read_text())["test_sets"][row["test_set"]]
+                for s in (1, 2)]
+        cell = [next(c for c in d["scales"] if c["scale"] == row["scale"]) for d in docs]
+        assert row["seeds"] == 2 and row["auroc_mean"] == pytest.approx(np.mean([c["auroc_mean"] for c in cell]))
+        cdl = [runs.read_metrics(sweep / "cxr-8" / "cdl" / f"seed-{s}")["test_sets"][row["test_set"]]["mean_auroc"]
+               for s in (1, 2)]
+        assert row["cdl_auroc"] == pytest.approx(np.mean(cdl))
+    for b in break_even(rows):
+        curve = sorted((x["scale"], x["auroc_mean"]) for x in rows if x["test_set"] == b["test_set"])
+        below = [s for s, a in curve if s > 0 and a < b["noiseless_auroc"] - 0.01]
+        if b["drop_scale"] is None:
+            assert not below
+        else:  # between the last scale above the level and the first below it
+            first = below[0]
+            before = max(s for s, _ in curve if s < first)
+            assert (before if before > 0 else 0) < b["drop_scale"] <= first
+    p = build_report(runs=sweep, features=trained / "features", out=tmp_path / "report", resamples=20)
+    md = p.read_text()
+    assert "## Device noise (`heads noise`)" in md and "figures/noise.png" in md and "Arute" in md
+    assert (tmp_path / "report" / "tables" / "noise_break_even.csv").exists()
+    assert (tmp_path / "report" / "figures" / "noise.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

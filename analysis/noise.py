@@ -1,0 +1,181 @@
+"""A sweep's DQCs under device noise, for the report (files of `heads noise`).
+
+`heads noise` writes `noise.json` into DQC run folders (`heads.noise_eval`). These functions collect
+them under a sweep folder (`heads.runs.iter_runs`, either layout):
+
+- `noise_table(sweep_dir)` — one row per (task, configuration, test set, noise model, scale): DQC
+  mean AUROC ± sd over seeds, the seeds' noiseless AUROC, the method, trajectories and mean standard
+  error of the trajectory estimate, and the CDL's noiseless AUROC of the same task and test set (mean
+  over the sweep's finished CDL seeds; the linear head has no quantum part, so noise does not touch it).
+- `break_even(rows)` — per (task, configuration, test set, model): the smallest error scale at which
+  the DQC's mean AUROC is 0.01 below its noiseless value, and the smallest at which it falls below
+  the CDL; linear interpolation in log(scale) between the measured scales, "> largest" when it never
+  happens there.
+- `noise_figure(rows, path)` — AUROC against scale (log x; the noiseless value dashed, the CDL dotted),
+  one panel per test set, one line per task.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+
+from cxrfeat import atomic
+from cxrfeat.errors import UserError
+from cxrfeat.labels import task_sort_key
+from heads import runs
+
+NOISE_FILE = "noise.json"
+DROP = 0.01  # the AUROC loss that `break_even` reports
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return float(statistics.fmean(values)) if values else None
+
+
+def _sd(values):
+    values = [v for v in values if v is not None]
+    return float(statistics.stdev(values)) if len(values) > 1 else None
+
+
+def _cdl_reference(sweep_dir: Path) -> dict[tuple[str, str], float]:
+    """(task, test set) -> mean noiseless AUROC of the sweep's finished CDL runs."""
+    values: dict[tuple[str, str], list[float]] = {}
+    for run in runs.iter_runs(sweep_dir):
+        if run.model != "cdl" or not run.done:
+            continue
+        try:
+            results = run.results()
+        except UserError:
+            continue  # a damaged run: the report's own sections name it
+        for test_set, entry in results.test_sets.items():
+            if entry.get("mean_auroc") is not None:
+                values.setdefault((run.task, test_set), []).append(entry["mean_auroc"])
+    return {k: statistics.fmean(v) for k, v in values.items()}
+
+
+def noise_table(sweep_dir: str | Path) -> list[dict]:
+    """Rows of AUROC against noise scale over the sweep's DQC runs (module doc); [] without noise.json."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise UserError(f"{sweep_dir}: no such sweep folder")
+    groups: dict[tuple, dict] = {}
+    for run in runs.iter_runs(sweep_dir):
+        f = run.path / NOISE_FILE
+        if run.model != "dqc" or not f.is_file():
+            continue
+        try:
+            doc = json.loads(f.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise UserError(f"{f}: unreadable ({e}); re-run `heads noise {f.parent} --noise ...`") from None
+        model = doc.get("settings", {}).get("model", {})
+        for test_set, entry in doc.get("test_sets", {}).items():
+            for cell in entry.get("scales", []):
+                key = (run.task, run.config_name, test_set, model.get("name", "?"), float(cell["scale"]))
+                g = groups.setdefault(key, {"auroc": [], "exact": [], "seeds": [], "se": [], "methods": set(),
+                                            "trajectories": set(), "source": model.get("source", "")})
+                g["auroc"].append(cell.get("auroc_mean"))
+                g["exact"].append(entry.get("exact", {}).get("mean_auroc"))
+                g["seeds"].append(run.seed)
+                g["se"].append(cell.get("z_stderr_mean"))
+                g["methods"].add(cell.get("method", "?"))
+                if cell.get("trajectories"):
+                    g["trajectories"].add(int(cell["trajectories"]))
+    if not groups:
+        return []
+    cdl = _cdl_reference(sweep_dir)
+    rows = []
+    for (task, config, test_set, name, scale), g in sorted(
+            groups.items(), key=lambda kv: (task_sort_key(kv[0][0]), kv[0][1], kv[0][2], kv[0][3], kv[0][4])):
+        rows.append({"task": task, "configuration": config, "test_set": test_set, "model": name,
+                     "source": g["source"], "scale": scale, "seeds": len(g["seeds"]),
+                     "auroc_mean": _mean(g["auroc"]), "auroc_sd": _sd(g["auroc"]), "exact_auroc": _mean(g["exact"]),
+                     "method": "+".join(sorted(g["methods"])),
+                     "trajectories": max(g["trajectories"]) if g["trajectories"] else None,
+                     "z_stderr_mean": _mean(g["se"]), "cdl_auroc": cdl.get((task, test_set))})
+    return rows
+
+
+def _crossing(points: list[tuple[float, float]], level: float) -> float | None:
+    """The first scale > 0 where the curve (scale, AUROC), sorted by scale, goes below `level`:
+    interpolated linearly in log(scale) between the two measured scales around it."""
+    prev = None
+    for scale, auroc in points:
+        if auroc < level:
+            if prev is None or prev[0] <= 0:
+                return scale
+            (s0, a0), (s1, a1) = prev, (scale, auroc)
+            frac = (a0 - level) / (a0 - a1) if a0 != a1 else 1.0
+            return float(math.exp(math.log(s0) + frac * (math.log(s1) - math.log(s0))))
+        prev = (scale, auroc)
+    return None
+
+
+def break_even(rows: Sequence[dict]) -> list[dict]:
+    """Per (task, configuration, test set, model): the scales of a 0.01 AUROC loss and of falling below
+    the CDL (module doc); None where the curve stays above up to the largest scale measured."""
+    out = []
+    keys = list(dict.fromkeys((r["task"], r["configuration"], r["test_set"], r["model"]) for r in rows))
+    for key in keys:
+        pts = sorted((r["scale"], r["auroc_mean"]) for r in rows
+                     if (r["task"], r["configuration"], r["test_set"], r["model"]) == key and r["auroc_mean"] is not None)
+        first = next(r for r in rows if (r["task"], r["configuration"], r["test_set"], r["model"]) == key)
+        noiseless = first["exact_auroc"]
+        cdl = first["cdl_auroc"]
+        positive = [p for p in pts if p[0] > 0]
+        out.append({"task": key[0], "configuration": key[1], "test_set": key[2], "model": key[3],
+                    "noiseless_auroc": noiseless, "cdl_auroc": cdl, "largest_scale": max((p[0] for p in pts), default=None),
+                    "drop_scale": _crossing(positive, noiseless - DROP) if noiseless is not None else None,
+                    "below_cdl_scale": (0.0 if noiseless is not None and cdl is not None and noiseless < cdl
+                                        else _crossing(positive, cdl) if cdl is not None else None)})
+    return out
+
+
+def noise_figure(rows: Sequence[dict], path: str | Path, *, title: str | None = None, marks=()) -> Path | None:
+    """AUROC against error scale (log x) per test set and task; noiseless dashed, CDL dotted; None when no rows."""
+    rows = [r for r in rows if r["scale"] > 0 and r["auroc_mean"] is not None]
+    if not rows:
+        return None
+    from analysis.figures import plt, titles
+
+    test_sets = list(dict.fromkeys(r["test_set"] for r in rows))
+    fig, axes = plt.subplots(1, len(test_sets), figsize=(5.2 * len(test_sets), 4.3), squeeze=False, sharey=True)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    lines = list(dict.fromkeys((r["task"], r["configuration"], r["model"]) for r in rows))
+    for ax, test_set in zip(axes[0], test_sets, strict=True):
+        for i, line in enumerate(lines):
+            pts = sorted((r for r in rows if r["test_set"] == test_set
+                          and (r["task"], r["configuration"], r["model"]) == line), key=lambda r: r["scale"])
+            if not pts:
+                continue
+            task, config, model = line
+            colour = colours[i % len(colours)]
+            label = str(task).upper() + (f" {config}" if config else "") + (f" ({model})" if len({ln[2] for ln in lines}) > 1 else "")
+            dodge = 1.06 ** (i - (len(lines) - 1) / 2)  # side by side, so the seeds' error bars stay readable
+            ax.errorbar([r["scale"] * dodge for r in pts], [r["auroc_mean"] for r in pts],
+                        yerr=[r["auroc_sd"] or 0.0 for r in pts], marker="o", capsize=3, color=colour, label=label)
+            if pts[0]["exact_auroc"] is not None:
+                ax.axhline(pts[0]["exact_auroc"], ls="--", lw=1, color=colour)
+            if pts[0]["cdl_auroc"] is not None:
+                ax.axhline(pts[0]["cdl_auroc"], ls=":", lw=1.2, color=colour)
+        ax.set_xscale("log")
+        scales = sorted({r["scale"] for r in rows})
+        ax.set_xticks(scales, [f"{v:g}" for v in scales])
+        ax.minorticks_off()
+        ax.set_xlabel("error scale (× the model's error rates; 1 = as published)")
+        ax.set_title(test_set, fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].set_ylabel("DQC mean AUROC ± sd over seeds\n(dashed: noiseless; dotted: CDL)", fontsize=8)
+    axes[0][-1].legend(fontsize="small")
+    top = titles(fig, title, marks, fig.get_figheight())
+    fig.tight_layout(rect=(0, 0, 1, top))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=150)
+    plt.close(fig)
+    atomic.write_bytes(path, buf.getvalue())
+    return Path(path)
