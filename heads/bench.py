@@ -67,6 +67,8 @@ class Cell:
     warmup: int = 10
     steps: int = 30
     max_seconds: float = 60.0
+    noise: str = ""  # a noise model (file or preset) for the circuit cells: `heads.noise`
+    trajectories: int = 1  # per example, for a noisy circuit on the MPS
 
 
 def plan(tasks, backends, models, *, with_backbone: bool = False, **settings) -> list[Cell]:
@@ -107,6 +109,13 @@ def _program(cell: Cell):
         cotangent = jnp.asarray(rng.normal(size=(b, n)), jnp.float32)
 
         circuit = _tensorcircuit if cell.backend == "tensorcircuit" else functools.partial(expvals, backend=cell.backend)
+        if cell.noise:
+            from heads.noise import NoiseModel
+
+            model = NoiseModel.load(cell.noise)
+            keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(0), i))(jnp.arange(b))
+            circuit = functools.partial(expvals, backend=cell.backend, noise=model,
+                                        **({} if cell.backend == "density" else {"key": keys, "trajectories": cell.trajectories}))
 
         def circuit_step(angles, weights, cotangent):
             loss = lambda x, w: jnp.vdot(circuit(x, w), cotangent)  # noqa: E731
@@ -260,7 +269,7 @@ def matmul_yardstick(n: int = YARDSTICK_N, steps: int = 30) -> dict:
 def counted_flops(cell: Cell, compiled) -> float | None:
     """The step's FLOPs by XLA's cost analysis. XLA counts a loop's body once, so a step whose circuit
     scans over MPS sites is traced and compiled once more with the scans unrolled (same arithmetic)."""
-    if _method(cell) != "mps":
+    if not _method(cell).startswith("mps"):
         return xla_flops(compiled)
     from heads import mps
 
@@ -287,6 +296,8 @@ def _method(cell: Cell) -> str:
 
     if cell.backend in ("-", *ANCHORS):
         return cell.backend
+    if cell.noise:  # noisy: the exact density matrix, or trajectories on the MPS
+        return "density" if cell.backend == "density" else f"mps x {cell.trajectories} trajectories"
     return method(cell.qubits, cell.layers) if cell.backend == "fast" else cell.backend
 
 
@@ -441,7 +452,9 @@ def markdown(doc: dict) -> str:
     s = doc["settings"]
     lines = [f"Measured by `heads bench` on {doc['machine']}, {doc['date'][:10]}, JAX {doc['jax_version']}: "
              f"batch {s['batch_size']}, {s['layers']} circuit layers, median of up to {s['steps']} steps "
-             f"after up to {s['warmup']} warm-up steps (at most {s['max_seconds']:g} s per cell).", "",
+             f"after up to {s['warmup']} warm-up steps (at most {s['max_seconds']:g} s per cell)"
+             + (f"; the circuit under the noise model {s['noise']} ({s['trajectories']} trajectories per example "
+                f"on the MPS, exact on the density matrix)" if s.get("noise") else "") + ".", "",
              "| Task | Model | Back end | Method | Median step | SD | Steps | Compile | Peak memory | XLA buffers | MFLOP | GFLOP/s | × 512³ matmul | × fastest | Speed-up vs PennyLane |",
              "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in doc["records"]:
@@ -549,6 +562,8 @@ class BenchOptions:
     out: Path = Path("bench")
     with_backbone: bool = False
     isolate: bool = True
+    noise: str | None = None
+    trajectories: int = 1
 
     @classmethod
     def parse(cls, *, tasks: str, backends: str, models: str, **kw) -> BenchOptions:
@@ -573,6 +588,18 @@ class BenchOptions:
                 raise UserError(f"{name} must be at least {least}, not {value}")
         if self.max_seconds <= 0:
             raise UserError("--max-seconds must be positive")
+        if self.noise:
+            from heads.noise import NoiseModel
+
+            NoiseModel.load(self.noise)  # a bad file fails now, naming it
+            if set(self.models) != {"circuit"}:
+                raise UserError("--noise times the circuit's value and gradient: give --models circuit")
+            bad = [b for b in self.backends if b not in ("fast", "mps", "density")]
+            if bad:
+                raise UserError(f"--noise: back end(s) {', '.join(bad)} have no noise; choose from fast, mps (trajectories), "
+                                f"density (exact)")
+            if self.trajectories < 1:
+                raise UserError(f"--trajectories must be at least 1, not {self.trajectories}")
 
 
 def _csv(option: str, text: str, allowed=None) -> list[str]:
@@ -591,6 +618,8 @@ def run_bench(opts: BenchOptions) -> Path:
         _random_backbone()  # fail now, not after the other cells
     settings = dict(layers=opts.layers, batch_size=opts.batch_size, warmup=opts.warmup, steps=opts.steps,
                     max_seconds=opts.max_seconds)
+    if opts.noise:
+        settings |= dict(noise=opts.noise, trajectories=opts.trajectories)
     cells = plan(list(opts.tasks), list(opts.backends), list(opts.models), with_backbone=opts.with_backbone, **settings)
     machine = describe_machine()
     console = Console(stderr=True)

@@ -276,6 +276,8 @@ def bench(
     out: Annotated[Path, typer.Option("--out", help="Folder for <machine>.json and <machine>.md.")] = Path("bench"),
     with_backbone: Annotated[bool, typer.Option("--with-backbone", help="Also time ResNet50 (random weights) + head end to end on 224x224 images.")] = False,
     isolate: Annotated[bool, typer.Option("--isolate/--no-isolate", help="Run every cell in its own process, so that its peak memory is its own.")] = True,
+    noise: Annotated[str, typer.Option("--noise", help="Time the circuit under this noise model (a TOML file or a preset; with --models circuit and back ends fast/mps = trajectories, density = exact).")] = None,
+    trajectories: Annotated[int, typer.Option("--trajectories", help="Noise trajectories per example on the MPS (with --noise).")] = 1,
 ):
     """Median seconds per training step of CDL, DQC and the circuit alone, per task and back end (Table III).
 
@@ -286,7 +288,8 @@ def bench(
 
     path = run_bench(BenchOptions.parse(tasks=tasks, backends=backends, models=models, batch_size=batch_size,
                                         warmup=warmup, steps=steps, layers=layers, max_seconds=max_seconds, out=out,
-                                        with_backbone=with_backbone, isolate=isolate))
+                                        with_backbone=with_backbone, isolate=isolate, noise=noise,
+                                        trajectories=trajectories))
     typer.echo(f"wrote {path} and {path.with_suffix('.md')}")
 
 

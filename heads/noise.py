@@ -367,12 +367,14 @@ def trajectory_samples(angles, weights, noise: NoiseModel, keys, trajectories: i
     angles, weights = jnp.asarray(angles), jnp.asarray(weights)
     if not (isinstance(trajectories, int) and trajectories >= 1):
         raise ValueError(f"trajectories must be an integer ≥ 1, not {trajectories!r}")
+    from heads import mps
+
     return _trajectory_samples(angles, weights, example_keys(keys, angles.shape[0]), sampling_tables(noise),
-                               trajectories=trajectories)
+                               trajectories=trajectories, unroll=mps._UNROLL)
 
 
-@functools.partial(jax.jit, static_argnames=("trajectories",))
-def _trajectory_samples(angles, weights, keys, tables, *, trajectories: int):
+@functools.partial(jax.jit, static_argnames=("trajectories", "unroll"))
+def _trajectory_samples(angles, weights, keys, tables, *, trajectories: int, unroll=1):
     from heads import mps
 
     b, n = angles.shape
@@ -381,7 +383,7 @@ def _trajectory_samples(angles, weights, keys, tables, *, trajectories: int):
     # all K × B trajectories as one batch (measured faster than one batch per trajectory in a loop)
     tk = jax.vmap(lambda k: jax.vmap(lambda key: jax.random.fold_in(key, k))(keys))(jnp.arange(trajectories))
     ops = _ops(tk.reshape(-1), n, layers, tables, dtype)  # (K·B, ...)
-    z = mps.expvals(jnp.tile(angles, (trajectories, 1)), weights, ops)
+    z = mps._expvals(jnp.tile(angles, (trajectories, 1)), weights, ops, unroll=unroll)
     return z.reshape(trajectories, b, n)
 
 

@@ -7,6 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from cxrfeat.errors import UserError
 from heads import bench
 from heads.cli import app
 
@@ -133,3 +134,21 @@ def test_mps_flops_count_every_site_of_the_scans():
         counts[n] = bench.counted_flops(cell, compiled)
         assert counts[n] > 2 * bench.xla_flops(compiled)  # the loop bodies, now counted per site
     assert 1.8 < counts[32] / counts[16] < 2.2
+
+
+def test_noisy_circuit_cells_time_trajectories_and_the_density_matrix(tmp_path):
+    opts = bench.BenchOptions.parse(tasks="4", backends="fast,density", models="circuit", warmup=1, steps=2,
+                                    out=tmp_path, isolate=False, noise="sycamore-2019", trajectories=3)
+    path = bench.run_bench(opts)
+    doc = json.loads(path.read_text())
+    assert doc["settings"]["noise"] == "sycamore-2019" and doc["settings"]["trajectories"] == 3
+    methods = {r["backend"]: r["method"] for r in doc["records"]}
+    assert methods == {"fast": "mps x 3 trajectories", "density": "density"}
+    assert all(r["status"] == "ok" and r["noise"] == "sycamore-2019" for r in doc["records"])
+    assert "noise model sycamore-2019" in path.with_suffix(".md").read_text()
+    for bad, message in ((dict(models="cdl,circuit"), "give --models circuit"),
+                         (dict(backends="halves"), "have no noise"),
+                         (dict(noise=str(tmp_path / "none.toml")), "no such file")):
+        kw = dict(tasks="4", backends="fast", models="circuit", noise="sycamore-2019") | bad
+        with pytest.raises(UserError, match=message):
+            bench.BenchOptions.parse(**kw)
