@@ -17,14 +17,12 @@ them under a sweep folder (`heads.runs.iter_runs`, either layout):
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
-from cxrfeat import atomic
 from cxrfeat.errors import UserError
 from cxrfeat.labels import task_sort_key
 from heads import runs
@@ -141,7 +139,7 @@ def noise_figure(rows: Sequence[dict], path: str | Path, *, title: str | None = 
     rows = [r for r in rows if r["scale"] > 0 and r["auroc_mean"] is not None]
     if not rows:
         return None
-    from analysis.figures import plt, titles
+    from analysis.figures import plt, save, titles
 
     test_sets = list(dict.fromkeys(r["test_set"] for r in rows))
     fig, axes = plt.subplots(1, len(test_sets), figsize=(5.2 * len(test_sets), 4.3), squeeze=False, sharey=True)
@@ -172,10 +170,5 @@ def noise_figure(rows: Sequence[dict], path: str | Path, *, title: str | None = 
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel("DQC mean AUROC ± sd over seeds\n(dashed: noiseless; dotted: CDL)", fontsize=8)
     axes[0][-1].legend(fontsize="small")
-    top = titles(fig, title, marks, fig.get_figheight())
-    fig.tight_layout(rect=(0, 0, 1, top))
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=150)
-    plt.close(fig)
-    atomic.write_bytes(path, buf.getvalue())
-    return Path(path)
+    fig.tight_layout(rect=(0, 0, 1, titles(fig, title, marks, fig.get_figheight())))
+    return save(fig, Path(path))
