@@ -53,6 +53,7 @@ from cxrfeat.errors import UserError
 from heads.ring import ring_pairs
 
 PRESETS_DIR = Path(__file__).with_name("noise_models")
+DENSITY_MAX_QUBITS = 12  # 4^12 = 16.8 M numbers per example
 
 _X = np.array([[0.0, 1.0], [1.0, 0.0]])
 _Z = np.diag([1.0, -1.0])
@@ -172,7 +173,11 @@ def presets() -> list[str]:
 def density_expvals(angles, weights, noise: NoiseModel, *, twirled: bool = False):
     """⟨Z_i⟩ of the noisy circuit from its exact density matrix: angles (B, n), weights (layers, n).
     `twirled=True` replaces the relaxation by its Pauli twirl (what the trajectories sample)."""
-    return _density(jnp.asarray(angles), jnp.asarray(weights), noise=noise, twirled=twirled)
+    angles = jnp.asarray(angles)
+    if angles.ndim == 2 and angles.shape[1] > DENSITY_MAX_QUBITS:
+        raise UserError(f"the density-matrix method holds 4^n numbers per example: {angles.shape[1]} qubits is above "
+                        f"{DENSITY_MAX_QUBITS}; use trajectories on the MPS (backend mps or fast with a noise model)")
+    return _density(angles, jnp.asarray(weights), noise=noise, twirled=twirled)
 
 
 @functools.partial(jax.jit, static_argnames=("noise", "twirled"))

@@ -31,13 +31,14 @@ import numpy as np
 
 from cxrfeat import __version__, atomic
 from cxrfeat.errors import UserError
+from heads import runs
 from heads import shots as sh
 from heads.noise import NoiseModel
 
 NOISE_FILE = "noise.json"
 FORMAT = 1
 METHODS = ("auto", "density", "mps")
-DENSITY_MAX_QUBITS = 10  # --method density: 4^n numbers per example
+DENSITY_MAX_QUBITS = 10  # --method density: 4^n numbers per example (heads.noise allows 12)
 AUTO_DENSITY_QUBITS = 6  # --method auto: exact up to here (measured: 60 ms per example at 8 qubits on 2 cores)
 DEFAULT_SCALES = (0.0, 0.1, 0.3, 1.0, 3.0)
 CHUNK = 256  # examples per simulator call (× trajectories)
@@ -177,6 +178,13 @@ def noise_table(docs: Sequence[tuple[Path, dict]], settings: NoiseSettings):
     return table
 
 
+def _test_set_count(path: Path) -> int:
+    try:
+        return len(runs.read_config(path).data.test_sets) or 1
+    except UserError:
+        return 1  # open_run names the fault when the run is evaluated
+
+
 def run_noise(run_dirs: Sequence[str | Path], settings: NoiseSettings) -> list[tuple[Path, dict]]:
     """`heads noise`: every finished DQC run under `run_dirs`, a progress bar on a terminal, the table."""
     import sys
@@ -191,7 +199,7 @@ def run_noise(run_dirs: Sequence[str | Path], settings: NoiseSettings) -> list[t
                         console=err, transient=True, disable=not err.is_terminal)
     docs = []
     with progress:
-        bar = progress.add_task("noise scales", total=len(paths) * len(settings.scales) * 2)
+        bar = progress.add_task("noise scales", total=sum(_test_set_count(p) for p in paths) * len(settings.scales))
         for p in paths:
             progress.update(bar, description=str(p))
             docs.append((Path(p), evaluate_run(p, settings, step=lambda: progress.advance(bar))))

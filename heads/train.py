@@ -32,8 +32,10 @@ and a grid member alone, in every slot, give the same bits), every member's arit
 same whatever the grouping. With the default block of 1 on one device nothing is padded: 5 seeds
 cost 5 members' work (a block of 4 ran 8). On the 2-core CPU the block of 1 is also the fastest per
 member (one NIH-size epoch of 5 seeds, AMD EPYC: DQC-19 1.5x, CDL-19 1.25x faster than blocks of
-4: a wider `vmap` is not faster per member there); on an accelerator a larger block can fill the chip (`heads sweep` records it, and a resumed sweep keeps
-its own). The evaluation batch size depends on W only. A block whose members have all stopped is no
+4: a wider `vmap` is not faster per member there); on an accelerator a larger block can fill the
+chip (`heads sweep` records it, and a resumed sweep keeps its own). On a CPU the blocks of an epoch
+run one per usable core at a time (`block_lanes`), each the same call. The evaluation batch size
+depends on W only. A block whose members have all stopped is no
 longer run.
 The block size changes the bits, so a sweep records it with its settings.
 - With several local devices, each block is sharded over a 1-D mesh (`block` members per
@@ -355,7 +357,15 @@ def block_lanes(blocks: int, devices: int) -> int:
     threads take 1.1-1.3x the time of one); on an accelerator 1 (its queue already overlaps them)."""
     if jax.default_backend() != "cpu":
         return 1
-    return max(1, min(blocks, (os.cpu_count() or 1) // max(devices, 1)))
+    return max(1, min(blocks, usable_cores() // max(devices, 1)))
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (a cluster job's share of a node, not the whole node)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on every platform
+        return os.cpu_count() or 1
 
 
 def member_blocks(count: int, width: int) -> list[list[int]]:

@@ -246,3 +246,9 @@ def test_bad_model_files_are_refused_in_one_line_naming_the_file(tmp_path, text,
     assert message in str(e.value) and str(path) in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(UserError, match="no such file"):
         nz.NoiseModel.load(tmp_path / "missing.toml")
+
+
+def test_the_density_matrix_refuses_registers_it_cannot_hold():
+    x, w = _inputs(1, 1, 13, 1)
+    with pytest.raises(UserError, match="13 qubits is above 12"):
+        expvals(x, w, backend="density", noise=CHANNELS["p1"])
