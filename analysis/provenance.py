@@ -116,6 +116,7 @@ def run_data(record: RunConfig, store_attrs: list[dict] | None = None) -> Data:
 SETTING_NAMES = {"mode": "mode", "lr": "lr", "batch_size": "batch", "max_epochs": "max epochs",
                  "patience": "patience", "feature_norm": "feature norm", "layers": "layers", "backend": "backend",
                  "circuit_init": "circuit init", "freeze_backbone": "frozen backbone", "limit": "limit",
+                 "noise": "trained under noise", "noise_scale": "noise scale", "trajectories": "trajectories",
                  "seeds": "seeds requested"}
 
 

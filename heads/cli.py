@@ -47,18 +47,22 @@ _LayersList = Annotated[str, typer.Option("--layers", help="DQC circuit layers (
 _BatchList = Annotated[str, typer.Option("--batch-size", help="Training batch size (the last batch is padded, not dropped)." + _GRID)]
 _PatienceList = Annotated[str, typer.Option("--patience", help="Stop a seed after this many epochs without a lower validation loss." + _GRID)]
 _CircuitInitList = Annotated[str, typer.Option("--circuit-init", help="RY angles: uniform in [0, 2pi) (paper text) or normal (std 2pi, its public code)." + _GRID + " CDL ignores it.")]
+_Noise = Annotated[str, typer.Option("--noise", help="Train the DQC under a device noise model: a TOML file or a preset (sycamore-2019; see docs/design.md, Noise). Its circuit averages --trajectories noise trajectories per example, drawn reproducibly per (seed, epoch, row); --backend density trains on the exact noisy circuit (up to 12 qubits). CDL is unaffected.")]
+_NoiseScaleList = Annotated[str, typer.Option("--noise-scale", help="Multiply the --noise model's error rates by this (0: the ideal circuit, so 0,1 trains ideal and noisy heads side by side)." + _GRID)]
+_TrajectoriesList = Annotated[str, typer.Option("--trajectories", help="Noise trajectories per example and step under --noise (more: a less noisy gradient, proportionally slower)." + _GRID)]
 _FeatureNormList = Annotated[str, typer.Option("--feature-norm", help="none (the paper) or standardize: z-score each embedding dimension with the training split's statistics (needed for random-weight backbones, whose embeddings saturate the DQC's tanh)." + _GRID)]
 
 
 def _spec(*, tasks, tasks_file, tasks_option, models, seeds, features, runs, name, layers, backend, lr, batch_size,
           max_epochs, patience, circuit_init, dataset, external, shard=None, feature_norm="none",
-          views_from=ViewsFrom.augmented):
+          views_from=ViewsFrom.augmented, noise=None, noise_scale="1", trajectories="1"):
     """The sweep of `heads train` and `heads sweep`: `tasks` as the option `tasks_option` gives them (plus
     `tasks_file`), `models` comma-separated; each of lr, layers, circuit_init, feature_norm,
     batch_size, patience may be a comma-separated list (a grid)."""
     from cxrfeat.errors import UserError
     from cxrfeat.labels import parse_task_specs
     from heads.grid import SETTINGS, parse_values
+    from heads.noise import NoiseModel
     from heads.plan import HeadConfig, SweepSpec, parse_models, parse_shard
     from heads.train import TrainConfig
 
@@ -69,14 +73,16 @@ def _spec(*, tasks, tasks_file, tasks_option, models, seeds, features, runs, nam
     models = parse_models(models)
 
     given = {"lr": lr, "layers": layers, "circuit_init": circuit_init, "feature_norm": feature_norm,
-             "batch_size": batch_size, "patience": patience}
+             "batch_size": batch_size, "patience": patience, "noise_scale": noise_scale, "trajectories": trajectories}
     values = {k: parse_values(k, given[k]) for k in SETTINGS}
     first = {k: v[0] for k, v in values.items()}
     return SweepSpec(
         tasks=tasks, models=models, seeds=seeds, features=features, runs=runs, name=name, dataset=dataset,
         external=None if external.lower() in ("", "none") else external,
         train=TrainConfig(lr=first["lr"], batch_size=first["batch_size"], max_epochs=max_epochs, patience=first["patience"]),
-        head=HeadConfig(layers=first["layers"], backend=backend, circuit_init=first["circuit_init"]),
+        head=HeadConfig(layers=first["layers"], backend=backend, circuit_init=first["circuit_init"],
+                        noise=None if noise is None else NoiseModel.load(noise), noise_scale=first["noise_scale"],
+                        trajectories=first["trajectories"]),
         shard=parse_shard(shard), feature_norm=first["feature_norm"],
         grid={k: v for k, v in values.items() if len(v) > 1}, views_from=ViewsFrom(views_from).value,
     )
@@ -109,13 +115,17 @@ def train(
     external: _External = "mimic-cxr-lt",
     feature_norm: _FeatureNorm = "none",
     views_from: _ViewsFrom = ViewsFrom.augmented,
+    noise: _Noise = None,
+    noise_scale: Annotated[float, typer.Option("--noise-scale", help="Multiply the --noise model's error rates by this (0: the ideal circuit).")] = 1.0,
+    trajectories: Annotated[int, typer.Option("--trajectories", help="Noise trajectories per example and step under --noise.")] = 1,
 ):
     """Train one head (task, model) for every seed at once; finished seeds are skipped."""
     _run(_spec(tasks="" if tasks_file is not None else str(task), tasks_file=tasks_file, tasks_option="--task",
                models=model, seeds=seeds, features=features, runs=runs, name=name,
                layers=layers, backend=backend, lr=lr, batch_size=batch_size, max_epochs=max_epochs,
                patience=patience, circuit_init=circuit_init, dataset=dataset, external=external,
-               feature_norm=feature_norm, views_from=views_from))
+               feature_norm=feature_norm, views_from=views_from, noise=noise, noise_scale=str(noise_scale),
+               trajectories=str(trajectories)))
 
 
 @app.command()
@@ -140,16 +150,24 @@ def sweep(
     external: _External = "mimic-cxr-lt",
     feature_norm: _FeatureNormList = "none",
     views_from: _ViewsFrom = ViewsFrom.augmented,
+    noise: _Noise = None,
+    noise_scale: _NoiseScaleList = "1",
+    trajectories: _TrajectoriesList = "1",
 ):
     """Train the grid tasks x models x configurations x seeds; re-running skips finished runs and redoes unfinished ones.
 
-    Configurations with the same compiled shapes (same model, layers, batch size, feature norm) train
-    together in one program: learning rates, patiences and circuit initialisers are per-member data.
+    Configurations with the same compiled shapes (same model, layers, batch size, feature norm, noise
+    scale and trajectories) train together in one program: learning rates, patiences and circuit
+    initialisers are per-member data.
+
+    Under noise: heads sweep --tasks 8 --models cdl,dqc --noise sycamore-2019 --noise-scale 0,3 --trajectories 2
+    trains ideal and noisy DQCs side by side (and the CDL once).
     """
     _run(_spec(tasks=tasks, tasks_file=tasks_file, tasks_option="--tasks", models=models, seeds=seeds, features=features, runs=runs, name=name,
                layers=layers, backend=backend, lr=lr, batch_size=batch_size, max_epochs=max_epochs,
                patience=patience, circuit_init=circuit_init, dataset=dataset, external=external, shard=shard,
-               feature_norm=feature_norm, views_from=views_from))
+               feature_norm=feature_norm, views_from=views_from, noise=noise, noise_scale=noise_scale,
+               trajectories=trajectories))
 
 
 @app.command()

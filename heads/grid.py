@@ -1,7 +1,8 @@
 """Hyper-parameter grids of `heads sweep`: configurations, their folder names, and what trains together.
 
 `--lr 1e-4,3e-4 --layers 1,3,5 --circuit-init uniform,normal --feature-norm none,standardize
---batch-size 16,32 --patience 3,5` sweep the product of the values. A configuration is one value per
+--batch-size 16,32 --patience 3,5 --noise-scale 0,1 --trajectories 1,4` sweep the product of the
+values (the last two with `--noise MODEL`: scale 0 trains the ideal circuit). A configuration is one value per
 setting; its run folder level is named for the settings that VARY and apply to the model, in the
 order of `SETTINGS`: `lr-1e-4_layers-3`. CDL has no circuit, so `--layers` and `--circuit-init`
 do not apply to it: its configurations are the product of the other settings (a CDL of a grid that
@@ -14,7 +15,8 @@ and `0.0001` name one folder), others by Python's shortest repr; integers and wo
 
 Configurations with the same compiled shapes train together in one program (`shape_key`): the
 learning rate, patience and circuit initialiser are per-member data (`heads.train.Member`), the
-circuit depth and batch size change the program, and the feature normalisation its input array.
+circuit depth, batch size, noise scale and trajectories change the program, and the feature
+normalisation its input array.
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ from dataclasses import dataclass
 
 from cxrfeat.errors import UserError
 
-SETTINGS = ("lr", "layers", "circuit_init", "feature_norm", "batch_size", "patience")  # the naming order
-DQC_ONLY = ("layers", "circuit_init")
+SETTINGS = ("lr", "layers", "circuit_init", "feature_norm", "batch_size", "patience", "noise_scale",
+            "trajectories")  # the naming order
+DQC_ONLY = ("layers", "circuit_init", "noise_scale", "trajectories")
 PER_MEMBER = ("lr", "patience", "circuit_init")  # data in the compiled program, not a recompile
-_KIND = {"lr": float, "layers": int, "batch_size": int, "patience": int, "circuit_init": str, "feature_norm": str}
+_KIND = {"lr": float, "layers": int, "batch_size": int, "patience": int, "circuit_init": str, "feature_norm": str,
+         "noise_scale": float, "trajectories": int}
 
 
 def option(setting: str) -> str:
@@ -106,4 +110,6 @@ def varying(values: dict[str, list]) -> list[str]:
 def shape_key(config: Config, model: str) -> tuple:
     """Configurations with equal keys train together in one compiled program (see module docstring)."""
     v = config.values
-    return (v["layers"] if model == "dqc" else None, v["batch_size"], v["feature_norm"])
+    dqc = model == "dqc"
+    return (v["layers"] if dqc else None, v["batch_size"], v["feature_norm"],
+            (v["noise_scale"], v["trajectories"]) if dqc else None)

@@ -19,9 +19,11 @@ import numpy as np
 
 from cxrfeat.errors import UserError
 from cxrfeat.labels import task_labels
+from heads.noise import DENSITY_MAX_QUBITS, NoiseModel
 from heads.quantum import BACKENDS, expvals
 
 MODELS = ("cdl", "dqc")
+NOISY_BACKENDS = ("fast", "mps", "density")
 CIRCUIT_INITS = ("uniform", "normal")
 
 # ResNet50 without its ImageNet classifier, as in the paper's Table II (the frozen backbone is not
@@ -51,18 +53,35 @@ class CDL(nn.Module):
 
 
 class DQC(nn.Module):
-    """Dressed quantum circuit: Dense(n) → tanh → ×π/2 → n-qubit circuit ⟨Z_i⟩ → Dense(n)."""
+    """Dressed quantum circuit: Dense(n) → tanh → ×π/2 → n-qubit circuit ⟨Z_i⟩ → Dense(n).
+
+    With a `noise` model (`heads.noise.NoiseModel`) the circuit's ⟨Z_i⟩ are the noisy ones: averaged
+    over `trajectories` noise trajectories per example, drawn from `noise_key` (one key per example,
+    or one key folded with the position in the batch), or exact when `backend` is "density" (no key).
+    `noise=None` is the noiseless head, bit for bit.
+    """
 
     n: int
     layers: int = 3
     backend: str = "fast"
     circuit_init: str = "uniform"
+    noise: NoiseModel | None = None
+    trajectories: int = 1
+
+    @property
+    def needs_key(self) -> bool:
+        """Whether a call draws noise trajectories (and so needs `noise_key`)."""
+        return self.noise is not None and self.backend != "density"
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, noise_key=None):
         angles = circuit_angles(nn.Dense(self.n, name="pre")(x))
         theta = self.param("circuit", circuit_init(self.circuit_init), (self.layers, self.n))
-        z = expvals(angles, theta, backend=self.backend)
+        if self.noise is None:
+            z = expvals(angles, theta, backend=self.backend)
+        else:
+            z = expvals(angles, theta, backend=self.backend, noise=self.noise, key=noise_key,
+                        trajectories=self.trajectories)
         return nn.Dense(self.n, name="post")(z)
 
 
@@ -91,8 +110,11 @@ def dqc_angles(params, x, dtype=None):
     return circuit_angles(dqc_pre_activations(params, x, dtype))
 
 
-def make_model(model: str, n: int, *, layers: int = 3, backend: str = "fast", circuit_init: str = "uniform") -> nn.Module:
-    """The head called `model` ('cdl' or 'dqc') with n outputs; checks the options."""
+def make_model(model: str, n: int, *, layers: int = 3, backend: str = "fast", circuit_init: str = "uniform",
+               noise: NoiseModel | None = None, trajectories: int = 1) -> nn.Module:
+    """The head called `model` ('cdl' or 'dqc') with n outputs; checks the options. `noise` (DQC
+    only): the device noise model the circuit runs under (None, or a model that is all zeros: the
+    noiseless circuit), with `trajectories` trajectories per example."""
     if model not in MODELS:
         raise UserError(f"unknown model {model!r}: choose from {', '.join(MODELS)}")
     if model == "cdl":
@@ -103,7 +125,17 @@ def make_model(model: str, n: int, *, layers: int = 3, backend: str = "fast", ci
         raise UserError(f"--circuit-init must be one of {', '.join(CIRCUIT_INITS)}, not {circuit_init!r}")
     if layers < 1:
         raise UserError(f"--layers must be at least 1, not {layers}")
-    return DQC(n, layers=layers, backend=backend, circuit_init=circuit_init)
+    if not (isinstance(trajectories, int) and trajectories >= 1):
+        raise UserError(f"--trajectories must be at least 1, not {trajectories}")
+    if noise is not None and noise.is_zero:
+        noise = None
+    if noise is not None and backend not in NOISY_BACKENDS:
+        raise UserError(f"--backend {backend}: a noisy circuit runs as trajectories on the MPS (fast, mps) or exactly "
+                        f"as a density matrix (density), not {backend}")
+    if noise is not None and backend == "density" and n > DENSITY_MAX_QUBITS:
+        raise UserError(f"--backend density holds 4^n numbers per example: at most {DENSITY_MAX_QUBITS} qubits, "
+                        f"not {n}; use fast (trajectories)")
+    return DQC(n, layers=layers, backend=backend, circuit_init=circuit_init, noise=noise, trajectories=trajectories)
 
 
 # Which component of Table II each top-level parameter belongs to.

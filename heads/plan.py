@@ -21,6 +21,7 @@ from cxrfeat.slices import parse_slice, take_slice
 from heads import runs
 from heads.grid import PER_MEMBER, SETTINGS, Config, configurations, format_value, shape_key, varying
 from heads.models import MODELS, make_model
+from heads.noise import NoiseModel
 from heads.train import SEED_BLOCK, VIEWS_FROM, TrainConfig
 
 DEFAULT_NAME = "sweep"
@@ -36,11 +37,30 @@ FEATURE_NORMS = ("none", "standardize")
 
 @dataclass(frozen=True)
 class HeadConfig:
-    """Settings of the DQC head (unused by CDL)."""
+    """Settings of the DQC head (unused by CDL). `noise`: the device noise model the circuit trains
+    under (None: the ideal circuit), multiplied by `noise_scale` (0: the ideal circuit), with
+    `trajectories` noise trajectories per example (`heads.models.DQC`)."""
 
     layers: int = 3
     backend: str = "fast"
     circuit_init: str = "uniform"
+    noise: NoiseModel | None = None
+    noise_scale: float = 1.0
+    trajectories: int = 1
+
+    def noise_model(self) -> NoiseModel | None:
+        """The noise the circuit trains under (None: ideal, also at scale 0)."""
+        if self.noise is None or self.noise_scale == 0:
+            return None
+        return self.noise.scaled(self.noise_scale)
+
+    def record(self) -> dict:
+        """The head's settings for sweep.json; the noise keys only when there is a noise model (so the
+        settings of a sweep without noise read as they always have)."""
+        d = {"layers": self.layers, "backend": self.backend, "circuit_init": self.circuit_init}
+        if self.noise is not None:
+            d.update(noise=self.noise.to_json(), noise_scale=self.noise_scale, trajectories=self.trajectories)
+        return d
 
 
 @dataclass(frozen=True)
@@ -72,7 +92,8 @@ class SweepSpec:
     def values(self) -> dict[str, list]:
         """Every setting of the grid -> its list of values (one value for a setting that does not vary)."""
         base = {"lr": self.train.lr, "layers": self.head.layers, "circuit_init": self.head.circuit_init,
-                "feature_norm": self.feature_norm, "batch_size": self.train.batch_size, "patience": self.train.patience}
+                "feature_norm": self.feature_norm, "batch_size": self.train.batch_size, "patience": self.train.patience,
+                "noise_scale": self.head.noise_scale, "trajectories": self.head.trajectories}
         return {k: list(self.grid.get(k) or [base[k]]) for k in SETTINGS}
 
     def configs(self, model: str) -> list[Config]:
@@ -83,7 +104,8 @@ class SweepSpec:
         v = config.values
         return replace(self, grid={}, feature_norm=v["feature_norm"],
                        train=replace(self.train, lr=v["lr"], batch_size=v["batch_size"], patience=v["patience"]),
-                       head=replace(self.head, layers=v["layers"], circuit_init=v["circuit_init"]))
+                       head=replace(self.head, layers=v["layers"], circuit_init=v["circuit_init"],
+                                    noise_scale=v["noise_scale"], trajectories=v["trajectories"]))
 
     def check(self) -> None:
         if self.seeds < 1:
@@ -105,12 +127,23 @@ class SweepSpec:
         if self.views_from not in VIEWS_FROM:
             raise UserError(f"--views-from {self.views_from!r}: choose from {', '.join(VIEWS_FROM)}")
         values = self.values()
+        if self.head.noise is None:
+            given = [o for o, k, default in (("--noise-scale", "noise_scale", [1.0]), ("--trajectories", "trajectories", [1]))
+                     if values[k] != default]
+            if given:
+                raise UserError(f"{' and '.join(given)} set the noise a DQC trains under: give the noise model with "
+                                f"--noise MODEL (a TOML file or a preset)")
+        elif "dqc" not in self.models:
+            raise UserError("--noise trains DQC heads under a device noise model, and --models has no dqc")
         for key, options in values.items():  # each value once, with the others at their first value
             for value in options:
                 one = self.at(Config("", {}, {**{k: v[0] for k, v in values.items()}, key: value}))
+                if one.head.noise_scale < 0:
+                    raise UserError(f"--noise-scale {one.head.noise_scale:g}: a scale is ≥ 0 (0 trains the ideal circuit)")
                 for model in self.models:
                     make_model(model, 2, layers=one.head.layers, backend=one.head.backend,
-                               circuit_init=one.head.circuit_init)
+                               circuit_init=one.head.circuit_init, noise=one.head.noise_model(),
+                               trajectories=one.head.trajectories)
                 one.train.check()
                 if one.feature_norm not in FEATURE_NORMS:
                     raise UserError(f"--feature-norm {one.feature_norm!r}: choose from {', '.join(FEATURE_NORMS)}")
@@ -129,11 +162,11 @@ class SweepSpec:
         recorded as its list of values."""
         values = self.values()
         vary = varying(values)
-        training, head = asdict(self.train), asdict(self.head)
+        training, head = asdict(self.train), self.head.record()
         for k in ("lr", "batch_size", "patience"):
             if k in vary:
                 training[k] = values[k]
-        for k in ("layers", "circuit_init"):
+        for k in ("layers", "circuit_init", "noise_scale", "trajectories"):
             if k in vary:
                 head[k] = values[k]
         return {"dataset": self.dataset, "external": self.external, "training": training, "head": head,

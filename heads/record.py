@@ -26,7 +26,7 @@ FINETUNE_SUFFIX = "-finetune"
 
 # The training settings of a run, in the order the report lists them; `seeds` is what was requested.
 SETTING_KEYS = ("mode", "lr", "batch_size", "max_epochs", "patience", "feature_norm", "layers", "backend",
-                "circuit_init", "freeze_backbone", "limit")
+                "circuit_init", "noise", "noise_scale", "trajectories", "freeze_backbone", "limit")
 
 
 class RecordError(ValueError):
@@ -115,6 +115,12 @@ class Settings:
     views_from: str | None = None
     freeze_backbone: bool | None = None
     limit: int | None = None
+    # DQC trained under device noise (`heads sweep --noise`): the model's name, the scale it was
+    # trained at, trajectories per example, and the model's numbers (`heads.noise.NoiseModel`, unscaled)
+    noise: str | None = None
+    noise_scale: float | None = None
+    trajectories: int | None = None
+    noise_model: dict | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -145,7 +145,7 @@ def run_record(spec: SweepSpec, stores: Stores, cell: Cell, together: list, mesh
     settings = Settings(mode="features", lr=t.lr, batch_size=t.batch_size, max_epochs=t.max_epochs, patience=t.patience,
                         feature_norm=spec.feature_norm, layers=h.layers if dqc else None,
                         backend=h.backend if dqc else None, circuit_init=h.circuit_init if dqc else None,
-                        seeds=spec.seeds, views_from=spec.views_from)
+                        seeds=spec.seeds, views_from=spec.views_from, **noise_settings(h if dqc else None))
     return RunConfig(
         sweep=spec.name, task=task_name(task), labels=tuple(task_labels(task)), model=model_name, seed=cell.seed,
         settings=settings, data=stores.data_record(spec), backbone=stores.backbone_record(),
@@ -153,6 +153,14 @@ def run_record(spec: SweepSpec, stores: Stores, cell: Cell, together: list, mesh
         param_counts=param_counts(task, model_name, h.layers, dim), trained_with=tuple(together),
         stores=stores.provenance(), versions=versions(), devices=tuple(str(d) for d in mesh.devices.flat),
         started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+
+def noise_settings(head) -> dict:
+    """The noise fields of a DQC run's settings (none for CDL, or a sweep without --noise)."""
+    if head is None or head.noise is None:
+        return {}
+    return {"noise": head.noise.name, "noise_scale": float(head.noise_scale), "trajectories": int(head.trajectories),
+            "noise_model": head.noise.to_json()}
 
 
 def run_group(spec: SweepSpec, stores: Stores, cells: Sequence[tuple[Cell, locks.Lock | None]], *, reporter=None,
@@ -174,7 +182,8 @@ def run_group(spec: SweepSpec, stores: Stores, cells: Sequence[tuple[Cell, locks
     names = list(task_labels(task))
     shape = spec.at(todo[0][0].config)  # layers, batch size and feature norm: the same for the whole group
     norm = shape.feature_norm
-    model = make_model(model_name, len(names), layers=shape.head.layers, backend=shape.head.backend)
+    model = make_model(model_name, len(names), layers=shape.head.layers, backend=shape.head.backend,
+                       noise=shape.head.noise_model(), trajectories=shape.head.trajectories)
     mesh = seed_mesh()
     cache = device_cache if device_cache is not None else {}
     if ("train_x", norm) not in cache:  # the embeddings go to the device once per sweep (and normalisation)

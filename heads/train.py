@@ -38,6 +38,12 @@ run one per usable core at a time (`block_lanes`), each the same call. The evalu
 depends on W only. A block whose members have all stopped is no
 longer run.
 The block size changes the bits, so a sweep records it with its settings.
+- A DQC trained under a noise model (`DQC.noise`, `heads sweep --noise`) draws its trajectories
+  for training row r in epoch e of seed s from `noise_keys(s, e, r)` (`heads.noise` folds in the
+  trajectory and the circuit slot), and evaluates (validation loss, predictions) with the keys of
+  epoch 0: every evaluation of row r sees the same draws (common random numbers, so epochs are
+  compared on equal terms). The draws depend only on (seed, epoch, row, trajectory), never on the
+  grouping, the batch a row lands in, or a resume.
 - With several local devices, each block is sharded over a 1-D mesh (`block` members per
   device); the results equal a one-device run to float tolerance (not bit for bit: other widths).
 """
@@ -64,6 +70,8 @@ from heads.models import CIRCUIT_INITS, DQC
 
 ORDER_STREAM = 1  # fold_in tags that keep the data order and the initial parameters independent
 INIT_STREAM = 2
+NOISE_STREAM = 4  # a noisy DQC's trajectories (heads.finetune's augmentation is 3)
+EVAL_EPOCH = 0  # the noise draws of evaluation (validation, predictions): epochs count from 1
 SEED_BLOCK = 1  # members per device in one compiled call (see the module docstring)
 EVAL_STATE_BUDGET = 2**27  # amplitudes per device held by one evaluation batch of a DQC (512 MiB)
 
@@ -198,16 +206,31 @@ def pad_rows(x: np.ndarray, rows: int):
     return xp.reshape(steps, rows, *x.shape[1:]), mask.reshape(steps, rows)
 
 
-def _mean_loss(model, params, xb, yb, rb):
-    """Mean BCE over a padded, batched set (steps, rows, ...), one batch per scan step."""
+def _mean_loss(model, params, xb, yb, rb, seed=None):
+    """Mean BCE over a padded, batched set (steps, rows, ...), one batch per scan step; a noisy DQC
+    draws row r's trajectories from `noise_keys(seed, EVAL_EPOCH, r)`."""
+    logits = head_logits(model)
+    rows = xb.shape[1]
 
     def body(acc, batch):
-        x, y, r = batch
-        s, c = masked_bce(model.apply({"params": params}, x), y, r)
+        x, y, r, j = batch
+        inputs = (x, noise_keys(seed, EVAL_EPOCH, j * rows + jnp.arange(rows))) if needs_key(model) else x
+        s, c = masked_bce(logits(params, inputs), y, r)
         return (acc[0] + s, acc[1] + c), None
 
-    (s, c), _ = jax.lax.scan(body, (jnp.float32(0), jnp.int32(0)), (xb, yb, rb))
+    (s, c), _ = jax.lax.scan(body, (jnp.float32(0), jnp.int32(0)), (xb, yb, rb, jnp.arange(xb.shape[0])))
     return s / jnp.maximum(c, 1)
+
+
+def needs_key(model) -> bool:
+    """Whether the head draws noise trajectories (a DQC with a noise model, not run as a density matrix)."""
+    return bool(getattr(model, "needs_key", False))
+
+
+def noise_keys(seed, epoch, rows):
+    """One key per row: the noise draws of training row `rows[i]` in `epoch` of `seed` (module docstring)."""
+    base = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), NOISE_STREAM), epoch)
+    return jax.vmap(lambda r: jax.random.fold_in(base, r))(rows)
 
 
 def optimizer(lr) -> optax.GradientTransformation:
@@ -241,7 +264,10 @@ def make_train_step(logits: Callable, tx: optax.GradientTransformation) -> Calla
 
 
 def head_logits(model) -> Callable:
-    """`logits(params, x)` of a Flax head on embeddings."""
+    """`logits(params, inputs)` of a Flax head on embeddings: inputs = x, or (x, one noise key per row)
+    for a head that draws noise trajectories (`needs_key`)."""
+    if needs_key(model):
+        return lambda params, inputs: model.apply({"params": params}, inputs[0], noise_key=inputs[1])
     return lambda params, x: model.apply({"params": params}, x)
 
 
@@ -249,7 +275,9 @@ def _init_state(model, dim: int):
     """Per member (seed, lr, circuit-init flag): the initial parameters and optimizer state. A DQC's
     circuit angles are drawn by both initialisers and one is selected, so the flag is data; the
     selection is exact, so a member gets the bits of a model built with its initialiser alone."""
-    variants = (model.clone(circuit_init="uniform"), model.clone(circuit_init="normal")) if isinstance(model, DQC) else None
+    # Noise does not enter the initial parameters: a head trained under noise starts where the ideal one does.
+    variants = (model.clone(circuit_init="uniform", noise=None), model.clone(circuit_init="normal", noise=None)) \
+        if isinstance(model, DQC) else None
 
     def init(seed, lr, normal):
         key = jax.random.fold_in(jax.random.key(seed), INIT_STREAM)
@@ -311,6 +339,7 @@ def _epoch_fn(model, *, n: int, views: int, batch: int, first_view: int = 0):
     steps = -(-n // batch)
     pad = steps * batch - n
     step_fn = make_train_step(head_logits(model), optimizer(0.0))  # the learning rate comes from the state
+    noisy = needs_key(model)
 
     def one_member(state, member, epoch, train_x, train_y, val_xb, val_yb, val_rb):
         perm, view = epoch_order(member["seed"], epoch, n, views, first_view)
@@ -320,12 +349,14 @@ def _epoch_fn(model, *, n: int, views: int, batch: int, first_view: int = 0):
         def step(carry, inp):
             params, opt = carry
             i, r = inp
-            params, opt, _, sc = step_fn(params, opt, train_x[i, view[i]].astype(jnp.float32), train_y[i], r)
+            x = train_x[i, view[i]].astype(jnp.float32)
+            inputs = (x, noise_keys(member["seed"], epoch, i)) if noisy else x
+            params, opt, _, sc = step_fn(params, opt, inputs, train_y[i], r)
             return (params, opt), sc
 
         (params, opt), (s, c) = jax.lax.scan(step, (state["params"], state["opt"]), (idx, rows))
         train_loss = s.sum() / jnp.maximum(c.sum(), 1)
-        val_loss = _mean_loss(model, params, val_xb, val_yb, val_rb)
+        val_loss = _mean_loss(model, params, val_xb, val_yb, val_rb, member["seed"])
 
         active = ~state["stopped"]
         improved, bad, stop = early_stopping(state["best_val"], state["bad"], val_loss, member["patience"], active)
@@ -549,14 +580,21 @@ def predict(model, result: TrainResult, x: np.ndarray, *, block: int | None = No
     eb = eval_batch_size(model, x.shape[0], block or result.timing.get("block", width // mesh.devices.size))
     xb, _ = pad_rows(np.asarray(x, np.float32), eb)
 
-    def one_member(params, xb):
-        def body(_, xi):
-            return None, jax.nn.sigmoid(model.apply({"params": params}, xi))
+    logits = head_logits(model)
+    rows = xb.shape[1]
 
-        return jax.lax.scan(body, None, xb)[1].reshape(-1, model.n)
+    def one_member(params, seed, xb):
+        def body(_, inp):
+            xi, j = inp
+            inputs = (xi, noise_keys(seed, EVAL_EPOCH, j * rows + jnp.arange(rows))) if needs_key(model) else xi
+            return None, jax.nn.sigmoid(logits(params, inputs))
 
-    fn = jax.jit(jax.vmap(one_member, in_axes=(0, None)), in_shardings=(per_seed, replicated), out_shardings=per_seed)
+        return jax.lax.scan(body, None, (xb, jnp.arange(xb.shape[0])))[1].reshape(-1, model.n)
+
+    fn = jax.jit(jax.vmap(one_member, in_axes=(0, 0, None)), in_shardings=(per_seed, per_seed, replicated),
+                 out_shardings=per_seed)
     xd = jax.device_put(xb, replicated)
-    outs = [fn(params, xd) for params in result.best_params]
+    outs = [fn(params, jax.device_put(np.asarray(seeds, np.int32), per_seed), xd)
+            for params, seeds in zip(result.best_params, result.block_seeds, strict=True)]
     probs = [np.asarray(p) for p in jax.device_get(outs)]
     return np.stack([probs[b][j, : x.shape[0]] for b, j in result.slots])

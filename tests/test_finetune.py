@@ -201,7 +201,8 @@ def test_run_layout_and_outputs(finished, backbone):
     assert cfg["backbone"] == {"name": "random", "random": True, "seed": 0, "revision": None, "sha256": None}
     assert cfg["settings"] == {"lr": 1e-3, "batch_size": 5, "max_epochs": 3, "patience": 3, "feature_norm": None,
                                "layers": None, "backend": None, "circuit_init": None, "seeds": None,
-                               "mode": "finetune", "freeze_backbone": False, "limit": None, "views_from": None}
+                               "mode": "finetune", "freeze_backbone": False, "limit": None, "views_from": None,
+                               "noise": None, "noise_scale": None, "trajectories": None, "noise_model": None}
     history = runs.read_history(path)
     assert [h["epoch"] for h in history] == [1, 2, 3] == [h["epoch"] for h in res.history]
     pred = runs.load_predictions(path, "nih-cxr-lt")

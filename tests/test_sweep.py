@@ -131,7 +131,9 @@ def test_config_records_data_backbone_and_settings(swept):
         assert config["backbone"] == {"name": "random", "random": True, "seed": 0, "revision": None, "sha256": None}
         settings = config["settings"]
         assert set(settings) == {"lr", "batch_size", "max_epochs", "patience", "feature_norm", "layers", "backend",
-                                 "circuit_init", "seeds", "mode", "freeze_backbone", "limit", "views_from"}
+                                 "circuit_init", "seeds", "mode", "freeze_backbone", "limit", "views_from",
+                                 "noise", "noise_scale", "trajectories", "noise_model"}
+        assert settings["noise"] is None and settings["noise_model"] is None  # trained on the ideal circuit
         assert settings["lr"] == 0.01 and settings["max_epochs"] == 3 and settings["patience"] == 2
         assert settings["batch_size"] == 32 and settings["seeds"] == 2 and settings["feature_norm"] == "none"
         assert settings["mode"] == "features" and settings["freeze_backbone"] is None and settings["limit"] is None
