@@ -363,3 +363,93 @@ def noise(
     settings = ne.NoiseSettings(model=NoiseModel.load(model), scales=ne.parse_scales(scale), trajectories=trajectories,
                                 method=method, seed=seed, features=features)
     ne.run_noise(run_dirs, settings)
+
+
+# ---------------------------------------------------------------- export (a trained DQC as OpenQASM 3 / Qiskit / PennyLane)
+class ExportFormat(StrEnum):
+    qasm3 = "qasm3"
+    qiskit = "qiskit"
+    pennylane = "pennylane"
+
+
+_Layouts = Annotated[str, typer.Option("--layouts", help="Device layouts to route the circuit onto, comma-separated: all-to-all, line, grid, heavy-hex ('' for none).")]
+_RoutingNoise = Annotated[str, typer.Option("--noise", help="Noise model (preset or TOML file) whose two-qubit error p2 gives P(no two-qubit error) = (1 - p2)^gates in the routing table.")]
+
+
+@app.command("export")
+@friendly
+def export_command(
+    run_dir: Annotated[Path, typer.Argument(help="A finished DQC run folder (runs/<sweep>/cxr-<task>/dqc/seed-<s>).", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", help="Folder to write (new, empty, or an earlier export of the same run).", show_default=False)],
+    fmt: Annotated[ExportFormat, typer.Option("--format", help="qasm3 (OpenQASM 3, Qiskit's importer), pennylane (OpenQASM 3 without the stdgates include, for qml.from_qasm3) or qiskit (QPY).")] = ExportFormat.qasm3,
+    images: Annotated[str, typer.Option("--images", help="Image ids, comma-separated: one bound circuit each (looked up in --test-set, or in every test set of the run).")] = None,
+    test_set: Annotated[str, typer.Option("--test-set", help="Test set whose first --limit rows are exported (default: the run's first test set).")] = None,
+    limit: Annotated[int, typer.Option("--limit", help="Rows of --test-set to export as bound circuits (0: the circuit and arrays only).")] = 10,
+    features: Annotated[Path, typer.Option("--features", help="Features folder (default: the one recorded in the run's config.json).")] = None,
+    layouts: _Layouts = "all-to-all,line,grid,heavy-hex",
+    noise: _RoutingNoise = "sycamore-2019",
+    check: Annotated[bool, typer.Option("--check/--no-check", help="Re-run the written circuits in Qiskit (PennyLane for --format pennylane) from the files alone and compare with the head's predictions.")] = True,
+):
+    """Write a trained DQC as OpenQASM 3 (or Qiskit/PennyLane) circuits, with its classical parts and per-image circuits.
+
+    The folder gets circuit.qasm (inputs angle_k, trained weights bound), head.npz (pre and post
+    layers), images/<test set>/<id>.qasm (fully bound) with images.npz (our <Z> and probabilities),
+    routing.json and manifest.json (docs/export.md). Example:
+    heads export runs/demo/cxr-8/dqc/seed-1 --test-set nih-cxr-lt --limit 20 --out exports/dqc8
+    """
+    from rich.console import Console
+
+    from heads import routing
+    from heads.export_run import ExportSettings, export_run, parse_ids
+
+    result = export_run(run_dir, ExportSettings(out=out, format=ExportFormat(fmt).value, images=parse_ids(images),
+                                                test_set=test_set, limit=limit, features=features,
+                                                layouts=routing.parse_layouts(layouts), noise=noise, check=check))
+    if result.routing:
+        Console(width=max(Console().width, 130)).print(routing.table(result.routing))
+    m = result.manifest
+    typer.echo(f"wrote {m['circuit']['file']} ({m['circuit']['qubits']} qubits, {m['circuit']['layers']} layers) and "
+               f"{m['images']['count']} image circuit(s) to {result.out}")
+    c = m.get("check")
+    if c and "skipped" in c:
+        typer.echo(f"check skipped: {c['skipped']}")
+    elif c:
+        typer.echo(f"check: {c['simulator']} on the written files reproduces the head's probabilities to "
+                   f"{c['max_abs_probability_difference'] or 0:.1e} and the run's saved predictions to "
+                   f"{c['max_abs_run_probability_difference'] or 0:.1e} ({c['images']} images)")
+
+
+@app.command("routing")
+@friendly
+def routing_command(
+    qubits: Annotated[str, typer.Option("--qubits", help="Circuit widths, comma-separated (the tasks' 8,14,19 or any n >= 2).")] = "8,14,19,40",
+    layers: _Layers = 3,
+    layouts: _Layouts = "all-to-all,line,grid,heavy-hex",
+    noise: _RoutingNoise = "sycamore-2019",
+    out: Annotated[Path, typer.Option("--out", help="Folder for routing.json and routing.md (nothing written without it).")] = None,
+):
+    """Two-qubit gates and depth of the DQC circuit routed onto device layouts by Qiskit's transpiler.
+
+    The CNOT ring needs all-to-all connectivity or SWAPs; each layout is compiled at optimization
+    level 1 with seed_transpiler 0 (docs/export.md). Example:
+    heads routing --qubits 8,14,19,40 --layers 3 --out bench/routing
+    """
+    from rich.console import Console
+
+    from cxrfeat import atomic
+    from cxrfeat.errors import UserError
+    from heads import routing
+    from heads.bench import describe_machine
+
+    try:
+        widths = [int(w) for w in qubits.split(",") if w.strip()]
+    except ValueError:
+        raise UserError(f"--qubits {qubits!r}: give whole numbers, e.g. 8,14,19,40") from None
+    doc = routing.widths_doc(widths, layers, routing.parse_layouts(layouts), noise)
+    Console(width=max(Console().width, 130)).print(routing.table(doc))
+    if out is not None:
+        machine = describe_machine()
+        doc["machine"] = machine["name"]
+        atomic.write_json(out / "routing.json", doc)
+        atomic.write_text(out / "routing.md", routing.markdown(doc, machine["name"]))
+        typer.echo(f"wrote {out / 'routing.json'} and {out / 'routing.md'}")

@@ -255,6 +255,8 @@ class TestInputs:
     angles: np.ndarray  # (N, n) circuit inputs
     z: np.ndarray  # (N, n) exact ⟨Z⟩ (float64 from float32 simulation)
     exact_prob: np.ndarray  # (N, L)
+    ids: np.ndarray | None = None  # (N,) row ids (with keep_embeddings)
+    embeddings: np.ndarray | None = None  # (N, D) the store's view 0, before any normalisation (with keep_embeddings)
 
 
 def _exact_z(angles: np.ndarray, theta: np.ndarray, backend: str, chunk: int = 1024) -> np.ndarray:
@@ -287,9 +289,10 @@ def post(run: DQCRun, z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-logits))
 
 
-def load_test(run: DQCRun, test_set: str, features: Path | None = None) -> TestInputs:
+def load_test(run: DQCRun, test_set: str, features: Path | None = None, *, keep_embeddings: bool = False) -> TestInputs:
     """Embeddings of one test set through the pre layer and the exact circuit; checked against the
-    run's saved predictions (same rows, same probabilities), so a changed store is refused."""
+    run's saved predictions (same rows, same probabilities), so a changed store is refused.
+    `keep_embeddings`: also return the rows' ids and embeddings."""
     from cxrfeat.store import FeatureStore
 
     store = _test_store(run, test_set, features)
@@ -314,7 +317,8 @@ def load_test(run: DQCRun, test_set: str, features: Path | None = None) -> TestI
     if not worst <= _PREDICTION_TOLERANCE:
         raise UserError(f"{store}: the run's parameters on this store differ from its saved predictions by {worst:.2g} "
                         f"(another store, or other feature normalisation, than the run was trained with)")
-    return TestInputs(test_set, store, np.asarray(saved["y_true"]), angles, z, prob)
+    kept = (np.asarray(saved["ids"]), np.asarray(f.embeddings[:, 0], np.float32)) if keep_embeddings else (None, None)
+    return TestInputs(test_set, store, np.asarray(saved["y_true"]), angles, z, prob, *kept)
 
 
 # ---------------------------------------------------------------- metrics
