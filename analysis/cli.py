@@ -50,3 +50,7 @@ def report(
 
     path = build_report(runs=runs, features=features, bench=bench, out=out, resamples=resamples, select=select.value)
     print(f"wrote {path} (tables in {path.parent / 'tables'}, figures in {path.parent / 'figures'})")
+
+
+if __name__ == "__main__":  # `python -m analysis.cli`
+    app()

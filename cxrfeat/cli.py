@@ -192,3 +192,7 @@ def info(
         print(f"error: {line}", file=sys.stderr)
     if errors(result):
         raise typer.Exit(2)
+
+
+if __name__ == "__main__":  # `python -m cxrfeat.cli`
+    app()

@@ -464,9 +464,9 @@ def _fill(store: FeatureStore, path: Path, chunks: range, *, paths, ids, rows_in
 
     start_wall = time.perf_counter()
     total = sum(store.chunk_bounds(i)[1] - store.chunk_bounds(i)[0] for i in todo)
-    bar = _progress(path) if progress else contextlib.nullcontext()
+    bar = _progress() if progress else contextlib.nullcontext()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool, bar as prog:
-        task = prog.add_task("extract", total=total) if prog else None
+        task = prog.add_task(str(path), total=total) if prog else None
         pending: dict[int, list[Future]] = {}
 
         def submit(k: int) -> None:
@@ -591,40 +591,11 @@ def _jsonable(obj):
     return json.loads(json.dumps(obj))
 
 
-def _progress(path: Path):
-    """A rich progress bar: images done, images/s, elapsed and ETA."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TaskProgressColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+def _progress():
+    """Progress of an extraction (`cxrfeat.console.progress`): images done, images/s, elapsed and ETA."""
+    from cxrfeat.console import progress
 
-    class _Rate(TextColumn):
-        def __init__(self):
-            super().__init__("")
-
-        def render(self, task):
-            from rich.text import Text
-
-            speed = task.finished_speed or task.speed
-            return Text(f"{speed:.1f} img/s" if speed else "… img/s")
-
-    prog = Progress(
-        TextColumn(f"[bold]{path}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TaskProgressColumn(),
-        _Rate(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        transient=False,
-    )
-    return prog
+    return progress(unit="img")
 
 
 def export_h5(store_path: str | Path, out: str | Path) -> Path:

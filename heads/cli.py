@@ -345,3 +345,7 @@ def noise(
     settings = ne.NoiseSettings(model=NoiseModel.load(model), scales=ne.parse_scales(scale), trajectories=trajectories,
                                 method=method, seed=seed, features=features)
     ne.run_noise(run_dirs, settings)
+
+
+if __name__ == "__main__":  # `python -m heads.cli`
+    app()
