@@ -210,30 +210,56 @@ def _plain(cell) -> str:
     return ""
 
 
+def _height(cells: list[list[list[int]]], width: int) -> int:
+    """Lines that the cells of a column take at `width` (each cell: lines of word lengths), wrapped at spaces."""
+    total = 0
+    for cell in cells:
+        for words in cell:
+            lines, used = 1, -1
+            for w in words:
+                if used + 1 + w > width and used >= 0:
+                    lines, used = lines + 1, w
+                else:
+                    used += 1 + w
+            total += lines
+    return total
+
+
+def _overhead(table: Table) -> int:
+    return table._extra_width + sum(table._get_padding_width(i) for i in range(len(table.columns)))
+
+
 def fit(table: Table, width: int) -> Table:
     """Set the column widths of `table` (rows added) so that it spans at most `width` columns with no
-    cell cut: the widest column wraps at spaces first, each down to its longest word; only when the
-    longest words cannot fit either does the widest of those fold (break inside a word), still whole."""
+    cell cut. A table too wide for its borders loses them (a plain header rule, columns one space
+    apart); then the widest column wraps at spaces first, each down to its longest word (a `no_wrap`
+    column keeps its lines whole); only when that is not enough does the widest column fold (break
+    inside a word), every character still shown."""
+    from rich import box
     from rich.cells import cell_len
 
     columns = table.columns
     n = len(columns)
     if not n:
         return table
-    overhead = table._extra_width + sum(table._get_padding_width(i) for i in range(n))
-    natural, words = [], []
-    for col in columns:
-        texts = [_plain(col.header), *(_plain(c) for c in col._cells)]
-        natural.append(max([cell_len(line) for t in texts for line in t.splitlines()] or [1]))
-        words.append(max([cell_len(w) for t in texts for w in t.split()] or [1]))
-    budget = max(width - overhead, n)
+    cells = [[[[cell_len(w) for w in line.split()] for line in t.splitlines()]
+              for t in (_plain(col.header), *(_plain(c) for c in col._cells))] for col in columns]
+    natural = [max([sum(ws) + len(ws) - 1 for c in col for ws in c if ws] or [1]) for col in cells]
+    words = [nat if col.no_wrap else max([w for c in cl for ws in c for w in ws] or [1])
+             for col, cl, nat in zip(columns, cells, natural, strict=True)]
+    if sum(natural) + _overhead(table) > width and table.box is not None:
+        table.box, table.show_edge, table.pad_edge = box.SIMPLE_HEAD, False, False
+    budget = max(width - _overhead(table), n)
     widths = list(natural)
-    while sum(widths) > budget:  # wrap at spaces: the widest column that still can, one cell at a time
-        shrinkable = [i for i in range(n) if widths[i] > words[i]]
+    height = [_height(cl, w) for cl, w in zip(cells, widths, strict=True)]
+    while sum(widths) > budget:  # wrap at spaces: the column that grows by the fewest lines (the widest of
+        shrinkable = [i for i in range(n) if widths[i] > words[i]]  # equals), down to its longest word
         if not shrinkable:
             break
-        i = max(shrinkable, key=lambda i: widths[i])
+        taller = {i: _height(cells[i], widths[i] - 1) for i in shrinkable}
+        i = min(shrinkable, key=lambda i: (taller[i] - height[i], -widths[i]))
         widths[i] -= 1
+        height[i] = taller[i]
     while sum(widths) > budget:  # fold inside words: the widest column, down to 4 cells
         i = max(range(n), key=lambda i: widths[i])
         if widths[i] <= 4:
