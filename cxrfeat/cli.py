@@ -102,10 +102,11 @@ def verify(
 
 
 def _announce(message: str) -> None:
-    from rich.console import Console
     from rich.panel import Panel
 
-    Console(stderr=True).print(Panel(message, style="bold red", title="notice"))
+    from cxrfeat.console import make_console
+
+    make_console(stderr=True).print(Panel(message, style="bold red", title="notice"))
 
 
 @app.command()
@@ -152,15 +153,14 @@ def synth(
     """
     import time
 
-    from rich.console import Console
-
+    from cxrfeat.console import make_console
     from cxrfeat.info import dataset_summary, render
     from cxrfeat.synth import write_synthetic
 
     t0 = time.perf_counter()
     result = write_synthetic(out_dir, n_train=n_train, n_val=n_val, n_test=n_test, n_external=n_external,
                              image_size=image_size, seed=seed, n_labels=labels)
-    console = Console()
+    console = make_console()
     console.print(f"[bold red]SYNTHETIC[/] data written to {out_dir} in {time.perf_counter() - t0:.1f} s "
                   f"(seed {seed}, {image_size} px wide, {labels} labels): not real chest X-rays.")
     for name in ("nih-cxr-lt", "mimic-cxr-lt"):
@@ -179,15 +179,14 @@ def info(
     import json
     import sys
 
-    from rich.console import Console
-
+    from cxrfeat.console import make_console
     from cxrfeat.info import errors, render, summary
 
     result = summary(path)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:
-        render(result, Console())
+        render(result, make_console())
     for line in errors(result):
         print(f"error: {line}", file=sys.stderr)
     if errors(result):

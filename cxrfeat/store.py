@@ -111,6 +111,20 @@ class Damage:
         return f"{self.key}: {self.problem}" + (f" (row chunk {self.chunk})" if self.chunk is not None else "")
 
 
+SPLIT_ORDER = ("train", "val", "test")
+
+
+def split_key(split: str) -> tuple[int, str]:
+    """The order in which splits are listed everywhere: train, val, test, then any others by name."""
+    return (SPLIT_ORDER.index(split) if split in SPLIT_ORDER else len(SPLIT_ORDER), split)
+
+
+def store_key(path: str | Path) -> tuple:
+    """Stores and folders in listing order: by folder, then by split (`split_key` of the `.zarr` name)."""
+    path = Path(path)
+    return (*path.parent.parts, *(split_key(path.stem) if path.suffix == ".zarr" else (-1, path.name)))
+
+
 def layout_path(features: str | Path, dataset: str, split: str) -> Path:
     """Where the store of `dataset`/`split` lives under a features folder: `<features>/<dataset>/<split>.zarr`."""
     return Path(features) / dataset / f"{split}.zarr"

@@ -160,12 +160,11 @@ def params(
     dim: Annotated[int, typer.Option("--dim", help="Embedding size (2048 for ResNet50).")] = 2048,
 ):
     """Parameter counts by component (the paper's Table II) for CDL and DQC heads."""
-    from rich.console import Console
-
+    from cxrfeat.console import make_console, print_table
     from cxrfeat.labels import parse_task_option
     from heads.models import params_table
 
-    Console().print(params_table(parse_task_option(tasks), layers, dim))
+    print_table(make_console(), params_table(parse_task_option(tasks), layers, dim))
 
 
 # ---------------------------------------------------------------- finetune (end to end on images)
@@ -199,8 +198,7 @@ def finetune(
     drawn from (seed, epoch, position) so CDL and DQC with one seed see identical batches. Interrupt
     it at any time: the same command resumes after the last completed epoch.
     """
-    from rich.console import Console
-
+    from cxrfeat.console import make_console
     from cxrfeat.errors import UserError
     from cxrfeat.labels import read_tasks_file
     from heads.finetune import FinetuneOptions
@@ -218,7 +216,7 @@ def finetune(
         opts.check()
     except ValueError as e:
         raise UserError(f"--task: {e}") from None
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
 
     def on_epoch(row: dict) -> None:
         mark = " *" if row["improved"] else ""
@@ -251,14 +249,13 @@ def bench_epoch(
     out: Annotated[Path, typer.Option("--out", help="JSON results (default bench/epoch-<platform>.json).")] = None,
 ):
     """Time one training epoch at the NIH training size for every (task, model), and project the sweep."""
-    from rich.console import Console
-
+    from cxrfeat.console import make_console
     from cxrfeat.labels import parse_task_option
     from heads.epochbench import run_epoch_bench
     from heads.plan import parse_models
 
     run_epoch_bench(tasks=parse_task_option(tasks), models=parse_models(models), seeds=seeds, rows=rows, views=views,
-                    dim=dim, epochs=epochs, backend=backend, layers=layers, out=out, console=Console())
+                    dim=dim, epochs=epochs, backend=backend, layers=layers, out=out, console=make_console())
 
 
 # ---------------------------------------------------------------- bench (the paper's Table III)
