@@ -158,8 +158,9 @@ class LineProgress(Progress):
         self._last: dict[TaskID, tuple[float, int, tuple]] = {}  # time, tenths done, what was shown
 
     def add_task(self, description, start=True, total=100.0, completed=0, visible=True, **fields) -> TaskID:
-        task_id = super().add_task(description, start=start, total=total, completed=completed, visible=visible,
-                                   **fields)
+        task_id = super().add_task(
+            description, start=start, total=total, completed=completed, visible=visible, **fields
+        )
         self._emit(task_id, force=True)
         return task_id
 
@@ -192,12 +193,14 @@ class LineProgress(Progress):
         last = self._last.get(task_id)
         if last is not None and last[2] == shown:
             return  # nothing new to say
-        due = (force or last is None or task.finished or tenths > last[1] or now - last[0] >= self.every)
+        due = force or last is None or task.finished or tenths > last[1] or now - last[0] >= self.every
         if not due:
             return
         self._last[task_id] = (now, tenths, shown)
         status = shown[3]
-        text = f"{task.description}: {', '.join(task_numbers(task, self.unit))}" + (f" | {status}" if status else "")
+        text = f"{task.description}: {', '.join(task_numbers(task, self.unit))}" + (
+            f" | {status}" if status else ""
+        )
         self.console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
@@ -242,11 +245,18 @@ def fit(table: Table, width: int) -> Table:
     n = len(columns)
     if not n:
         return table
-    cells = [[[[cell_len(w) for w in line.split()] for line in t.splitlines()]
-              for t in (_plain(col.header), *(_plain(c) for c in col._cells))] for col in columns]
+    cells = [
+        [
+            [[cell_len(w) for w in line.split()] for line in t.splitlines()]
+            for t in (_plain(col.header), *(_plain(c) for c in col._cells))
+        ]
+        for col in columns
+    ]
     natural = [max([sum(ws) + len(ws) - 1 for c in col for ws in c if ws] or [1]) for col in cells]
-    words = [nat if col.no_wrap else max([w for c in cl for ws in c for w in ws] or [1])
-             for col, cl, nat in zip(columns, cells, natural, strict=True)]
+    words = [
+        nat if col.no_wrap else max([w for c in cl for ws in c for w in ws] or [1])
+        for col, cl, nat in zip(columns, cells, natural, strict=True)
+    ]
     if sum(natural) + _overhead(table) > width and table.box is not None:
         table.box, table.show_edge, table.pad_edge = box.SIMPLE_HEAD, False, False
     budget = max(width - _overhead(table), n)
