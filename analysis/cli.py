@@ -8,9 +8,9 @@ from typing import Annotated
 
 import typer
 
-from cxrfeat.cliutil import friendly
+from cxrfeat.cliutil import App, friendly
 
-app = typer.Typer(
+app = App(
     help="Analysis: turn a sweep's runs into the paper's tables, statistics and figures.\n\n"
     "Typical use: `analysis report --runs runs/demo`.",
     no_args_is_help=True,

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import typer
 
-from cxrfeat.cliutil import friendly
+from cxrfeat.cliutil import App, friendly
 
-app = typer.Typer(
+app = App(
     help="Stage one: chest X-ray datasets and ResNet50 feature extraction into Zarr stores.\n\n"
     "Typical use: `cxrfeat synth` (synthetic demo data), then `cxrfeat extract --split train` "
     "(and val, test), then `cxrfeat info features/nih-cxr-lt/train.zarr`.",
@@ -44,6 +44,9 @@ def extract(
     Kill it at any time and run the same command again: it continues where it stopped. One
     process at a time works on a store (a second one waits for the first), or on one part of it
     with --part i/N (parts run at the same time; the result equals a one-process store bit for bit).
+
+    Example (the store features/nih-cxr-lt/train.zarr, 8 views per image):
+        cxrfeat extract --split train --data-dir data/nih-cxr-lt --out features
     """
     from cxrfeat.extract import extract as run_extract
 
@@ -84,6 +87,9 @@ def verify(
 
     Exit status 0 when all are intact, 2 when any is damaged or incomplete (each damaged chunk is named,
     with the command that repairs it). Readers run the same check before using a store.
+
+    Example:
+        cxrfeat verify features
     """
     import sys
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import typer
 
-app = typer.Typer(
+from cxrfeat.cliutil import App, friendly
+
+app = App(
     help="Stage two: train classical (CDL) and dressed-quantum-circuit (DQC) heads on cached features.\n\n"
     "Typical use: `heads sweep --tasks 8,14,19 --seeds 5`, `heads bench`, `heads params`.",
     no_args_is_help=True,
@@ -16,8 +18,6 @@ app = typer.Typer(
 from enum import StrEnum  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Annotated  # noqa: E402
-
-from cxrfeat.cliutil import friendly  # noqa: E402
 
 _Features = Annotated[Path, typer.Option("--features", help="Features folder: <features>/<dataset>/<split>.zarr.")]
 _Runs = Annotated[Path, typer.Option("--runs", help="Runs folder: runs go to <runs>/<name>/cxr-<task>/<model>/[<config>/]seed-<s>/ (<config>: a grid configuration).")]
@@ -334,7 +334,10 @@ def noise(
 
     Each test example goes through the run's pre layer, the circuit with the model's gate, relaxation
     and readout errors (times each --scale), the post layer and the sigmoid; AUROC and AUPRC per scale
-    are set beside the noiseless ones. Example: heads noise runs/sweep --noise sycamore-2019 --scale 0,1,3,10
+    are set beside the noiseless ones.
+
+    Example:
+        heads noise runs/sweep --noise sycamore-2019 --scale 0,1,3,10
     """
     from heads import noise_eval as ne
     from heads.noise import NoiseModel
