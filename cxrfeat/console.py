@@ -191,8 +191,8 @@ class LineProgress(Progress):
         now = time.monotonic()
         tenths = int(task.completed / task.total / STEP) if task.total else 0
         last = self._last.get(task_id)
-        if last is not None and last[2] == shown:
-            return  # nothing new to say
+        if last is not None and (last[2] == shown or last[2][1:3] == shown[1:3] and task.finished):
+            return  # nothing new to say (a finished task is not reported again for a new status)
         due = force or last is None or task.finished or tenths > last[1] or now - last[0] >= self.every
         if not due:
             return

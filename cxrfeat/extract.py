@@ -264,6 +264,10 @@ def extract(
         with locks.acquire(lock_path(path), what=f"feature store {path}"):
             _refuse_live_parts(path, None)
             _recover_swap(path)
+            if repair and not path.exists():
+                raise UserError(f"--repair: no feature store at {path} to repair. --out names the features folder "
+                                f"that holds the damaged store (`cxrfeat verify FOLDER` names it and its repair "
+                                f"command); without --repair this command builds a new store there")
             target = path.with_name(path.name + NEW) if overwrite and path.exists() else path
             store = _open_or_create(target, settings, overwrite=overwrite and target == path, create=create)
             if store.complete:
@@ -271,9 +275,12 @@ def extract(
                     _swap(path, target)
                     return path, timing
                 damage = store.verify()
+                if not damage and repair:  # the user expected damage here: a wrong --out, most likely
+                    raise UserError(f"--repair: {path} is complete and every file matches its checksum, nothing "
+                                    f"to repair. If a damaged copy lives elsewhere, pass --out the features folder "
+                                    f"that holds it (`cxrfeat verify FOLDER` names it and its repair command)")
                 if not damage:
-                    say(f"{path}: already complete and verified, nothing to do"
-                        + (" (--repair: nothing damaged)" if repair else ""))
+                    say(f"{path}: already complete and verified, nothing to do")
                     return path, timing
                 if not repair:
                     raise UserError(store.damage_message(damage))
@@ -284,8 +291,6 @@ def extract(
                 say(f"{path}: repairing {len(bad)} damaged chunk(s) {', '.join(map(str, bad))}: "
                     + "; ".join(str(d) for d in damage[:5]))
                 store.mark_for_repair(bad)
-            elif repair and not store.done_chunks().any():
-                pass  # a store just created: --repair simply builds it
             chunks = range(store.n_chunks)
             _reopen_redone(store, target, chunks, say)
             _fill(store, target, chunks, **fill)

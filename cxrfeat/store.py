@@ -292,17 +292,39 @@ class FeatureStore:
 
     def incomplete_message(self) -> str:
         done = int(self.done_chunks().sum())
+        cmd = self.command_here()
+        again = f"`{cmd}`" if cmd else "the same `cxrfeat extract` command"
         return (f"{self.path}: incomplete {self.WHAT} ({done}/{self.n_chunks} chunks written). Finish it by "
-                f"running the same `cxrfeat extract` command again (it resumes), or pass --overwrite to start anew.")
+                f"running {again} again (it resumes), or pass --overwrite to start anew.")
+
+    def command_here(self, *flags: str) -> str | None:
+        """The `cxrfeat extract` command (plus `flags`) that writes this store where it is now: its recorded
+        arguments with `--out` the features folder that holds it (a store copied or moved elsewhere is
+        repaired there, not where it was made). A note follows when that command cannot reach it: the
+        store is not at `<features>/<dataset>/<split>.zarr` for its own dataset and split, or the images
+        folder it was made from is not found from here. None when the store has no recorded arguments."""
+        args = self.group.attrs.get("extract_args")
+        if not isinstance(args, dict):
+            return None
+        dataset, split = args.get("dataset"), args.get("split")
+        notes = []
+        if dataset and split and layout_of(self.path) != (dataset, split):
+            notes.append(f"first move it to <features>/{dataset}/{split}.zarr, where `cxrfeat extract --out "
+                         f"<features>` writes it, then run it with that --out")
+        args = {**args, "out": str(self.path.parent.parent)}
+        if args.get("data_dir") and not Path(args["data_dir"]).is_dir():
+            notes.append(f"its images were read from {args['data_dir']}, not found from here: point --data-dir at them")
+        cmd = " ".join([extract_command(args), *flags])
+        return cmd + (f" ({'; '.join(notes)})" if notes else "")
 
     def repair_hint(self, *, rebuild: bool = False) -> str:
-        """The command that repairs this store (`--repair`), or rebuilds it (`--overwrite`)."""
-        args = self.group.attrs.get("extract_args")
+        """The command that repairs this store (`--repair`), or rebuilds it (`--overwrite`): `command_here`."""
         flag = "--overwrite" if rebuild else "--repair"
-        if isinstance(args, dict):
-            cmd = extract_command(args) + f" {flag}"
+        cmd = self.command_here(flag)
+        if cmd is not None:
             return f"{'Rebuild' if rebuild else 'Repair'} it with: {cmd}"
-        return f"{'Rebuild' if rebuild else 'Repair'} it by re-running the `cxrfeat extract` command that made it with {flag}"
+        return (f"{'Rebuild' if rebuild else 'Repair'} it by re-running the `cxrfeat extract` command that made it "
+                f"with {flag} and --out {self.path.parent.parent}")
 
     # ---------------------------------------------------------------- properties
     def marker(self) -> dict | None:

@@ -30,6 +30,11 @@ def _seeds(seeds) -> str:
     return f"{seeds[0]}-{seeds[-1]}" if len(seeds) > 1 and seeds == list(range(seeds[0], seeds[-1] + 1)) else ",".join(map(str, seeds))
 
 
+def _pair(task, model) -> str:
+    """'CXR-8 DQC', as the summary table names them."""
+    return f"{task_name(task).upper()} {model.upper()}"
+
+
 class LiveReporter:
     """Live display of a sweep: the grid, the current (task, model), its epoch, losses and ETA.
 
@@ -59,13 +64,13 @@ class LiveReporter:
         self.overall = self.progress.add_task("grid", total=len(groups), status="", unit="group")
 
     def skipped(self, task, model, seeds) -> None:
-        self.console.print(f"{task_name(task)} {model}: seed(s) {_seeds(seeds)} finished already, skipped")
+        self.console.print(f"{_pair(task, model)}: seed(s) {_seeds(seeds)} finished already, skipped")
         self.progress.advance(self.overall)
 
     def group_start(self, task, model, seeds, max_epochs) -> None:
         self.n_seeds, self.max_epochs = len(seeds), max_epochs
         what = f"seed(s) {_seeds(seeds)}" if all(isinstance(s, int) for s in seeds) else f"{len(seeds)} run(s)"
-        self.group = self.progress.add_task(f"{task_name(task)} {model} {what}", total=max_epochs,
+        self.group = self.progress.add_task(f"{_pair(task, model)} {what}", total=max_epochs,
                                             status="compiling")
 
     def epoch(self, info) -> None:
@@ -80,7 +85,7 @@ class LiveReporter:
         self.progress.update(self.group, completed=self.max_epochs, status="done")
         self.progress.remove_task(self.group)
         self.progress.advance(self.overall)
-        self.console.print(f"{task_name(task)} {model}: trained seed(s) {_seeds(outcome.trained)} in "
+        self.console.print(f"{_pair(task, model)}: trained seed(s) {_seeds(outcome.trained)} in "
                            f"{outcome.seconds:.1f} s" + (f" (skipped {_seeds(outcome.skipped)})" if outcome.skipped else ""))
 
 
