@@ -312,14 +312,15 @@ def _kv_table(title: str, rows: list[tuple[str, str]]):
 
 def _render_cache(info: dict, console, *, counts: bool) -> None:
     flag = "  [bold red]SYNTHETIC DATA[/]" if info.get("synthetic") else ""
-    state = ("[green]complete[/]" if info["complete"] else
-             "[red]INCOMPLETE[/] (rerun the same `heads finetune` command to finish it)")
+    done = f"{info['chunks_done']}/{info['chunks_total']} shards"
+    state = (f"[green]complete[/]: {done}" if info["complete"] else
+             f"[red]INCOMPLETE[/]: {done} (rerun the same `heads finetune` command to finish it)")
     print_table(console, _kv_table(f"{info['path']} (image cache of `heads finetune`){flag}", [
         ("dataset / split", f"{info['dataset']} / {info['split']}"),
         ("rows", f"{info['rows']}"),
         ("images", f"{' x '.join(map(str, info['image_shape']))}  ({info['dtype']}, preprocessed)"),
         ("source", str(info.get("source"))),
-        ("state", f"{state}: {info['chunks_done']}/{info['chunks_total']} shards"),
+        ("state", state),
         ("created", f"{info.get('created')} (cxr-qtl {info.get('package_version')})"),
     ]))
     if counts:
@@ -336,7 +337,9 @@ def _render_dataset(info: dict, console) -> None:
 
 def _render_store(info: dict, console, *, counts: bool) -> None:
     flag = "  [bold red]SYNTHETIC DATA[/]" if info.get("synthetic") else ""
-    state = "[green]complete[/]" if info["complete"] else "[red]INCOMPLETE[/] (rerun the same `cxrfeat extract` to finish)"
+    done = f"{info['chunks_done']}/{info['chunks_total']} chunks"
+    state = (f"[green]complete[/]: {done}" if info["complete"] else
+             f"[red]INCOMPLETE[/]: {done} (rerun the same `cxrfeat extract` to finish)")
     bb = info.get("backbone") or {}
     backbone = bb.get("name", "?") if isinstance(bb, dict) else str(bb)
     if isinstance(bb, dict) and bb.get("random"):
@@ -351,7 +354,7 @@ def _render_store(info: dict, console, *, counts: bool) -> None:
         ("rows", f"{info['rows']} ({info['valid_rows']} valid)"),
         ("views x dim", f"{info['views']} x {info['dim']}  ({info['dtype']})"),
         ("backbone", backbone),
-        ("state", f"{state}: {info['chunks_done']}/{info['chunks_total']} chunks"),
+        ("state", state),
         *[(f"part {p['part']}", f"{p['chunks_done']}/{p['chunks_total']} chunks"
            + (f" (chunks {p['chunks'][0]}..{p['chunks'][1] - 1})" if p["chunks_total"] else "")
            + f": {p['state']}") for p in info.get("parts", [])],
