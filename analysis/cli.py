@@ -8,9 +8,9 @@ from typing import Annotated
 
 import typer
 
-from cxrfeat.cliutil import friendly
+from cxrfeat.cliutil import App, friendly
 
-app = typer.Typer(
+app = App(
     help="Analysis: turn a sweep's runs into the paper's tables, statistics and figures.\n\n"
     "Typical use: `analysis report --runs runs/demo`.",
     no_args_is_help=True,
@@ -50,3 +50,7 @@ def report(
 
     path = build_report(runs=runs, features=features, bench=bench, out=out, resamples=resamples, select=select.value)
     print(f"wrote {path} (tables in {path.parent / 'tables'}, figures in {path.parent / 'figures'})")
+
+
+if __name__ == "__main__":  # `python -m analysis.cli`
+    app()

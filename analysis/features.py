@@ -14,9 +14,8 @@ import numpy as np
 
 from cxrfeat.errors import UserError
 from cxrfeat.labels import LABELS, NO_FINDING, canonical
-from cxrfeat.store import FeatureStore, layout_of
+from cxrfeat.store import FeatureStore, layout_of, split_key
 
-SPLIT_ORDER = ("train", "val", "test")
 SYNTHETIC_SENTENCE = (
     "**These results come from SYNTHETIC images** (`cxrfeat synth`), not from real chest X-rays: "
     "they show that the pipeline works, and say nothing about the clinical performance of CDL or DQC."
@@ -34,10 +33,6 @@ class StoreCounts:
     positives: dict[str, int]  # canonical label -> number of images with label 1
     unknown: dict[str, int]  # canonical label -> number of images with label -1
     attrs: dict[str, Any]
-
-
-def split_key(split: str) -> tuple[int, str]:
-    return (SPLIT_ORDER.index(split) if split in SPLIT_ORDER else len(SPLIT_ORDER), split)
 
 
 def label_key(name: str) -> tuple[int, str]:

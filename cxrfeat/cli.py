@@ -6,9 +6,9 @@ from pathlib import Path
 
 import typer
 
-from cxrfeat.cliutil import friendly
+from cxrfeat.cliutil import App, friendly
 
-app = typer.Typer(
+app = App(
     help="Stage one: chest X-ray datasets and ResNet50 feature extraction into Zarr stores.\n\n"
     "Typical use: `cxrfeat synth` (synthetic demo data), then `cxrfeat extract --split train` "
     "(and val, test), then `cxrfeat info features/nih-cxr-lt/train.zarr`.",
@@ -44,6 +44,9 @@ def extract(
     Kill it at any time and run the same command again: it continues where it stopped. One
     process at a time works on a store (a second one waits for the first), or on one part of it
     with --part i/N (parts run at the same time; the result equals a one-process store bit for bit).
+
+    Example (the store features/nih-cxr-lt/train.zarr, 8 views per image):
+        cxrfeat extract --split train --data-dir data/nih-cxr-lt --out features
     """
     from cxrfeat.extract import extract as run_extract
 
@@ -84,6 +87,9 @@ def verify(
 
     Exit status 0 when all are intact, 2 when any is damaged or incomplete (each damaged chunk is named,
     with the command that repairs it). Readers run the same check before using a store.
+
+    Example:
+        cxrfeat verify features
     """
     import sys
 
@@ -102,10 +108,11 @@ def verify(
 
 
 def _announce(message: str) -> None:
-    from rich.console import Console
     from rich.panel import Panel
 
-    Console(stderr=True).print(Panel(message, style="bold red", title="notice"))
+    from cxrfeat.console import make_console
+
+    make_console(stderr=True).print(Panel(message, style="bold red", title="notice"))
 
 
 @app.command()
@@ -152,15 +159,14 @@ def synth(
     """
     import time
 
-    from rich.console import Console
-
+    from cxrfeat.console import make_console
     from cxrfeat.info import dataset_summary, render
     from cxrfeat.synth import write_synthetic
 
     t0 = time.perf_counter()
     result = write_synthetic(out_dir, n_train=n_train, n_val=n_val, n_test=n_test, n_external=n_external,
                              image_size=image_size, seed=seed, n_labels=labels)
-    console = Console()
+    console = make_console()
     console.print(f"[bold red]SYNTHETIC[/] data written to {out_dir} in {time.perf_counter() - t0:.1f} s "
                   f"(seed {seed}, {image_size} px wide, {labels} labels): not real chest X-rays.")
     for name in ("nih-cxr-lt", "mimic-cxr-lt"):
@@ -179,16 +185,19 @@ def info(
     import json
     import sys
 
-    from rich.console import Console
-
+    from cxrfeat.console import make_console
     from cxrfeat.info import errors, render, summary
 
     result = summary(path)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:
-        render(result, Console())
+        render(result, make_console())
     for line in errors(result):
         print(f"error: {line}", file=sys.stderr)
     if errors(result):
         raise typer.Exit(2)
+
+
+if __name__ == "__main__":  # `python -m cxrfeat.cli`
+    app()

@@ -1,4 +1,11 @@
-"""Shared CLI plumbing for every command of `cxrfeat`, `heads` and `analysis` (`friendly`).
+"""Shared CLI plumbing for every command of `cxrfeat`, `heads` and `analysis`: `App` (help that reads as
+prose, flags shown as flags) and `friendly` (errors as one line).
+
+`App` is `typer.Typer` with two changes to `--help`: a docstring's paragraphs are reflowed to the
+terminal's width (`prose`; lines indented deeper than their paragraph, e.g. an example command, stay
+verbatim), and a boolean flag reads `--json`, not `--json <bool>` (Typer shows a type for every option).
+
+`friendly`:
 
 - `UserError` -> `error: <message>` on stderr, exit status 2.
 - any `OSError` -> `error: <path>: <reason>` (a full disk also names the folder and its free
@@ -12,15 +19,77 @@ Set the environment variable `CXR_DEBUG=1` to get the full Python traceback inst
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import sys
 
 import click
 import typer
+import typer.core
 
 from cxrfeat.errors import UserError, os_error_message
 
 DEBUG_ENV = "CXR_DEBUG"
+
+
+def prose(doc: str | None) -> str | None:
+    """A docstring as `--help` shows it: the lines of each paragraph joined into one line (the terminal
+    wraps it), a line indented deeper than its paragraph's first line kept verbatim on its own line
+    (examples), a line starting with "- " starting a new line (lists)."""
+    if not doc:
+        return doc
+    paragraphs = []
+    for para in inspect.cleandoc(doc).split("\n\n"):
+        lines = para.split("\n")
+        base = len(lines[0]) - len(lines[0].lstrip())
+        out: list[str] = []
+        joinable = False  # may the next prose line continue the last output line?
+        for line in lines:
+            indent = len(line) - len(line.lstrip())
+            if indent > base:
+                out.append(line.rstrip())
+                joinable = False
+            elif joinable and not line.lstrip().startswith("- "):
+                out[-1] = f"{out[-1]} {line.strip()}"
+            else:
+                out.append(line.rstrip())
+                joinable = True
+        paragraphs.append("\n".join(out))
+    return "\n\n".join(paragraphs)
+
+
+def _flags_as_flags(params) -> None:
+    """Typer shows `<bool>` after every option of type bool, as if it took a value: an empty metavar
+    shows nothing."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+
+
+class _Command(typer.core.TyperCommand):
+    def format_help(self, ctx, formatter):
+        _flags_as_flags(self.get_params(ctx))
+        return super().format_help(ctx, formatter)
+
+
+class _Group(typer.core.TyperGroup):
+    def format_help(self, ctx, formatter):
+        _flags_as_flags(self.get_params(ctx))
+        return super().format_help(ctx, formatter)
+
+
+class App(typer.Typer):
+    """`typer.Typer` for the three CLIs: help as prose (`prose`), flags without `<bool>`."""
+
+    def __init__(self, *, help: str | None = None, **kwargs):  # noqa: A002 - Typer's own name
+        super().__init__(cls=_Group, help=prose(help), **kwargs)
+
+    def command(self, name: str | None = None, *, cls=None, help: str | None = None, **kwargs):  # noqa: A002
+        def register(f):
+            text = prose(help if help is not None else inspect.getdoc(f))
+            return super(App, self).command(name, cls=cls or _Command, help=text, **kwargs)(f)
+
+        return register
 
 
 def debug() -> bool:

@@ -264,6 +264,10 @@ def extract(
         with locks.acquire(lock_path(path), what=f"feature store {path}"):
             _refuse_live_parts(path, None)
             _recover_swap(path)
+            if repair and not path.exists():
+                raise UserError(f"--repair: no feature store at {path} to repair. --out names the features folder "
+                                f"that holds the damaged store (`cxrfeat verify FOLDER` names it and its repair "
+                                f"command); without --repair this command builds a new store there")
             target = path.with_name(path.name + NEW) if overwrite and path.exists() else path
             store = _open_or_create(target, settings, overwrite=overwrite and target == path, create=create)
             if store.complete:
@@ -271,9 +275,12 @@ def extract(
                     _swap(path, target)
                     return path, timing
                 damage = store.verify()
+                if not damage and repair:  # the user expected damage here: a wrong --out, most likely
+                    raise UserError(f"--repair: {path} is complete and every file matches its checksum, nothing "
+                                    f"to repair. If a damaged copy lives elsewhere, pass --out the features folder "
+                                    f"that holds it (`cxrfeat verify FOLDER` names it and its repair command)")
                 if not damage:
-                    say(f"{path}: already complete and verified, nothing to do"
-                        + (" (--repair: nothing damaged)" if repair else ""))
+                    say(f"{path}: already complete and verified, nothing to do")
                     return path, timing
                 if not repair:
                     raise UserError(store.damage_message(damage))
@@ -284,8 +291,6 @@ def extract(
                 say(f"{path}: repairing {len(bad)} damaged chunk(s) {', '.join(map(str, bad))}: "
                     + "; ".join(str(d) for d in damage[:5]))
                 store.mark_for_repair(bad)
-            elif repair and not store.done_chunks().any():
-                pass  # a store just created: --repair simply builds it
             chunks = range(store.n_chunks)
             _reopen_redone(store, target, chunks, say)
             _fill(store, target, chunks, **fill)
@@ -464,9 +469,9 @@ def _fill(store: FeatureStore, path: Path, chunks: range, *, paths, ids, rows_in
 
     start_wall = time.perf_counter()
     total = sum(store.chunk_bounds(i)[1] - store.chunk_bounds(i)[0] for i in todo)
-    bar = _progress(path) if progress else contextlib.nullcontext()
+    bar = _progress() if progress else contextlib.nullcontext()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool, bar as prog:
-        task = prog.add_task("extract", total=total) if prog else None
+        task = prog.add_task(str(path), total=total) if prog else None
         pending: dict[int, list[Future]] = {}
 
         def submit(k: int) -> None:
@@ -591,40 +596,11 @@ def _jsonable(obj):
     return json.loads(json.dumps(obj))
 
 
-def _progress(path: Path):
-    """A rich progress bar: images done, images/s, elapsed and ETA."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TaskProgressColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+def _progress():
+    """Progress of an extraction (`cxrfeat.console.progress`): images done, images/s, elapsed and ETA."""
+    from cxrfeat.console import progress
 
-    class _Rate(TextColumn):
-        def __init__(self):
-            super().__init__("")
-
-        def render(self, task):
-            from rich.text import Text
-
-            speed = task.finished_speed or task.speed
-            return Text(f"{speed:.1f} img/s" if speed else "… img/s")
-
-    prog = Progress(
-        TextColumn(f"[bold]{path}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TaskProgressColumn(),
-        _Rate(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        transient=False,
-    )
-    return prog
+    return progress(unit="img")
 
 
 def export_h5(store_path: str | Path, out: str | Path) -> Path:

@@ -107,9 +107,11 @@ class ImageCache(FeatureStore):
                 f"`heads finetune` command again: it finishes the cache first.")
 
     def repair_hint(self, *, rebuild: bool = False) -> str:
+        cache = self.path.parent.parent  # `heads finetune --cache <cache>` keeps <cache>/<dataset>/<split>.zarr
         if rebuild:
-            return f"Delete {self.path} and re-run the same `heads finetune` command: it rebuilds the cache."
-        return "Re-run the same `heads finetune` command: it rebuilds the damaged shards first."
+            return (f"Delete {self.path} and re-run the same `heads finetune` command with --cache {cache}: it "
+                    f"rebuilds the cache.")
+        return f"Re-run the same `heads finetune` command with --cache {cache}: it rebuilds the damaged shards first."
 
     @property
     def images(self) -> zarr.Array:

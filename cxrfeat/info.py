@@ -15,12 +15,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from cxrfeat.console import print_table
 from cxrfeat.errors import UserError
 from cxrfeat.imagecache import KIND as IMAGE_CACHE_KIND
 from cxrfeat.labels import LABELS
+from cxrfeat.store import SPLIT_ORDER, store_key
 from cxrfeat.synth import is_synthetic
 
-SPLIT_ORDER = ("train", "val", "test")
 _NIH = re.compile(r"^miccai2023_nih-cxr-lt_labels_(\w+)\.csv$")
 _MIMIC = re.compile(r"^(?:miccai2023_mimic-cxr-lt_labels_|mimic-cxr-lt_)(\w+)\.csv$")
 
@@ -193,11 +194,12 @@ def cache_summary(path: str | Path) -> dict:
 
 def find(path: Path, depth: int = SEARCH_DEPTH) -> list[Path]:
     """Feature stores, image caches and dataset folders under `path`, up to `depth` levels down
-    (the inside of a store or a dataset folder is not searched), sorted by path."""
+    (the inside of a store or a dataset folder is not searched), in listing order (`store_key`: train, val,
+    test, then other splits)."""
     found = []
     if depth < 1:
         return found
-    for child in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    for child in sorted((p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")), key=store_key):
         if is_store(child) or is_image_cache(child) or (child.suffix != ".zarr" and is_dataset(child)):
             found.append(child)
         elif child.suffix != ".zarr":
@@ -284,7 +286,7 @@ def render(info: dict | list[dict], console) -> None:
         if len(group) > 1:
             what = "stores" if kind == "store" else "image caches"
             console.print(f"[bold]Positives per label in the {what} of {dataset}[/] (valid rows)")
-            console.print(label_table({Path(i["path"]).stem: {**i, "rows": i["valid_rows"]} for i in group}))
+            print_table(console, label_table({Path(i["path"]).stem: {**i, "rows": i["valid_rows"]} for i in group}))
     for item in items:
         if item["kind"] == "error":
             continue  # `errors`: printed as `error:` lines on stderr by the CLI
@@ -310,31 +312,34 @@ def _kv_table(title: str, rows: list[tuple[str, str]]):
 
 def _render_cache(info: dict, console, *, counts: bool) -> None:
     flag = "  [bold red]SYNTHETIC DATA[/]" if info.get("synthetic") else ""
-    state = ("[green]complete[/]" if info["complete"] else
-             "[red]INCOMPLETE[/] (rerun the same `heads finetune` command to finish it)")
-    console.print(_kv_table(f"{info['path']} (image cache of `heads finetune`){flag}", [
+    done = f"{info['chunks_done']}/{info['chunks_total']} shards"
+    state = (f"[green]complete[/]: {done}" if info["complete"] else
+             f"[red]INCOMPLETE[/]: {done} (rerun the same `heads finetune` command to finish it)")
+    print_table(console, _kv_table(f"{info['path']} (image cache of `heads finetune`){flag}", [
         ("dataset / split", f"{info['dataset']} / {info['split']}"),
         ("rows", f"{info['rows']}"),
         ("images", f"{' x '.join(map(str, info['image_shape']))}  ({info['dtype']}, preprocessed)"),
         ("source", str(info.get("source"))),
-        ("state", f"{state}: {info['chunks_done']}/{info['chunks_total']} shards"),
+        ("state", state),
         ("created", f"{info.get('created')} (cxr-qtl {info.get('package_version')})"),
     ]))
     if counts:
         console.print("[bold]Positives per label[/] (unk. = unknown)")
-        console.print(label_table({info["split"] or "rows": {**info, "rows": info["valid_rows"]}}))
+        print_table(console, label_table({info["split"] or "rows": {**info, "rows": info["valid_rows"]}}))
 
 
 def _render_dataset(info: dict, console) -> None:
     flag = "  [bold red]SYNTHETIC DATA (not real X-rays)[/]" if info["synthetic"] else ""
     console.print(f"[bold]{info['path']}[/]: dataset {info['dataset']}{flag}")
     console.print(f"[bold]Positives per label and split[/] ({info['dataset']}; unk. = unknown, -1 or blank)")
-    console.print(label_table(info["splits"]))
+    print_table(console, label_table(info["splits"]))
 
 
 def _render_store(info: dict, console, *, counts: bool) -> None:
     flag = "  [bold red]SYNTHETIC DATA[/]" if info.get("synthetic") else ""
-    state = "[green]complete[/]" if info["complete"] else "[red]INCOMPLETE[/] (rerun the same `cxrfeat extract` to finish)"
+    done = f"{info['chunks_done']}/{info['chunks_total']} chunks"
+    state = (f"[green]complete[/]: {done}" if info["complete"] else
+             f"[red]INCOMPLETE[/]: {done} (rerun the same `cxrfeat extract` to finish)")
     bb = info.get("backbone") or {}
     backbone = bb.get("name", "?") if isinstance(bb, dict) else str(bb)
     if isinstance(bb, dict) and bb.get("random"):
@@ -344,12 +349,12 @@ def _render_store(info: dict, console, *, counts: bool) -> None:
                  f"sha256 {bb['sha256'][:12]}" if bb.get("sha256") else ""]
         backbone += f" ({', '.join(e for e in extra if e)})" if any(extra) else ""
     skipped = info["skipped_ids"]
-    console.print(_kv_table(f"{info['path']}{flag}", [
+    print_table(console, _kv_table(f"{info['path']}{flag}", [
         ("dataset / split", f"{info['dataset']} / {info['split']}"),
         ("rows", f"{info['rows']} ({info['valid_rows']} valid)"),
         ("views x dim", f"{info['views']} x {info['dim']}  ({info['dtype']})"),
         ("backbone", backbone),
-        ("state", f"{state}: {info['chunks_done']}/{info['chunks_total']} chunks"),
+        ("state", state),
         *[(f"part {p['part']}", f"{p['chunks_done']}/{p['chunks_total']} chunks"
            + (f" (chunks {p['chunks'][0]}..{p['chunks'][1] - 1})" if p["chunks_total"] else "")
            + f": {p['state']}") for p in info.get("parts", [])],
@@ -359,5 +364,5 @@ def _render_store(info: dict, console, *, counts: bool) -> None:
     ]))
     if counts:
         console.print("[bold]Positives per label[/] (valid rows; unk. = unknown)")
-        console.print(label_table({info["split"] or "rows": {**info, "rows": info["valid_rows"]}}))
+        print_table(console, label_table({info["split"] or "rows": {**info, "rows": info["valid_rows"]}}))
 

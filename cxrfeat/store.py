@@ -111,6 +111,20 @@ class Damage:
         return f"{self.key}: {self.problem}" + (f" (row chunk {self.chunk})" if self.chunk is not None else "")
 
 
+SPLIT_ORDER = ("train", "val", "test")
+
+
+def split_key(split: str) -> tuple[int, str]:
+    """The order in which splits are listed everywhere: train, val, test, then any others by name."""
+    return (SPLIT_ORDER.index(split) if split in SPLIT_ORDER else len(SPLIT_ORDER), split)
+
+
+def store_key(path: str | Path) -> tuple:
+    """Stores and folders in listing order: by folder, then by split (`split_key` of the `.zarr` name)."""
+    path = Path(path)
+    return (*path.parent.parts, *(split_key(path.stem) if path.suffix == ".zarr" else (-1, path.name)))
+
+
 def layout_path(features: str | Path, dataset: str, split: str) -> Path:
     """Where the store of `dataset`/`split` lives under a features folder: `<features>/<dataset>/<split>.zarr`."""
     return Path(features) / dataset / f"{split}.zarr"
@@ -278,17 +292,39 @@ class FeatureStore:
 
     def incomplete_message(self) -> str:
         done = int(self.done_chunks().sum())
+        cmd = self.command_here()
+        again = f"`{cmd}`" if cmd else "the same `cxrfeat extract` command"
         return (f"{self.path}: incomplete {self.WHAT} ({done}/{self.n_chunks} chunks written). Finish it by "
-                f"running the same `cxrfeat extract` command again (it resumes), or pass --overwrite to start anew.")
+                f"running {again} again (it resumes), or pass --overwrite to start anew.")
+
+    def command_here(self, *flags: str) -> str | None:
+        """The `cxrfeat extract` command (plus `flags`) that writes this store where it is now: its recorded
+        arguments with `--out` the features folder that holds it (a store copied or moved elsewhere is
+        repaired there, not where it was made). A note follows when that command cannot reach it: the
+        store is not at `<features>/<dataset>/<split>.zarr` for its own dataset and split, or the images
+        folder it was made from is not found from here. None when the store has no recorded arguments."""
+        args = self.group.attrs.get("extract_args")
+        if not isinstance(args, dict):
+            return None
+        dataset, split = args.get("dataset"), args.get("split")
+        notes = []
+        if dataset and split and layout_of(self.path) != (dataset, split):
+            notes.append(f"first move it to <features>/{dataset}/{split}.zarr, where `cxrfeat extract --out "
+                         f"<features>` writes it, then run it with that --out")
+        args = {**args, "out": str(self.path.parent.parent)}
+        if args.get("data_dir") and not Path(args["data_dir"]).is_dir():
+            notes.append(f"its images were read from {args['data_dir']}, not found from here: point --data-dir at them")
+        cmd = " ".join([extract_command(args), *flags])
+        return cmd + (f" ({'; '.join(notes)})" if notes else "")
 
     def repair_hint(self, *, rebuild: bool = False) -> str:
-        """The command that repairs this store (`--repair`), or rebuilds it (`--overwrite`)."""
-        args = self.group.attrs.get("extract_args")
+        """The command that repairs this store (`--repair`), or rebuilds it (`--overwrite`): `command_here`."""
         flag = "--overwrite" if rebuild else "--repair"
-        if isinstance(args, dict):
-            cmd = extract_command(args) + f" {flag}"
+        cmd = self.command_here(flag)
+        if cmd is not None:
             return f"{'Rebuild' if rebuild else 'Repair'} it with: {cmd}"
-        return f"{'Rebuild' if rebuild else 'Repair'} it by re-running the `cxrfeat extract` command that made it with {flag}"
+        return (f"{'Rebuild' if rebuild else 'Repair'} it by re-running the `cxrfeat extract` command that made it "
+                f"with {flag} and --out {self.path.parent.parent}")
 
     # ---------------------------------------------------------------- properties
     def marker(self) -> dict | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cxrfeat.errors import UserError, human_bytes
 from cxrfeat.imagecache import KIND, ImageCache
-from cxrfeat.store import Damage, FeatureStore
+from cxrfeat.store import Damage, FeatureStore, store_key
 
 
 @dataclass
@@ -53,8 +53,8 @@ def stores_under(path: Path) -> list[Path]:
         return [path]
     if not path.exists():
         raise UserError(f"{path}: no such file or folder")
-    found = sorted(p for p in path.glob("*.zarr") if (p / "zarr.json").is_file())
-    found = found or sorted(p for p in path.glob("*/*.zarr") if (p / "zarr.json").is_file())
+    found = sorted((p for p in path.glob("*.zarr") if (p / "zarr.json").is_file()), key=store_key)
+    found = found or sorted((p for p in path.glob("*/*.zarr") if (p / "zarr.json").is_file()), key=store_key)
     if not found:
         raise UserError(f"{path}: no feature store or image cache (.zarr) here")
     return found

@@ -612,7 +612,7 @@ def _csv(option: str, text: str, allowed=None) -> list[str]:
 
 def run_bench(opts: BenchOptions) -> Path:
     """`heads bench`: time every cell (progress on stderr), print the table, write <out>/<machine>.json and .md."""
-    from rich.console import Console
+    from cxrfeat.console import make_console, print_table
 
     if opts.with_backbone:
         _random_backbone()  # fail now, not after the other cells
@@ -622,7 +622,7 @@ def run_bench(opts: BenchOptions) -> Path:
         settings |= dict(noise=opts.noise, trajectories=opts.trajectories)
     cells = plan(list(opts.tasks), list(opts.backends), list(opts.models), with_backbone=opts.with_backbone, **settings)
     machine = describe_machine()
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     console.print(f"timing {len(cells)} cells on {machine['name']} "
                   f"({'one process each' if opts.isolate else 'in this process'})")
 
@@ -639,5 +639,5 @@ def run_bench(opts: BenchOptions) -> Path:
                                     "models": list(opts.models), "with_backbone": opts.with_backbone,
                                     "isolate": opts.isolate})
     path = write(doc, opts.out, machine["slug"])
-    Console(width=max(Console().width, 130)).print(table(doc))
+    print_table(make_console(), table(doc))
     return path

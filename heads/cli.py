@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import typer
 
-app = typer.Typer(
+from cxrfeat.cliutil import App, friendly
+
+app = App(
     help="Stage two: train classical (CDL) and dressed-quantum-circuit (DQC) heads on cached features.\n\n"
     "Typical use: `heads sweep --tasks 8,14,19 --seeds 5`, `heads bench`, `heads params`.",
     no_args_is_help=True,
@@ -16,8 +18,6 @@ app = typer.Typer(
 from enum import StrEnum  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Annotated  # noqa: E402
-
-from cxrfeat.cliutil import friendly  # noqa: E402
 
 _Features = Annotated[Path, typer.Option("--features", help="Features folder: <features>/<dataset>/<split>.zarr.")]
 _Runs = Annotated[Path, typer.Option("--runs", help="Runs folder: runs go to <runs>/<name>/cxr-<task>/<model>/[<config>/]seed-<s>/ (<config>: a grid configuration).")]
@@ -178,12 +178,11 @@ def params(
     dim: Annotated[int, typer.Option("--dim", help="Embedding size (2048 for ResNet50).")] = 2048,
 ):
     """Parameter counts by component (the paper's Table II) for CDL and DQC heads."""
-    from rich.console import Console
-
+    from cxrfeat.console import make_console, print_table
     from cxrfeat.labels import parse_task_option
     from heads.models import params_table
 
-    Console().print(params_table(parse_task_option(tasks), layers, dim))
+    print_table(make_console(), params_table(parse_task_option(tasks), layers, dim))
 
 
 # ---------------------------------------------------------------- finetune (end to end on images)
@@ -217,8 +216,7 @@ def finetune(
     drawn from (seed, epoch, position) so CDL and DQC with one seed see identical batches. Interrupt
     it at any time: the same command resumes after the last completed epoch.
     """
-    from rich.console import Console
-
+    from cxrfeat.console import make_console
     from cxrfeat.errors import UserError
     from cxrfeat.labels import read_tasks_file
     from heads.finetune import FinetuneOptions
@@ -236,7 +234,7 @@ def finetune(
         opts.check()
     except ValueError as e:
         raise UserError(f"--task: {e}") from None
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
 
     def on_epoch(row: dict) -> None:
         mark = " *" if row["improved"] else ""
@@ -269,14 +267,13 @@ def bench_epoch(
     out: Annotated[Path, typer.Option("--out", help="JSON results (default bench/epoch-<platform>.json).")] = None,
 ):
     """Time one training epoch at the NIH training size for every (task, model), and project the sweep."""
-    from rich.console import Console
-
+    from cxrfeat.console import make_console
     from cxrfeat.labels import parse_task_option
     from heads.epochbench import run_epoch_bench
     from heads.plan import parse_models
 
     run_epoch_bench(tasks=parse_task_option(tasks), models=parse_models(models), seeds=seeds, rows=rows, views=views,
-                    dim=dim, epochs=epochs, backend=backend, layers=layers, out=out, console=Console())
+                    dim=dim, epochs=epochs, backend=backend, layers=layers, out=out, console=make_console())
 
 
 # ---------------------------------------------------------------- bench (the paper's Table III)
@@ -355,7 +352,10 @@ def noise(
 
     Each test example goes through the run's pre layer, the circuit with the model's gate, relaxation
     and readout errors (times each --scale), the post layer and the sigmoid; AUROC and AUPRC per scale
-    are set beside the noiseless ones. Example: heads noise runs/sweep --noise sycamore-2019 --scale 0,1,3,10
+    are set beside the noiseless ones.
+
+    Example:
+        heads noise runs/sweep --noise sycamore-2019 --scale 0,1,3,10
     """
     from heads import noise_eval as ne
     from heads.noise import NoiseModel
@@ -397,7 +397,7 @@ def export_command(
     routing.json and manifest.json (docs/export.md). Example:
     heads export runs/demo/cxr-8/dqc/seed-1 --test-set nih-cxr-lt --limit 20 --out exports/dqc8
     """
-    from rich.console import Console
+    from cxrfeat.console import make_console, print_table
 
     from heads import routing
     from heads.export_run import ExportSettings, export_run, parse_ids
@@ -406,7 +406,7 @@ def export_command(
                                                 test_set=test_set, limit=limit, features=features,
                                                 layouts=routing.parse_layouts(layouts), noise=noise, check=check))
     if result.routing:
-        Console(width=max(Console().width, 130)).print(routing.table(result.routing))
+        print_table(make_console(), routing.table(result.routing))
     m = result.manifest
     typer.echo(f"wrote {m['circuit']['file']} ({m['circuit']['qubits']} qubits, {m['circuit']['layers']} layers) and "
                f"{m['images']['count']} image circuit(s) to {result.out}")
@@ -434,7 +434,7 @@ def routing_command(
     level 1 with seed_transpiler 0 (docs/export.md). Example:
     heads routing --qubits 8,14,19,40 --layers 3 --out bench/routing
     """
-    from rich.console import Console
+    from cxrfeat.console import make_console, print_table
 
     from cxrfeat import atomic
     from cxrfeat.errors import UserError
@@ -446,10 +446,14 @@ def routing_command(
     except ValueError:
         raise UserError(f"--qubits {qubits!r}: give whole numbers, e.g. 8,14,19,40") from None
     doc = routing.widths_doc(widths, layers, routing.parse_layouts(layouts), noise)
-    Console(width=max(Console().width, 130)).print(routing.table(doc))
+    print_table(make_console(), routing.table(doc))
     if out is not None:
         machine = describe_machine()
         doc["machine"] = machine["name"]
         atomic.write_json(out / "routing.json", doc)
         atomic.write_text(out / "routing.md", routing.markdown(doc, machine["name"]))
         typer.echo(f"wrote {out / 'routing.json'} and {out / 'routing.md'}")
+
+
+if __name__ == "__main__":  # `python -m heads.cli`
+    app()

@@ -88,6 +88,7 @@ def run_epoch_bench(*, tasks, models, seeds: int, rows: int, views: int, dim: in
     from rich.table import Table
 
     from cxrfeat import atomic
+    from cxrfeat.console import print_table
     from cxrfeat.errors import UserError
 
     if min(seeds, rows, views, dim, epochs) < 1:
@@ -103,7 +104,7 @@ def run_epoch_bench(*, tasks, models, seeds: int, rows: int, views: int, dim: in
     for r in record["results"]:
         table.add_row(f"CXR-{r['task']}", r["model"].upper(), f"{r['compile_s']:.1f}", f"{r['epoch_s_nih']:.1f}",
                       f"{r['run_s_nih']:.0f}")
-    console.print(table)
+    print_table(console, table)
     console.print(f"projected sweep ({len(record['results'])} runs x {seeds} seeds, {epochs} epochs, no early stop): "
                   f"{record['projected_sweep_s'] / 3600:.2f} h")
     out = Path(out) if out is not None else Path("bench") / f"epoch-{jax.devices()[0].platform}.json"

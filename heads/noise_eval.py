@@ -168,7 +168,7 @@ def noise_table(docs: Sequence[tuple[Path, dict]], settings: NoiseSettings):
     m = settings.model
     table = Table(title=f"AUROC under the noise model {m.name} ({m.source or 'no source given'}) × scale")
     for col in ("Run", "Test set", "Exact", *(f"× {s:g}" for s in settings.scales)):
-        table.add_column(col, justify="left" if col in ("Run", "Test set") else "right", no_wrap=True)
+        table.add_column(col, justify="left" if col in ("Run", "Test set") else "right")
     for path, doc in docs:
         label = sh.run_label(sh.RunOutcome(path, doc["run"]["task"], doc["run"]["seed"]))
         for key, entry in doc["test_sets"].items():
@@ -186,23 +186,21 @@ def _test_set_count(path: Path) -> int:
 
 
 def run_noise(run_dirs: Sequence[str | Path], settings: NoiseSettings) -> list[tuple[Path, dict]]:
-    """`heads noise`: every finished DQC run under `run_dirs`, a progress bar on a terminal, the table."""
+    """`heads noise`: every finished DQC run under `run_dirs` (progress on stderr: a bar on a terminal, lines
+    in a log; `cxrfeat.console`), then the table."""
     import sys
 
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from cxrfeat.console import make_console, print_table, progress
 
     settings.check()
-    err = Console(stderr=True)
+    err = make_console(stderr=True)
     paths = sh.find_dqc_runs(run_dirs, warn=lambda msg: err.print(msg, markup=False))
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                        console=err, transient=True, disable=not err.is_terminal)
     docs = []
-    with progress:
-        bar = progress.add_task("noise scales", total=sum(_test_set_count(p) for p in paths) * len(settings.scales))
+    with progress(err, unit="scale", transient=True) as bars:
+        bar = bars.add_task("noise scales", total=sum(_test_set_count(p) for p in paths) * len(settings.scales))
         for p in paths:
-            progress.update(bar, description=str(p))
-            docs.append((Path(p), evaluate_run(p, settings, step=lambda: progress.advance(bar))))
-    Console(width=max(Console().width, 50 + 10 * len(settings.scales))).print(noise_table(docs, settings))
+            bars.update(bar, description=f"noise scales ({p})")
+            docs.append((Path(p), evaluate_run(p, settings, step=lambda: bars.advance(bar))))
+    print_table(make_console(), noise_table(docs, settings))
     print(f"wrote {NOISE_FILE} into {len(docs)} run folder(s)", file=sys.stderr)
     return docs

@@ -511,7 +511,7 @@ def shots_tables(outcomes: Sequence[RunOutcome], settings: ShotSettings) -> list
         table = Table(title=f"AUROC with finite shots ({settings.sampling} sampling, readout error "
                             f"{settings.readout_error:g}, mean ± sd over {settings.repeats} draws)")
         for col in ("Run", "Test set", "Exact", *(f"{n:,} shots" for n in settings.shots)):
-            table.add_column(col, justify="left" if col in ("Run", "Test set") else "right", no_wrap=True)
+            table.add_column(col, justify="left" if col in ("Run", "Test set") else "right")
         for o in outcomes:
             for key, entry in o.shots["test_sets"].items():
                 cells = []
@@ -533,28 +533,25 @@ def shots_tables(outcomes: Sequence[RunOutcome], settings: ShotSettings) -> list
 
 
 def run_shots(run_dirs: Sequence[str | Path], settings: ShotSettings) -> list[RunOutcome]:
-    """`heads shots`: evaluate every finished DQC run found under `run_dirs` (a progress bar on a terminal),
-    print the tables and say what was written."""
+    """`heads shots`: evaluate every finished DQC run found under `run_dirs` (progress on stderr: a bar on a
+    terminal, lines in a log; `cxrfeat.console`), print the tables and say what was written."""
     import sys
 
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from cxrfeat.console import make_console, print_table, progress
 
     settings.check()
-    err = Console(stderr=True)
+    err = make_console(stderr=True)
     paths = find_dqc_runs(run_dirs, warn=lambda m: err.print(m, markup=False))
     total = sum(steps_per_run(p, settings) for p in paths)
     outcomes = []
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                        console=err, transient=True, disable=total < 50 or not err.is_terminal)
-    with progress:
-        bar = progress.add_task("shot draws", total=total)
+    with progress(err, unit="draw", transient=True) as bars:
+        bar = bars.add_task("shot draws", total=total)
         for p in paths:
-            progress.update(bar, description=str(p))
-            outcomes.append(evaluate_run(p, settings, step=lambda: progress.advance(bar)))
-    out = Console(width=max(Console().width, 50 + 18 * len(settings.shots)))
+            bars.update(bar, description=f"shot draws ({p})")
+            outcomes.append(evaluate_run(p, settings, step=lambda: bars.advance(bar)))
+    out = make_console()
     for table in shots_tables(outcomes, settings):
-        out.print(table)
+        print_table(out, table)
     files = "width.json" if settings.width_only else "shots.json and width.json"
     print(f"wrote {files} into {len(outcomes)} run folder(s)", file=sys.stderr)
     return outcomes

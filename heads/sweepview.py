@@ -1,5 +1,5 @@
-"""What a sweep shows while it runs (rich progress bars) and its summary table at the end, read back
-from the run folders through `heads.runs`."""
+"""What a sweep shows while it runs (`cxrfeat.console.progress`: a live line on a terminal, plain lines in
+a log) and its summary table at the end, read back from the run folders through `heads.runs`."""
 
 from __future__ import annotations
 
@@ -8,16 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
+from cxrfeat.console import make_console, print_table, progress
 from cxrfeat.labels import task_name
 from heads import runs
 from heads.sanity import FLAGS
@@ -37,6 +30,11 @@ def _seeds(seeds) -> str:
     return f"{seeds[0]}-{seeds[-1]}" if len(seeds) > 1 and seeds == list(range(seeds[0], seeds[-1] + 1)) else ",".join(map(str, seeds))
 
 
+def _pair(task, model) -> str:
+    """'CXR-8 DQC', as the summary table names them."""
+    return f"{task_name(task).upper()} {model.upper()}"
+
+
 class LiveReporter:
     """Live display of a sweep: the grid, the current (task, model), its epoch, losses and ETA.
 
@@ -44,12 +42,8 @@ class LiveReporter:
     """
 
     def __init__(self, console: Console | None = None):
-        self.console = console or Console(stderr=True)
-        self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-            console=self.console,
-        )
+        self.console = console or make_console(stderr=True)
+        self.progress = progress(self.console, unit="epoch")
         self.overall = self.group = None
 
     def __enter__(self):
@@ -67,16 +61,16 @@ class LiveReporter:
                            f"together (up to {spec.seeds} seed(s) each); test sets: {sets}")
         if stores.external_missing is not None:
             self.console.print(f"(no external test store at {stores.external_missing}: skipping it)")
-        self.overall = self.progress.add_task("grid", total=len(groups), status="")
+        self.overall = self.progress.add_task("grid", total=len(groups), status="", unit="group")
 
     def skipped(self, task, model, seeds) -> None:
-        self.console.print(f"{task_name(task)} {model}: seed(s) {_seeds(seeds)} finished already, skipped")
+        self.console.print(f"{_pair(task, model)}: seed(s) {_seeds(seeds)} finished already, skipped")
         self.progress.advance(self.overall)
 
     def group_start(self, task, model, seeds, max_epochs) -> None:
         self.n_seeds, self.max_epochs = len(seeds), max_epochs
         what = f"seed(s) {_seeds(seeds)}" if all(isinstance(s, int) for s in seeds) else f"{len(seeds)} run(s)"
-        self.group = self.progress.add_task(f"{task_name(task)} {model} {what}", total=max_epochs,
+        self.group = self.progress.add_task(f"{_pair(task, model)} {what}", total=max_epochs,
                                             status="compiling")
 
     def epoch(self, info) -> None:
@@ -85,13 +79,13 @@ class LiveReporter:
         val = statistics.fmean(r["val_loss"] for r in rows)
         active = self.n_seeds - sum(info["stopped"])
         self.progress.update(self.group, completed=info["epoch"],
-                             status=f"train {train:.4f} val {val:.4f} | {active}/{self.n_seeds} training")
+                             status=f"loss train {train:.4f} val {val:.4f}, {active}/{self.n_seeds} training")
 
     def group_end(self, task, model, outcome) -> None:
         self.progress.update(self.group, completed=self.max_epochs, status="done")
         self.progress.remove_task(self.group)
         self.progress.advance(self.overall)
-        self.console.print(f"{task_name(task)} {model}: trained seed(s) {_seeds(outcome.trained)} in "
+        self.console.print(f"{_pair(task, model)}: trained seed(s) {_seeds(outcome.trained)} in "
                            f"{outcome.seconds:.1f} s" + (f" (skipped {_seeds(outcome.skipped)})" if outcome.skipped else ""))
 
 
@@ -108,17 +102,24 @@ def flag_text(flags: dict[str, list[int]], n: int) -> str:
 
 def summary_table(rows: list[dict], title: str) -> Table:
     """Mean AUROC ± sd over seeds per task × model × test set (rows from `summarize`), with a
-    Sanity column: the failed checks of the row's seeds (see `heads.sanity`)."""
-    table = Table(title=title)
+    Sanity column: the failed checks of the row's seeds (see `heads.sanity`). The seeds of a row are
+    a column (n) only when rows differ in them; otherwise the title says how many. A grid's
+    configuration (Settings) reads `lr-1e-3 layers-3` for its folder `lr-1e-3_layers-3`."""
     grid = any(r.get("config") for r in rows)
-    for col in ("Task", "Model", *(("Configuration",) if grid else ()), "Test set", "Mean AUROC ± sd", "Seeds", "Sanity"):
-        table.add_column(col, justify="right" if col in ("Mean AUROC ± sd", "Seeds") else "left")
+    seeds = {r["n"] for r in rows}
+    same = len(seeds) == 1
+    table = Table(title=f"{title} ({next(iter(seeds))} seeds)" if same and rows else f"{title} (n: seeds)")
+    for col in ("Task", "Model", *(("Settings",) if grid else ()), "Test set", "Mean AUROC ± sd",
+                *(() if same else ("n",)), "Sanity"):
+        table.add_column(col, justify="right" if col in ("Mean AUROC ± sd", "n") else "left",
+                         no_wrap=col in ("Task", "Model", "Test set", "Mean AUROC ± sd", "n"))
     for r in rows:
         sd = f" ± {r['sd']:.4f}" if r["sd"] is not None else ""
         flags = r.get("flags") or {}
         sanity = flag_text(flags, r["n"])
-        table.add_row(task_name(r["task"]).upper(), r["model"].upper(), *((r.get("config") or "-",) if grid else ()),
-                      r["test_set"], f"{r['mean']:.4f}{sd}", str(r["n"]),
+        config = (r.get("config") or "-").replace("_", " ")  # lr-1e-3_layers-3 wraps between its settings
+        table.add_row(task_name(r["task"]).upper(), r["model"].upper(), *((config,) if grid else ()),
+                      r["test_set"], f"{r['mean']:.4f}{sd}", *(() if same else (str(r["n"]),)),
                       f"[bold red]{sanity}[/]" if flags else sanity)
     return table
 
@@ -130,7 +131,7 @@ def warning_lines(flagged) -> list[str]:
 
 def print_summary(console: Console, rows: list[dict], flagged, title: str, where) -> None:
     """The end-of-sweep table, one warning line per flagged run, and where the runs are."""
-    console.print(summary_table(rows, title))
+    print_table(console, summary_table(rows, title))
     for line in warning_lines(flagged):
         console.print(line, style="bold red", markup=False, highlight=False, soft_wrap=True)
     console.print(f"runs written to {where}", markup=False, highlight=False, soft_wrap=True)
@@ -204,5 +205,5 @@ def run_with_console(spec) -> None:
     where = spec.runs / spec.name
     pairs = list(dict.fromkeys((o.task, o.model) for o in outcomes))
     configs = {m: [c.name for c in spec.configs(m)] for m in spec.models}
-    print_summary(Console(), summarize(where, pairs, spec.seeds, configs),
+    print_summary(make_console(), summarize(where, pairs, spec.seeds, configs),
                   flagged_runs(where, pairs, spec.seeds, configs), f"{where}: mean AUROC over seeds", where)

@@ -143,7 +143,8 @@ def test_info_on_a_damaged_store_says_so_in_one_line_without_counts(tmp_path, da
     assert result.exit_code == 2 and "test.zarr" in result.output and "Effusion" in result.output
     assert [line for line in result.output.splitlines() if line.startswith("error:")] == lines
     found = json.loads(runner.invoke(app, ["info", str(tmp_path / "features"), "--json"]).stdout)
-    assert [i["kind"] for i in found] == ["store", "error"] and found[1]["error"] == lines[0][len("error: "):]
+    # listed val (the damaged one), then test: train, val, test is the order of every listing
+    assert [i["kind"] for i in found] == ["error", "store"] and found[0]["error"] == lines[0][len("error: "):]
 
 
 def test_info_on_a_damaged_incomplete_store(tmp_path):
