@@ -160,7 +160,8 @@ def _write(sweep: Sweep, features: Path | None, bench: list[Path] | None, out: P
     flagged = _flagged_rows(sweep)
     if flagged:
         doc.add("> [!WARNING]", f"> ⚠ **{len(flagged)} task × model × test-set row(s) failed a sanity check** "
-                "(constant predictions, saturated circuit inputs, still improving at the last epoch, NaN loss): "
+                "(constant predictions, saturated circuit inputs, validation loss rising from the first epoch, still "
+                "improving at the last epoch, NaN loss): "
                 "they are marked ⚠ in every table and figure, and their comparisons carry no significance stars. "
                 "See [Sanity checks](#sanity-checks).\n")
     doc.add(f"Runs from `{_shown(sweep.path)}`; written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by "
@@ -313,8 +314,10 @@ def _sanity_section(doc: Document, flagged) -> None:
     sweep = doc.sweep
     doc.add("## Sanity checks\n", "Every head is checked for constant predictions (a label whose `y_prob` has sd "
             f"< {P.CONSTANT_SD:g} over the test set, or AUROC exactly 0.5 with sd < {P.HALF_SD:g}), saturated "
-            "circuit inputs (DQC: most |tanh| of the pre-circuit angles near 1), a best epoch equal to its last "
-            "(still improving when it stopped) and NaN losses — read from each run's `metrics.json` `sanity` and "
+            "circuit inputs (DQC: most |tanh| of the pre-circuit angles near 1), a validation loss rising from the "
+            "first epoch (any model: its best at epoch 1 of 3 or more, or never below ln 2, the loss of predicting ½ "
+            "for every label — the head overfits at once, usually too high a learning rate), a best epoch equal to "
+            "its last (still improving when it stopped) and NaN losses — read from each run's `metrics.json` `sanity` and "
             "recomputed from its predictions and history.\n")
     if not flagged:
         doc.add("Every row passed every check.\n")
