@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from heads.record import SETTING_KEYS, RunConfig, RunResults
-from heads.sanity import overfit_from_start
 from heads.record import Backbone as RecordBackbone
+from heads.sanity import overfit_from_start
 
 CONSTANT_SD = 1e-6
 HALF_SD = 1e-4

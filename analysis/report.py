@@ -60,7 +60,7 @@ RANDOM_SENTENCE = (
     "CDL or DQC on pretrained features, and they are not the paper's experiment."
 )
 MARK_SYNTHETIC = "SYNTHETIC DATA"
-MARK_RANDOM = "RANDOM BACKBONE"
+MARK_RANDOM = "RANDOM-WEIGHT BACKBONE"
 
 
 def build_report(runs: str | Path | None = None, features: str | Path | None = None,
@@ -447,7 +447,8 @@ def _per_label_section(doc: Document) -> dict[tuple[str, str], list[dict]]:
                     flag = sweep.flag_text(task, m, ts)
                     if flag:
                         doc.add(f"**{m}: {flag}.** Its comparisons below carry no stars.\n")
-                doc.figure(F.per_label_figure(lc, doc.fig_path(f"{stem}.png"), title, doc.marks), title)
+                doc.figure(F.per_label_figure(lc, doc.fig_path(f"{stem}.png"), title, doc.marks,
+                                              {lab: pos for lab, (pos, _) in counts.items()}), title)
                 ap = (summary.label_auprc(sweep, task, pair[0], ts), summary.label_auprc(sweep, task, pair[1], ts))
                 t = T.table_per_label(stem, title, lc, train.positives if train else None, counts, ap)
                 t.write(doc.out / "tables")
@@ -482,20 +483,41 @@ def _volcano_section(doc: Document, points: dict[tuple[str, str], list[dict]]) -
         f"`symlog`, linear within ±{F.VOLCANO_LINTHRESH:g}%, logarithmic beyond); each plot's axis label says which. "
         "The dashed line is p = 0.05 (raw, uncorrected); panels are test sets, markers are tasks; a red ring and ⚠ "
         "mark a label on which a model failed a sanity check.\n")
-    known = {lab for _, _, labs in VOLCANO_GROUPS for lab in labs}
+    markers = F.task_markers(doc.sweep.tasks)  # one marker per task in every volcano plot
     drawn = False
     for pair, pts in points.items():
-        others = ("other", "other labels", tuple(sorted({p["label"] for p in pts} - known)))
-        for key, what, members in (*VOLCANO_GROUPS, others):
+        for key, what, members in volcano_groups(doc.sweep.tasks, pts):
             sel = [p for p in pts if p["label"] in members]
             if sel:
                 title = f"{F.model_name(pair[0])} vs {F.model_name(pair[1])}: {what}"
-                path = F.volcano_figure(sel, doc.fig_path(f"volcano_{key}{_pair_suffix(pair)}.png"), title, doc.marks)
+                path = F.volcano_figure(sel, doc.fig_path(f"volcano_{key}{_pair_suffix(pair)}.png"), title, doc.marks,
+                                        markers=markers, scale_points=pts)
                 doc.add(f"### {title}\n")
                 doc.figure(path, title)
                 drawn = True
     if not drawn:
         doc.add("Nothing to plot: no pair of models to compare.\n")
+
+
+def volcano_groups(tasks: list[str], points: list[dict]) -> list[tuple[str, str, tuple[str, ...]]]:
+    """The volcano plots of a sweep: (file key, title, labels). The paper's nested sets (CXR-8, then what
+    CXR-14 and CXR-19 add) only where the sweep has that very task with the paper's labels; every other
+    task is drawn in a plot named for it, holding its labels that no earlier plot holds."""
+    by_task = {t: list(dict.fromkeys(p["label"] for p in points if p["task"] == t)) for t in tasks}
+    out: list[tuple[str, str, tuple[str, ...]]] = []
+    seen: set[str] = set()
+    for (key, what, members), n in zip(VOLCANO_GROUPS, (8, 14, 19), strict=True):  # a chain from CXR-8 on
+        if set(by_task.get(f"cxr-{n}", ())) != set(TASKS[n]):
+            break
+        out.append((key, what, members))
+        seen |= set(members)
+    for task in tasks:
+        members = tuple(lab for lab in by_task.get(task, ()) if lab not in seen)
+        if members:
+            what = f"{F.task_name(task)} labels" + ("" if len(members) == len(by_task[task]) else " not drawn above")
+            out.append((re.sub(r"[^\w.-]+", "_", task), what, members))
+            seen |= set(members)
+    return out
 
 
 def _training_section(doc: Document) -> None:

@@ -118,8 +118,10 @@ def grid_table(full: Sweep, configs: list[G.ConfigStat], chosen: dict[tuple[str,
 
 
 def heatmap_rows(configs: list[G.ConfigStat], chosen: dict[tuple[str, str], str], by: str, task: str,
-                 test_sets: list[str]) -> tuple[list[list[dict]], list[str]]:
-    """The panels of one task's heat-map figure (see `figures.grid_heatmap_figure`) and notes on fixed settings."""
+                 test_sets: list[str], full: Sweep | None = None) -> tuple[list[list[dict]], list[str]]:
+    """The panels of one task's heat-map figure (see `figures.grid_heatmap_figure`) and notes on fixed settings.
+
+    `full`: the whole grid sweep, whose runs' sanity flags mark the cells (none marked without it)."""
     rows, notes = [], []
     models = list(dict.fromkeys(c.model for c in configs if c.task == task))
     for model in models:
@@ -146,6 +148,9 @@ def heatmap_rows(configs: list[G.ConfigStat], chosen: dict[tuple[str, str], str]
             metrics.reverse()
         metrics += [("test", f"test AUROC {ts}", "high", 3, ts) for ts in test_sets]
         panels = []
+        flagged = np.zeros((len(row_values), len(col_values)), bool)
+        for c in shown if full is not None else ():
+            flagged[at[c.config]] = any(r.sanity.flags for r in full.runs_of(task, model, c.config).values())
         for attr, what, better, digits, ts in metrics:
             values = np.full((len(row_values), len(col_values)), np.nan)
             for c in shown:
@@ -156,7 +161,8 @@ def heatmap_rows(configs: list[G.ConfigStat], chosen: dict[tuple[str, str], str]
             crit = " (selection)" if (attr, by) in (("val_loss", "val-loss"), ("val_auroc", "val-auroc")) else ""
             panels.append({"label": f"{F.model_name(model)} · {what}{crit}", "row_key": row_key, "row_values": row_values,
                            "col_key": col_key, "col_values": col_values, "values": values, "selected": at[sel.config],
-                           "digits": digits, "better": better, "auroc": "AUROC" in what})
+                           "digits": digits, "better": better, "auroc": "AUROC" in what,
+                           "metric": f"{attr}:{ts or ''}", "flagged": flagged})
         rows.append(panels)
     return rows, notes
 
@@ -190,7 +196,7 @@ def grid_section(doc: Document, full: Sweep, chosen: dict[tuple[str, str], str],
         doc.add("")
     doc.table(grid_table(full, configs, chosen, test_sets))
     for task in full.tasks:
-        rows, fixed = heatmap_rows(configs, chosen, by, task, test_sets)
+        rows, fixed = heatmap_rows(configs, chosen, by, task, test_sets, full)
         if not rows:
             continue
         note = (f"Cells: mean over seeds. Red box: the selected configuration ({G.CRITERION_TEXT[by]}). Brighter is "
