@@ -720,6 +720,7 @@ def grid_heatmap_figure(rows: list[list[dict]], path: Path, title: str, marks=()
             cb.ax.tick_params(labelsize=6.5)
             cb.ax.yaxis.get_offset_text().set_fontsize(6.5)
     top = titles(fig, title, marks, fig.get_figheight())
-    note = note + (" ⚠ in a cell: a seed of that configuration failed a sanity check." if any_flagged else "")
+    note = " ".join(x for x in (note, "⚠ in a cell: a seed of that configuration failed a sanity check."
+                                if any_flagged else "") if x)
     fig.tight_layout(rect=(0, footnote(fig, note), 1, top))
     return save(fig, path)

@@ -194,6 +194,9 @@ def grid_section(doc: Document, full: Sweep, chosen: dict[tuple[str, str], str],
                     f"{T.fmt_auroc(c.b.mean, c.b.sd, c.b.n)} ({point_text(_point(configs, c.b.task, c.b.model, chosen))})"
                     f": % diff {T.fmt_pct(c.pct_diff)}, p {T.fmt_p(t.p)} {c.stars}".rstrip())
         doc.add("")
+        why = unpassable(full, configs, random=any("RANDOM" in m for m in doc.marks))
+        if why:
+            doc.add(f"**Why these rows cannot pass their checks:** {why}\n")
     doc.table(grid_table(full, configs, chosen, test_sets))
     for task in full.tasks:
         rows, fixed = heatmap_rows(configs, chosen, by, task, test_sets, full)
@@ -206,6 +209,31 @@ def grid_section(doc: Document, full: Sweep, chosen: dict[tuple[str, str], str],
         title = f"{F.task_name(task)}: validation loss, validation and test AUROC across the grid"
         path = F.grid_heatmap_figure(rows, doc.fig_path(f"grid_{task}.png"), title, doc.marks, note)
         doc.figure(path, title)
+
+
+def unpassable(full: Sweep, configs: list[G.ConfigStat], random: bool = False) -> str:
+    """One sentence naming each model whose every configuration, on every task, failed a sanity check (and the
+    checks), or '' when some configuration of each model passed: then a flagged selection is the criterion's
+    choice, not the grid's limit."""
+    parts = []
+    for model in dict.fromkeys(c.model for c in configs):
+        flags: dict[str, int] = {}
+        every = True
+        for c in (c for c in configs if c.model == model):
+            runs = full.runs_of(c.task, model, c.config).values()
+            bad = {f for r in runs for f in r.sanity.flags}
+            every &= bool(bad)
+            for f in bad:
+                flags[f] = flags.get(f, 0) + 1
+        if every and flags:
+            n = sum(1 for c in configs if c.model == model)
+            named = ", ".join(P.FLAG_TEXT.get(f, f) for f in P.FLAG_ORDER if f in flags)
+            parts.append(f"no {F.model_name(model)} configuration of the grid passed ({named}; {n} configurations)")
+    if not parts:
+        return ""
+    return ("; ".join(parts) + " — on these features no setting tried gives that model a sound head, so its "
+            "comparisons carry no stars" + (" (a random-weight backbone's embeddings hold no learned image features)."
+                                            if random else "."))
 
 
 def _point(configs: list[G.ConfigStat], task: str, model: str, chosen: dict[tuple[str, str], str]) -> dict:
