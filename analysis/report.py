@@ -65,7 +65,8 @@ MARK_RANDOM = "RANDOM-WEIGHT BACKBONE"
 
 def build_report(runs: str | Path | None = None, features: str | Path | None = None,
                  bench: str | Path | list | None = None, out: str | Path | None = None,
-                 resamples: int = stats.BOOTSTRAP_RESAMPLES, select: str = "val-loss") -> Path:
+                 resamples: int = stats.BOOTSTRAP_RESAMPLES, select: str = "val-loss", tasks=None, models=None,
+                 test_sets=None) -> Path:
     """Write the report of a sweep and return the path of its report.md.
 
     `runs`: the sweep folder (default: the only sweep under runs/). `features`: a folder of feature
@@ -75,6 +76,7 @@ def build_report(runs: str | Path | None = None, features: str | Path | None = N
     under `bench/`. `out`: default `reports/<sweep name>`. `resamples`: bootstrap resamples per CI.
     `select`: how a grid's configuration is chosen per task × model, `val-loss` (lowest mean validation
     loss over seeds) or `val-auroc` (highest mean validation AUROC); unused outside a grid.
+    `tasks`, `models`, `test_sets`: report only these (None: all the sweep has; `Sweep.subset`).
     The report is built in a temporary folder and then swapped in, so an interrupted call leaves any
     earlier report as it was.
     """
@@ -82,7 +84,9 @@ def build_report(runs: str | Path | None = None, features: str | Path | None = N
         raise UserError(f"--resamples must be at least 1, not {resamples}")
     if select not in G.CRITERIA:
         raise UserError(f"--select {select!r}: choose from {', '.join(G.CRITERIA)}")
-    sweep = load_sweep(find_sweep(runs))
+    sweep = load_sweep(find_sweep(runs)).subset(tasks, models, test_sets)
+    if not sweep.runs:
+        raise UserError("--tasks/--models/--test-sets: no finished run of the sweep is left to report")
     if features is None and isinstance((sweep.meta or {}).get("features"), str) and Path(sweep.meta["features"]).is_dir():
         features = sweep.meta["features"]  # the folder the sweep trained from
     features = _optional_dir(features, "features", "--features")
@@ -254,7 +258,7 @@ def _provenance_section(doc: Document, backbones: dict, data: dict, synthetic: b
         rows = tuple(sorted(d.rows.items(), key=lambda kv: ({"train": 0, "val": 1}.get(kv[0], 2), test_set_key(kv[0]))))
         ds.setdefault((d.dataset, d.synthetic, rows, d.views, d.limit, d.source), []).append(r)
     for (dataset, syn, rows, views, limit, source), runs in ds.items():
-        kind = {True: "**SYNTHETIC** (`cxrfeat synth`)", False: "real (not synthetic)", None: "unknown whether synthetic"}[syn]
+        kind = {True: "**SYNTHETIC** (`cxrfeat synth`)", False: "not marked synthetic (the report cannot vouch that it is real)", None: "unknown whether synthetic"}[syn]
         where = "every run" if len(runs) == len(sweep.runs) else f"{len(runs)} runs"
         parts = [f"training dataset `{dataset or 'unknown'}`", kind]
         if rows:
@@ -391,8 +395,8 @@ def _bench_section(doc: Document, bench: list[Path] | None) -> None:
         doc.table(T.table_bench(chosen, where))
     else:
         doc.add(f"No step-time record of this machine ({here['cpu']}, {here['cores']} cores; `heads bench` would "
-                f"write `bench/{here['slug']}.json`) in {shown}: Table III left out (run `just bench`, or name a file "
-                "with --bench).\n")
+                f"write `bench/{here['slug']}.json`) in {shown}: Table III left out. `just bench` would measure it "
+                "(every back end: about 13 minutes on 2 CPU cores), or name a file with --bench.\n")
     if others:
         doc.add("**Other machines** (records in the bench folder, not measured here, left out of Table III):\n",
                 *[f"- {m}: {', '.join(f'`{n}`' for n in sorted(files))}" for m, files in sorted(others.items())], "")

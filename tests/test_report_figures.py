@@ -152,3 +152,37 @@ def test_watermark_inside_every_plot_area_when_marked(figs, tmp_path):
     assert [t.get_text() for t in plot_axes[0].get_xticklabels()] == ["head\n2 labels", "tail\n1 label:\nHernia"]
     F.long_tail_figure(groups, tmp_path / "lt2.png", ())
     assert not any(_watermarks(ax) for ax in figs[-1].axes)
+
+
+def test_report_subset_draws_only_the_chosen_tasks(tmp_path):
+    """`analysis report --tasks/--models/--test-sets`: a sweep of CXR-8 and CXR-14 reported for CXR-14 on one
+    test set draws no CXR-8 figure; its volcano plot is named for CXR-14, not for the paper's CXR-8 labels."""
+    from test_report import make_sweep  # the hand-built sweep of tests/test_report.py
+
+    from analysis.report import build_report
+    from cxrfeat.errors import UserError
+
+    sweep = make_sweep(tmp_path, tasks=(8, 14), extra=())
+    out = tmp_path / "reports" / "cxr14"
+    build_report(runs=sweep, out=out, resamples=20, tasks=["14"], models=["cdl", "dqc"], test_sets=["nih-cxr-lt"])
+    names = sorted(p.name for p in (out / "figures").iterdir())
+    assert "volcano_cxr-14.png" in names and not any("cxr-8" in n or "cxr8" in n or "mimic" in n for n in names)
+    text = (out / "report.md").read_text()
+    assert "cxr-8" not in text.lower() and "CXR-8 labels" not in text
+    with pytest.raises(UserError, match="--tasks 27: this sweep has no such task; it has cxr-8, cxr-14"):
+        build_report(runs=sweep, out=tmp_path / "x", tasks=["27"])
+
+
+def test_volcano_groups_follow_the_sweeps_tasks():
+    from analysis.report import volcano_groups
+    from cxrfeat.labels import TASKS
+
+    def pts(task, labels):
+        return [{"task": task, "label": lab} for lab in labels]
+
+    paper = volcano_groups(["cxr-8", "cxr-14"], pts("cxr-8", TASKS[8]) + pts("cxr-14", TASKS[14]))
+    assert [k for k, _, _ in paper] == ["cxr8", "cxr14_added"]
+    alone = volcano_groups(["cxr-14"], pts("cxr-14", TASKS[14]))  # no CXR-8 in the sweep: no "CXR-8 labels"
+    assert [(k, w) for k, w, _ in alone] == [("cxr-14", "CXR-14 labels")] and len(alone[0][2]) == 14
+    own = volcano_groups(["spine"], pts("spine", ["Scoliosis", "Implant", "Fracture"]))
+    assert [(k, w) for k, w, _ in own] == [("spine", "SPINE labels")]
