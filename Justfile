@@ -15,7 +15,9 @@ views := "4"
 tasks := "8,14,19"
 seeds := "5"
 epochs := "30"
-lr := "3e-3"
+# A grid over the learning rate, one value per model chosen on validation data by `analysis report`
+# (lowest mean validation loss; `--select val-auroc` for the other criterion).
+lr := "3e-4,1e-3,3e-3"
 
 # Synthetic data -> features -> every head of the grid -> report. Uses microsoft/resnet-50 when it can
 # be fetched, else a random-weight ResNet-50, announced loudly and recorded in every store.

@@ -44,11 +44,23 @@ def report(
         help="A hyper-parameter grid (runs/<sweep>/<task>/<model>/<config>/seed-<s>/): per task x model, report the "
              "configuration with the lowest mean validation loss over seeds (val-loss) or the highest mean "
              "validation AUROC (val-auroc). Validation data only; ignored outside a grid.")] = SelectBy.val_loss,
+    tasks: Annotated[str | None, typer.Option(
+        help="Report only these tasks of the sweep, comma-separated (e.g. `cxr-8,cxr-14` or `8,14`).")] = None,
+    models: Annotated[str | None, typer.Option(help="Report only these models, comma-separated (e.g. `cdl,dqc`).")] = None,
+    test_sets: Annotated[str | None, typer.Option(
+        help="Report only these test sets, comma-separated (e.g. `mimic-cxr-lt`).")] = None,
 ) -> None:
-    """Write report.md, tables/*.csv|tex and figures/*.png for a sweep (paper section IV)."""
+    """Write report.md, tables/*.csv|tex and figures/*.png for a sweep (paper section IV).
+
+    Example: `analysis report --runs runs/demo --tasks cxr-8 --test-sets nih-cxr-lt --out reports/demo-cxr8`.
+    """
     from analysis.report import build_report
 
-    path = build_report(runs=runs, features=features, bench=bench, out=out, resamples=resamples, select=select.value)
+    def split(v):
+        return [x.strip() for x in v.split(",") if x.strip()] if v else None
+
+    path = build_report(runs=runs, features=features, bench=bench, out=out, resamples=resamples, select=select.value,
+                        tasks=split(tasks), models=split(models), test_sets=split(test_sets))
     print(f"wrote {path} (tables in {path.parent / 'tables'}, figures in {path.parent / 'figures'})")
 
 

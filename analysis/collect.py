@@ -15,7 +15,8 @@ instead of failing or reporting numbers it cannot stand behind.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,31 @@ class Sweep:
         """The sweep of one configuration per (task, model): `chosen[(task, model)]` (others dropped)."""
         runs = [r for r in self.runs if chosen.get((r.task, r.model)) == r.config_name]
         return Sweep(self.path, runs, list(self.notes), self.meta, self.store_attrs)
+
+    def subset(self, tasks=None, models=None, test_sets=None) -> Sweep:
+        """The sweep restricted to some tasks, models and test sets (None: all). A name the sweep does not
+        have is a `UserError` listing the ones it has; a task may be given as `cxr-8`, `CXR-8` or `8`."""
+        def pick(given, have: list[str], what: str, option: str, alias=lambda x: x) -> set[str] | None:
+            if not given:
+                return None
+            lookup = {alias(h).lower(): h for h in have} | {h.lower(): h for h in have}
+            out = set()
+            for g in given:
+                if str(g).strip().lower() not in lookup:
+                    raise UserError(f"{option} {g}: this sweep has no such {what}; it has {', '.join(have)}")
+                out.add(lookup[str(g).strip().lower()])
+            return out
+
+        t = pick(tasks, self.tasks, "task", "--tasks", lambda x: x.removeprefix("cxr-"))
+        m = pick(models, sorted({r.model for r in self.runs}, key=model_key), "model", "--models")
+        ts = pick(test_sets, self.test_sets(), "test set", "--test-sets")
+        runs = [r if ts is None else replace(r, predictions={k: v for k, v in r.predictions.items() if k in ts})
+                for r in self.runs if (t is None or r.task in t) and (m is None or r.model in m)]
+        dropped = ({x for x in self.tasks if t is not None and x not in t}
+                   | {r.model for r in self.runs if m is not None and r.model not in m})
+        notes = [n for n in self.notes
+                 if not any(re.search(rf"(?<![\w-]){re.escape(x)}(?![\w-])", n) for x in dropped)]
+        return Sweep(self.path, runs, notes, self.meta, self.store_attrs)
 
     def test_sets(self, task: str | None = None) -> list[str]:
         names = {t for r in self.runs if task is None or r.task == task for t in r.predictions}

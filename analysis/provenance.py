@@ -5,10 +5,11 @@ upgrades every older config.json layout); where a record does not say (older run
 stores the report was pointed at. What none of them says is "unknown", never guessed.
 
 Sanity: the run's results record `sanity` block (flags constant_predictions, saturated_inputs,
-still_improving, nan_loss); independently of it, every run's predictions are checked for
-constant labels (sd of y_prob over the test set < 1e-6, or AUROC exactly 0.5 with sd < 1e-4) and
-its history for NaN losses and a best epoch equal to the last one, so runs without the block (or
-with a wrong one) are flagged too.
+overfit_from_start, still_improving, nan_loss: `heads.sanity`); independently of it, every run's
+predictions are checked for constant labels (sd of y_prob over the test set < 1e-6, or AUROC exactly
+0.5 with sd < 1e-4) and its history for NaN losses, a validation loss rising from the first epoch
+(`heads.sanity.overfit_from_start`, for every model) and a best epoch equal to the last one, so runs
+without the block (or with a wrong one, or written before a check existed) are flagged too.
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ import numpy as np
 
 from heads.record import SETTING_KEYS, RunConfig, RunResults
 from heads.record import Backbone as RecordBackbone
+from heads.sanity import overfit_from_start
 
 CONSTANT_SD = 1e-6
 HALF_SD = 1e-4
 FLAG_TEXT = {
     "constant_predictions": "constant predictions",
     "saturated_inputs": "saturated circuit inputs",
+    "overfit_from_start": "validation loss rising from the first epoch",
     "still_improving": "still improving at its last epoch",
     "nan_loss": "NaN loss",
 }
@@ -208,6 +211,8 @@ def run_sanity(results: RunResults | None, predictions: dict, history: list[dict
     val = [float(v) if isinstance(v, int | float) else math.nan for v in val]
     if len(val) >= 2 and np.isfinite(val).any() and int(np.nanargmin(val)) == len(val) - 1:
         flags.add("still_improving")
+    if overfit_from_start(val):
+        flags.add("overfit_from_start")
     return Sanity(frozenset(flags), {k: tuple(sorted(v)) for k, v in const.items() if v}, tuple(messages), source)
 
 

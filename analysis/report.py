@@ -60,12 +60,13 @@ RANDOM_SENTENCE = (
     "CDL or DQC on pretrained features, and they are not the paper's experiment."
 )
 MARK_SYNTHETIC = "SYNTHETIC DATA"
-MARK_RANDOM = "RANDOM BACKBONE"
+MARK_RANDOM = "RANDOM-WEIGHT BACKBONE"
 
 
 def build_report(runs: str | Path | None = None, features: str | Path | None = None,
                  bench: str | Path | list | None = None, out: str | Path | None = None,
-                 resamples: int = stats.BOOTSTRAP_RESAMPLES, select: str = "val-loss") -> Path:
+                 resamples: int = stats.BOOTSTRAP_RESAMPLES, select: str = "val-loss", tasks=None, models=None,
+                 test_sets=None) -> Path:
     """Write the report of a sweep and return the path of its report.md.
 
     `runs`: the sweep folder (default: the only sweep under runs/). `features`: a folder of feature
@@ -75,6 +76,7 @@ def build_report(runs: str | Path | None = None, features: str | Path | None = N
     under `bench/`. `out`: default `reports/<sweep name>`. `resamples`: bootstrap resamples per CI.
     `select`: how a grid's configuration is chosen per task × model, `val-loss` (lowest mean validation
     loss over seeds) or `val-auroc` (highest mean validation AUROC); unused outside a grid.
+    `tasks`, `models`, `test_sets`: report only these (None: all the sweep has; `Sweep.subset`).
     The report is built in a temporary folder and then swapped in, so an interrupted call leaves any
     earlier report as it was.
     """
@@ -82,7 +84,9 @@ def build_report(runs: str | Path | None = None, features: str | Path | None = N
         raise UserError(f"--resamples must be at least 1, not {resamples}")
     if select not in G.CRITERIA:
         raise UserError(f"--select {select!r}: choose from {', '.join(G.CRITERIA)}")
-    sweep = load_sweep(find_sweep(runs))
+    sweep = load_sweep(find_sweep(runs)).subset(tasks, models, test_sets)
+    if not sweep.runs:
+        raise UserError("--tasks/--models/--test-sets: no finished run of the sweep is left to report")
     if features is None and isinstance((sweep.meta or {}).get("features"), str) and Path(sweep.meta["features"]).is_dir():
         features = sweep.meta["features"]  # the folder the sweep trained from
     features = _optional_dir(features, "features", "--features")
@@ -160,7 +164,8 @@ def _write(sweep: Sweep, features: Path | None, bench: list[Path] | None, out: P
     flagged = _flagged_rows(sweep)
     if flagged:
         doc.add("> [!WARNING]", f"> ⚠ **{len(flagged)} task × model × test-set row(s) failed a sanity check** "
-                "(constant predictions, saturated circuit inputs, still improving at the last epoch, NaN loss): "
+                "(constant predictions, saturated circuit inputs, validation loss rising from the first epoch, still "
+                "improving at the last epoch, NaN loss): "
                 "they are marked ⚠ in every table and figure, and their comparisons carry no significance stars. "
                 "See [Sanity checks](#sanity-checks).\n")
     doc.add(f"Runs from `{_shown(sweep.path)}`; written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by "
@@ -253,7 +258,7 @@ def _provenance_section(doc: Document, backbones: dict, data: dict, synthetic: b
         rows = tuple(sorted(d.rows.items(), key=lambda kv: ({"train": 0, "val": 1}.get(kv[0], 2), test_set_key(kv[0]))))
         ds.setdefault((d.dataset, d.synthetic, rows, d.views, d.limit, d.source), []).append(r)
     for (dataset, syn, rows, views, limit, source), runs in ds.items():
-        kind = {True: "**SYNTHETIC** (`cxrfeat synth`)", False: "real (not synthetic)", None: "unknown whether synthetic"}[syn]
+        kind = {True: "**SYNTHETIC** (`cxrfeat synth`)", False: "not marked synthetic (the report cannot vouch that it is real)", None: "unknown whether synthetic"}[syn]
         where = "every run" if len(runs) == len(sweep.runs) else f"{len(runs)} runs"
         parts = [f"training dataset `{dataset or 'unknown'}`", kind]
         if rows:
@@ -313,8 +318,10 @@ def _sanity_section(doc: Document, flagged) -> None:
     sweep = doc.sweep
     doc.add("## Sanity checks\n", "Every head is checked for constant predictions (a label whose `y_prob` has sd "
             f"< {P.CONSTANT_SD:g} over the test set, or AUROC exactly 0.5 with sd < {P.HALF_SD:g}), saturated "
-            "circuit inputs (DQC: most |tanh| of the pre-circuit angles near 1), a best epoch equal to its last "
-            "(still improving when it stopped) and NaN losses — read from each run's `metrics.json` `sanity` and "
+            "circuit inputs (DQC: most |tanh| of the pre-circuit angles near 1), a validation loss rising from the "
+            "first epoch (any model: its best at epoch 1 of 3 or more, or never below ln 2, the loss of predicting ½ "
+            "for every label — the head overfits at once, usually too high a learning rate), a best epoch equal to "
+            "its last (still improving when it stopped) and NaN losses — read from each run's `metrics.json` `sanity` and "
             "recomputed from its predictions and history.\n")
     if not flagged:
         doc.add("Every row passed every check.\n")
@@ -388,8 +395,8 @@ def _bench_section(doc: Document, bench: list[Path] | None) -> None:
         doc.table(T.table_bench(chosen, where))
     else:
         doc.add(f"No step-time record of this machine ({here['cpu']}, {here['cores']} cores; `heads bench` would "
-                f"write `bench/{here['slug']}.json`) in {shown}: Table III left out (run `just bench`, or name a file "
-                "with --bench).\n")
+                f"write `bench/{here['slug']}.json`) in {shown}: Table III left out. `just bench` would measure it "
+                "(every back end: about 13 minutes on 2 CPU cores), or name a file with --bench.\n")
     if others:
         doc.add("**Other machines** (records in the bench folder, not measured here, left out of Table III):\n",
                 *[f"- {m}: {', '.join(f'`{n}`' for n in sorted(files))}" for m, files in sorted(others.items())], "")
@@ -444,7 +451,8 @@ def _per_label_section(doc: Document) -> dict[tuple[str, str], list[dict]]:
                     flag = sweep.flag_text(task, m, ts)
                     if flag:
                         doc.add(f"**{m}: {flag}.** Its comparisons below carry no stars.\n")
-                doc.figure(F.per_label_figure(lc, doc.fig_path(f"{stem}.png"), title, doc.marks), title)
+                doc.figure(F.per_label_figure(lc, doc.fig_path(f"{stem}.png"), title, doc.marks,
+                                              {lab: pos for lab, (pos, _) in counts.items()}), title)
                 ap = (summary.label_auprc(sweep, task, pair[0], ts), summary.label_auprc(sweep, task, pair[1], ts))
                 t = T.table_per_label(stem, title, lc, train.positives if train else None, counts, ap)
                 t.write(doc.out / "tables")
@@ -479,20 +487,41 @@ def _volcano_section(doc: Document, points: dict[tuple[str, str], list[dict]]) -
         f"`symlog`, linear within ±{F.VOLCANO_LINTHRESH:g}%, logarithmic beyond); each plot's axis label says which. "
         "The dashed line is p = 0.05 (raw, uncorrected); panels are test sets, markers are tasks; a red ring and ⚠ "
         "mark a label on which a model failed a sanity check.\n")
-    known = {lab for _, _, labs in VOLCANO_GROUPS for lab in labs}
+    markers = F.task_markers(doc.sweep.tasks)  # one marker per task in every volcano plot
     drawn = False
     for pair, pts in points.items():
-        others = ("other", "other labels", tuple(sorted({p["label"] for p in pts} - known)))
-        for key, what, members in (*VOLCANO_GROUPS, others):
+        for key, what, members in volcano_groups(doc.sweep.tasks, pts):
             sel = [p for p in pts if p["label"] in members]
             if sel:
                 title = f"{F.model_name(pair[0])} vs {F.model_name(pair[1])}: {what}"
-                path = F.volcano_figure(sel, doc.fig_path(f"volcano_{key}{_pair_suffix(pair)}.png"), title, doc.marks)
+                path = F.volcano_figure(sel, doc.fig_path(f"volcano_{key}{_pair_suffix(pair)}.png"), title, doc.marks,
+                                        markers=markers, scale_points=pts)
                 doc.add(f"### {title}\n")
                 doc.figure(path, title)
                 drawn = True
     if not drawn:
         doc.add("Nothing to plot: no pair of models to compare.\n")
+
+
+def volcano_groups(tasks: list[str], points: list[dict]) -> list[tuple[str, str, tuple[str, ...]]]:
+    """The volcano plots of a sweep: (file key, title, labels). The paper's nested sets (CXR-8, then what
+    CXR-14 and CXR-19 add) only where the sweep has that very task with the paper's labels; every other
+    task is drawn in a plot named for it, holding its labels that no earlier plot holds."""
+    by_task = {t: list(dict.fromkeys(p["label"] for p in points if p["task"] == t)) for t in tasks}
+    out: list[tuple[str, str, tuple[str, ...]]] = []
+    seen: set[str] = set()
+    for (key, what, members), n in zip(VOLCANO_GROUPS, (8, 14, 19), strict=True):  # a chain from CXR-8 on
+        if set(by_task.get(f"cxr-{n}", ())) != set(TASKS[n]):
+            break
+        out.append((key, what, members))
+        seen |= set(members)
+    for task in tasks:
+        members = tuple(lab for lab in by_task.get(task, ()) if lab not in seen)
+        if members:
+            what = f"{F.task_name(task)} labels" + ("" if len(members) == len(by_task[task]) else " not drawn above")
+            out.append((re.sub(r"[^\w.-]+", "_", task), what, members))
+            seen |= set(members)
+    return out
 
 
 def _training_section(doc: Document) -> None:

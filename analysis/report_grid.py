@@ -118,8 +118,10 @@ def grid_table(full: Sweep, configs: list[G.ConfigStat], chosen: dict[tuple[str,
 
 
 def heatmap_rows(configs: list[G.ConfigStat], chosen: dict[tuple[str, str], str], by: str, task: str,
-                 test_sets: list[str]) -> tuple[list[list[dict]], list[str]]:
-    """The panels of one task's heat-map figure (see `figures.grid_heatmap_figure`) and notes on fixed settings."""
+                 test_sets: list[str], full: Sweep | None = None) -> tuple[list[list[dict]], list[str]]:
+    """The panels of one task's heat-map figure (see `figures.grid_heatmap_figure`) and notes on fixed settings.
+
+    `full`: the whole grid sweep, whose runs' sanity flags mark the cells (none marked without it)."""
     rows, notes = [], []
     models = list(dict.fromkeys(c.model for c in configs if c.task == task))
     for model in models:
@@ -146,6 +148,9 @@ def heatmap_rows(configs: list[G.ConfigStat], chosen: dict[tuple[str, str], str]
             metrics.reverse()
         metrics += [("test", f"test AUROC {ts}", "high", 3, ts) for ts in test_sets]
         panels = []
+        flagged = np.zeros((len(row_values), len(col_values)), bool)
+        for c in shown if full is not None else ():
+            flagged[at[c.config]] = any(r.sanity.flags for r in full.runs_of(task, model, c.config).values())
         for attr, what, better, digits, ts in metrics:
             values = np.full((len(row_values), len(col_values)), np.nan)
             for c in shown:
@@ -156,7 +161,8 @@ def heatmap_rows(configs: list[G.ConfigStat], chosen: dict[tuple[str, str], str]
             crit = " (selection)" if (attr, by) in (("val_loss", "val-loss"), ("val_auroc", "val-auroc")) else ""
             panels.append({"label": f"{F.model_name(model)} · {what}{crit}", "row_key": row_key, "row_values": row_values,
                            "col_key": col_key, "col_values": col_values, "values": values, "selected": at[sel.config],
-                           "digits": digits, "better": better, "auroc": "AUROC" in what})
+                           "digits": digits, "better": better, "auroc": "AUROC" in what,
+                           "metric": f"{attr}:{ts or ''}", "flagged": flagged})
         rows.append(panels)
     return rows, notes
 
@@ -188,9 +194,12 @@ def grid_section(doc: Document, full: Sweep, chosen: dict[tuple[str, str], str],
                     f"{T.fmt_auroc(c.b.mean, c.b.sd, c.b.n)} ({point_text(_point(configs, c.b.task, c.b.model, chosen))})"
                     f": % diff {T.fmt_pct(c.pct_diff)}, p {T.fmt_p(t.p)} {c.stars}".rstrip())
         doc.add("")
+        why = unpassable(full, configs, random=any("RANDOM" in m for m in doc.marks))
+        if why:
+            doc.add(f"**Why these rows cannot pass their checks:** {why}\n")
     doc.table(grid_table(full, configs, chosen, test_sets))
     for task in full.tasks:
-        rows, fixed = heatmap_rows(configs, chosen, by, task, test_sets)
+        rows, fixed = heatmap_rows(configs, chosen, by, task, test_sets, full)
         if not rows:
             continue
         note = (f"Cells: mean over seeds. Red box: the selected configuration ({G.CRITERION_TEXT[by]}). Brighter is "
@@ -200,6 +209,31 @@ def grid_section(doc: Document, full: Sweep, chosen: dict[tuple[str, str], str],
         title = f"{F.task_name(task)}: validation loss, validation and test AUROC across the grid"
         path = F.grid_heatmap_figure(rows, doc.fig_path(f"grid_{task}.png"), title, doc.marks, note)
         doc.figure(path, title)
+
+
+def unpassable(full: Sweep, configs: list[G.ConfigStat], random: bool = False) -> str:
+    """One sentence naming each model whose every configuration, on every task, failed a sanity check (and the
+    checks), or '' when some configuration of each model passed: then a flagged selection is the criterion's
+    choice, not the grid's limit."""
+    parts = []
+    for model in dict.fromkeys(c.model for c in configs):
+        flags: dict[str, int] = {}
+        every = True
+        for c in (c for c in configs if c.model == model):
+            runs = full.runs_of(c.task, model, c.config).values()
+            bad = {f for r in runs for f in r.sanity.flags}
+            every &= bool(bad)
+            for f in bad:
+                flags[f] = flags.get(f, 0) + 1
+        if every and flags:
+            n = sum(1 for c in configs if c.model == model)
+            named = ", ".join(P.FLAG_TEXT.get(f, f) for f in P.FLAG_ORDER if f in flags)
+            parts.append(f"no {F.model_name(model)} configuration of the grid passed ({named}; {n} configurations)")
+    if not parts:
+        return ""
+    return ("; ".join(parts) + " — on these features no setting tried gives that model a sound head, so its "
+            "comparisons carry no stars" + (" (a random-weight backbone's embeddings hold no learned image features)."
+                                            if random else "."))
 
 
 def _point(configs: list[G.ConfigStat], task: str, model: str, chosen: dict[tuple[str, str], str]) -> dict:

@@ -20,13 +20,11 @@ members never mix. The runs are the sweep's (`heads.runs.iter_runs`), in either 
 
 from __future__ import annotations
 
-import io
 import json
 import statistics
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from cxrfeat import atomic
 from cxrfeat.errors import UserError
 from cxrfeat.labels import task_sort_key
 from heads import runs
@@ -115,7 +113,7 @@ def shots_figure(rows: Sequence[dict], path: str | Path, *, title: str | None = 
     """AUROC against shots (log x) per test set and task, exact AUROC dashed; None when no rows."""
     if not rows:
         return None
-    from analysis.figures import plt, titles
+    from analysis.figures import plt, save, titles
 
     test_sets = list(dict.fromkeys(r["test_set"] for r in rows))
     fig, axes = plt.subplots(1, len(test_sets), figsize=(5.2 * len(test_sets), 4.3), squeeze=False, sharey=True)
@@ -146,11 +144,7 @@ def shots_figure(rows: Sequence[dict], path: str | Path, *, title: str | None = 
     axes[0][-1].legend(fontsize="small")
     top = titles(fig, title, marks, fig.get_figheight())
     fig.tight_layout(rect=(0, 0, 1, top))
-    buf = io.BytesIO()
-    fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png", dpi=150)
-    plt.close(fig)
-    atomic.write_bytes(path, buf.getvalue())
-    return Path(path)
+    return save(fig, Path(path))  # the watermark, then an atomic write
 
 
 def width_table(sweep_dir: str | Path) -> list[dict]:
@@ -185,7 +179,7 @@ def width_figure(rows: Sequence[dict], path: str | Path, *, title: str | None = 
     """
     if not rows:
         return None
-    from analysis.figures import plt, titles
+    from analysis.figures import plt, save, titles
 
     test_sets = list(dict.fromkeys(r["test_set"] for r in rows))
     fig, axes = plt.subplots(1, len(test_sets), figsize=(5.2 * len(test_sets), 4.0), squeeze=False, sharey=True)
@@ -213,8 +207,4 @@ def width_figure(rows: Sequence[dict], path: str | Path, *, title: str | None = 
     axes[0][0].set_ylabel(f"sd of ⟨Z_k⟩ over the test set (floor {WIDTH_FLOOR:g})", fontsize=8)
     top = titles(fig, title, marks, fig.get_figheight())
     fig.tight_layout(rect=(0, 0, 1, top))
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=150)
-    plt.close(fig)
-    atomic.write_bytes(path, buf.getvalue())
-    return Path(path)
+    return save(fig, Path(path))  # the watermark, then an atomic write

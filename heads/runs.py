@@ -365,7 +365,7 @@ def finish_run(path: str | Path, config: RunConfig, *, params: dict, params_meta
     check = sanity.check(predictions={k: t.y_prob for k, t in tests.items()}, reports=reports, label_names=labels,
                          best_epoch=best_epoch, epochs=epochs, max_epochs=s.max_epochs, saturated=saturated,
                          losses=[v for row in history for v in (row["train_loss"], row["val_loss"])],
-                         feature_norm=s.feature_norm)
+                         feature_norm=s.feature_norm, val_losses=[row["val_loss"] for row in history])
     results = RunResults(task=config.task, model=config.model, seed=config.seed, best_epoch=best_epoch,
                          best_val_loss=best_val_loss, epochs=epochs, stopped_early=epochs < s.max_epochs,
                          test_sets=reports, sanity=check, validation=val, train_seconds=round(train_seconds, 3),

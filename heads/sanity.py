@@ -1,7 +1,8 @@
 """Sanity checks of a trained head, written into its run's `metrics.json` as `sanity`
 (docs/design.md "Run record").
 
-A number from a degenerate head must not pass for a result. Four checks, each a flag:
+A number from a degenerate head must not pass for a result. Five checks, each a flag; every check but
+the saturation one applies to every model (CDL and DQC alike):
 
 - `constant_predictions`: a label of a test set whose predicted probabilities do not vary (sd over
   the test set < `CONSTANT_SD`), or whose AUROC is exactly 0.5 while they barely vary (sd <
@@ -12,6 +13,11 @@ A number from a degenerate head must not pass for a result. Four checks, each a 
   (e.g. random-backbone embeddings of norm ~800 without `--feature-norm standardize`).
 - `still_improving`: the best validation loss is at the last epoch trained: the run stopped because
   it reached `--max-epochs`, not because it had converged.
+- `overfit_from_start`: the validation loss rises from the first epoch: its best is at epoch 1 of at
+  least `RISING_EPOCHS` trained, or it never falls below ln 2 (`CHANCE_LOSS`, the mean BCE of a head
+  that predicts ½ for every label). The head fits the training set at once and generalises worse with
+  every step (too high a learning rate, the usual cause), so its test AUROC is that of an accident of
+  the first epoch.
 - `nan_loss`: a loss or a prediction is not finite. Training stops with an error on a non-finite loss,
   so a finished run carries this flag only when its predictions hold NaN or infinity.
 """
@@ -27,7 +33,24 @@ CONSTANT_SD = 1e-6
 HALF_AUROC_SD = 1e-4
 SATURATION_TANH = 0.99
 SATURATION_THRESHOLD = 0.5
-FLAGS = ("constant_predictions", "saturated_inputs", "still_improving", "nan_loss")
+RISING_EPOCHS = 3
+CHANCE_LOSS = math.log(2.0)
+FLAGS = ("constant_predictions", "saturated_inputs", "overfit_from_start", "still_improving", "nan_loss")
+
+
+def overfit_from_start(val_losses: Iterable[float]) -> str | None:
+    """Why the validation losses (one per epoch) rise from the first epoch, or None (module docstring)."""
+    val = [float(v) for v in val_losses]
+    finite = [v for v in val if math.isfinite(v)]
+    if not finite:
+        return None
+    best = min(finite)
+    if best > CHANCE_LOSS:
+        return (f"validation loss never below ln 2 = {CHANCE_LOSS:.3f} (the loss of predicting ½ for every label; "
+                f"best {best:.3f})")
+    if len(val) >= RISING_EPOCHS and val.index(best) == 0:
+        return f"validation loss lowest at the first epoch ({best:.3f}), then rising over {len(val) - 1} more"
+    return None
 
 
 def constant_labels(y_prob: np.ndarray, label_names, per_label_auroc: Mapping[str, float | None]) -> list[str]:
@@ -63,12 +86,14 @@ def check(
     saturated: float | None = None,
     losses: Iterable[float] = (),
     feature_norm: str | None = None,
+    val_losses: Iterable[float] = (),
 ) -> dict:
     """The `sanity` record of one run: `ok`, `flags`, `details`, `messages` (docs/design.md "Run record").
 
     `predictions`: y_prob (N, L) per test set; `reports`: `heads.metrics.auroc_report` per test set;
     `saturated`: `saturated_fraction` of a DQC (None for a CDL); `losses`: the history's losses;
-    `feature_norm`: the run's `--feature-norm` (the hint for saturation depends on it).
+    `feature_norm`: the run's `--feature-norm` (the hint for saturation depends on it); `val_losses`: the
+    validation loss of every epoch, in order.
     """
     label_names = list(label_names)
     constant = {}
@@ -91,6 +116,10 @@ def check(
                 "try --feature-norm standardize or a lower --lr")
         messages.append(f"saturated DQC inputs: {saturated:.0%} of (test image, qubit) angles have |tanh| > "
                         f"{SATURATION_TANH} ({hint})")
+    rising = overfit_from_start(val_losses)
+    if rising:
+        flags.append("overfit_from_start")
+        messages.append(f"overfitting from the first epoch: {rising} (try a lower --lr)")
     if epochs >= 1 and best_epoch == epochs:
         flags.append("still_improving")
         messages.append(f"still improving: the best validation loss is at the last epoch trained ({epochs} of at "

@@ -90,7 +90,7 @@ class LiveReporter:
 
 
 SHORT_FLAGS = {"constant_predictions": "CONSTANT", "saturated_inputs": "SATURATED", "still_improving": "UNDERTRAINED",
-               "nan_loss": "NAN"}
+               "overfit_from_start": "OVERFIT", "nan_loss": "NAN"}
 
 
 def flag_text(flags: dict[str, list[int]], n: int) -> str:

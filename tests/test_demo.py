@@ -34,11 +34,15 @@ def test_just_demo_end_to_end(tmp_path):
         assert store.attrs["backbone"]["random"] is True and store.attrs["synthetic"] is True
     for task in (8, 14, 19):
         for model in ("cdl", "dqc"):
-            for seed in (1, 2):
-                run = tmp_path / "runs" / "demo" / f"cxr-{task}" / model / f"seed-{seed}"
-                assert (run / "DONE").exists(), run
-                metrics = json.loads((run / "metrics.json").read_text())
-                assert set(metrics["test_sets"]) == {"nih-cxr-lt", "mimic-cxr-lt"}
+            configs = sorted(p.name for p in (tmp_path / "runs" / "demo" / f"cxr-{task}" / model).iterdir())
+            assert configs == ["lr-1e-3", "lr-3e-3", "lr-3e-4"]  # the demo's learning-rate grid
+            for config in configs:
+                for seed in (1, 2):
+                    run = tmp_path / "runs" / "demo" / f"cxr-{task}" / model / config / f"seed-{seed}"
+                    assert (run / "DONE").exists(), run
+                    metrics = json.loads((run / "metrics.json").read_text())
+                    assert set(metrics["test_sets"]) == {"nih-cxr-lt", "mimic-cxr-lt"}
     report = (tmp_path / "reports" / "demo" / "report.md").read_text()
     assert "SYNTHETIC" in report.upper()
+    assert "## Hyper-parameter grid and model selection" in report  # each model at its validation-selected lr
     assert any((tmp_path / "reports" / "demo" / "figures").glob("*.png"))

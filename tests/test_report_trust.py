@@ -101,7 +101,7 @@ def test_random_and_synthetic_banners_and_figure_marks(degenerate):
     assert "backbone parameters were RANDOM" in md
     figs = sorted((out / "figures").glob("*.png"))
     assert len(marks) == len(figs) > 0
-    assert all(m == ("SYNTHETIC DATA", "RANDOM BACKBONE") for m in marks)
+    assert all(m == ("SYNTHETIC DATA", "RANDOM-WEIGHT BACKBONE") for m in marks)
 
 
 def test_provenance_survives_copying_runs(degenerate, tmp_path, monkeypatch):
