@@ -398,7 +398,6 @@ def export_command(
     heads export runs/demo/cxr-8/dqc/seed-1 --test-set nih-cxr-lt --limit 20 --out exports/dqc8
     """
     from cxrfeat.console import make_console, print_table
-
     from heads import routing
     from heads.export_run import ExportSettings, export_run, parse_ids
 
@@ -434,9 +433,8 @@ def routing_command(
     level 1 with seed_transpiler 0 (docs/export.md). Example:
     heads routing --qubits 8,14,19,40 --layers 3 --out bench/routing
     """
-    from cxrfeat.console import make_console, print_table
-
     from cxrfeat import atomic
+    from cxrfeat.console import make_console, print_table
     from cxrfeat.errors import UserError
     from heads import routing
     from heads.bench import describe_machine
