@@ -6,7 +6,10 @@ the block falls back, for the loss only, on `best_val_loss` in metrics.json, the
 `val_loss` of its history. The configuration with the best mean over its seeds is selected:
 the lowest mean validation loss (`val-loss`, the default: the quantity early stopping already
 minimises) or the highest mean validation AUROC (`val-auroc`). Ties go to the configuration whose
-name sorts first. Test predictions are never read here: `select` cannot leak test data into the
+name sorts first. The training noise (`noise_scale`, `trajectories` of `heads sweep --noise`) is a
+condition, not a hyper-parameter: where a task × model has configurations trained on the ideal circuit
+(no noise, or scale 0), only those are candidates, so the report's comparison stays ideal DQC against
+CDL; the noise section shows the noise-trained heads. Test predictions are never read here: `select` cannot leak test data into the
 choice, and a test that corrupts every other configuration's test predictions proves it.
 """
 
@@ -95,9 +98,12 @@ def select(sweep: Sweep, by: str = "val-loss") -> dict[tuple[str, str], str]:
     chosen: dict[tuple[str, str], str] = {}
     best: dict[tuple[str, str], float] = {}
     sign = 1.0 if by == "val-loss" else -1.0
+    ideal = {(c.task, c.model) for c in configs if trained_ideal(c.point)}
     for c in sorted(configs, key=lambda c: c.config):
         value = c.criterion(by)
         key = (c.task, c.model)
+        if key in ideal and not trained_ideal(c.point):
+            continue
         chosen.setdefault(key, "")
         if math.isfinite(value) and (key not in best or sign * value < sign * best[key]):
             best[key], chosen[key] = value, c.config
@@ -111,6 +117,12 @@ def select(sweep: Sweep, by: str = "val-loss") -> dict[tuple[str, str], str]:
             raise UserError(f"{task}/{model}: no configuration has a validation number to select by (--select {by} "
                             f"needs {what}, e.g. {_shown(run.path / 'metrics.json', sweep.path)}){hint}")
     return chosen
+
+
+def trained_ideal(point: dict) -> bool:
+    """Whether a configuration's point trains the ideal circuit (no noise scale, or scale 0)."""
+    scale = point.get("noise_scale")
+    return scale is None or scale == 0
 
 
 def _validation_only(sweep: Sweep, task: str, model: str, config: str) -> ConfigStat:

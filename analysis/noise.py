@@ -57,6 +57,20 @@ def _cdl_reference(sweep_dir: Path) -> dict[tuple[str, str], float]:
     return {k: statistics.fmean(v) for k, v in values.items()}
 
 
+def _training(run) -> tuple[str, tuple]:
+    """How a DQC run was trained ("ideal", or "<model> ×<scale>, K traj." under `heads sweep --noise`) and
+    its configuration's other settings (the grid point without the noise axes)."""
+    try:
+        config = run.config()
+    except UserError:
+        return "?", ()
+    s = config.settings
+    rest = tuple(sorted((k, repr(v)) for k, v in config.point.items() if k not in ("noise_scale", "trajectories")))
+    if not s.noise or not s.noise_scale:
+        return "ideal", rest
+    return f"{s.noise} ×{s.noise_scale:g}, {s.trajectories} traj.", rest
+
+
 def noise_table(sweep_dir: str | Path) -> list[dict]:
     """Rows of AUROC against noise scale over the sweep's DQC runs (module doc); [] without noise.json."""
     sweep_dir = Path(sweep_dir)
@@ -72,11 +86,13 @@ def noise_table(sweep_dir: str | Path) -> list[dict]:
         except (OSError, json.JSONDecodeError) as e:
             raise UserError(f"{f}: unreadable ({e}); re-run `heads noise {f.parent} --noise ...`") from None
         model = doc.get("settings", {}).get("model", {})
+        trained, rest = _training(run)
         for test_set, entry in doc.get("test_sets", {}).items():
             for cell in entry.get("scales", []):
                 key = (run.task, run.config_name, test_set, model.get("name", "?"), float(cell["scale"]))
                 g = groups.setdefault(key, {"auroc": [], "exact": [], "seeds": [], "se": [], "methods": set(),
-                                            "trajectories": set(), "source": model.get("source", "")})
+                                            "trajectories": set(), "source": model.get("source", ""),
+                                            "trained": trained, "rest": rest})
                 g["auroc"].append(cell.get("auroc_mean"))
                 g["exact"].append(entry.get("exact", {}).get("mean_auroc"))
                 g["seeds"].append(run.seed)
@@ -90,7 +106,8 @@ def noise_table(sweep_dir: str | Path) -> list[dict]:
     rows = []
     for (task, config, test_set, name, scale), g in sorted(
             groups.items(), key=lambda kv: (task_sort_key(kv[0][0]), kv[0][1], kv[0][2], kv[0][3], kv[0][4])):
-        rows.append({"task": task, "configuration": config, "test_set": test_set, "model": name,
+        rows.append({"task": task, "configuration": config, "trained": g["trained"], "settings": g["rest"],
+                     "test_set": test_set, "model": name,
                      "source": g["source"], "scale": scale, "seeds": len(g["seeds"]),
                      "auroc_mean": _mean(g["auroc"]), "auroc_sd": _sd(g["auroc"]), "exact_auroc": _mean(g["exact"]),
                      "method": "+".join(sorted(g["methods"])),
@@ -126,7 +143,8 @@ def break_even(rows: Sequence[dict]) -> list[dict]:
         noiseless = first["exact_auroc"]
         cdl = first["cdl_auroc"]
         positive = [p for p in pts if p[0] > 0]
-        out.append({"task": key[0], "configuration": key[1], "test_set": key[2], "model": key[3],
+        out.append({"task": key[0], "configuration": key[1], "trained": first.get("trained"), "test_set": key[2],
+                    "model": key[3],
                     "noiseless_auroc": noiseless, "cdl_auroc": cdl, "largest_scale": max((p[0] for p in pts), default=None),
                     "drop_scale": _crossing(positive, noiseless - DROP) if noiseless is not None else None,
                     "below_cdl_scale": (0.0 if noiseless is not None and cdl is not None and noiseless < cdl
@@ -153,7 +171,9 @@ def noise_figure(rows: Sequence[dict], path: str | Path, *, title: str | None = 
                 continue
             task, config, model = line
             colour = colours[i % len(colours)]
-            label = str(task).upper() + (f" {config}" if config else "") + (f" ({model})" if len({ln[2] for ln in lines}) > 1 else "")
+            trained = pts[0].get("trained")
+            label = (str(task).upper() + (f", trained {trained}" if trained and trained != "?" else f" {config}" if config else "")
+                     + (f" ({model})" if len({ln[2] for ln in lines}) > 1 else ""))
             dodge = 1.06 ** (i - (len(lines) - 1) / 2)  # side by side, so the seeds' error bars stay readable
             ax.errorbar([r["scale"] * dodge for r in pts], [r["auroc_mean"] for r in pts],
                         yerr=[r["auroc_sd"] or 0.0 for r in pts], marker="o", capsize=3, color=colour, label=label)

@@ -35,21 +35,22 @@ def noise_table_rows(rows: list[dict], chosen) -> T.Table:
         cells = [r["configuration"], "✓" if _selected(r, chosen) else ""] if grid else []
         delta = r["auroc_mean"] - r["exact_auroc"] if None not in (r["auroc_mean"], r["exact_auroc"]) else None
         auroc = _num(r["auroc_mean"]) + (f" ± {r['auroc_sd']:.3f}" if r["auroc_sd"] is not None else "")
-        display.append([r["task"], *cells, r["test_set"], r["model"], f"{r['scale']:g}", r["method"],
+        display.append([r["task"], *cells, r.get("trained", "?"), r["test_set"], r["model"], f"{r['scale']:g}", r["method"],
                         "–" if r["trajectories"] is None else str(r["trajectories"]), str(r["seeds"]), auroc,
                         _num(r["exact_auroc"]), "–" if delta is None else f"{delta:+.4f}", _num(r["cdl_auroc"]),
                         _num(r["z_stderr_mean"], 4)])
-        raw.append([r["task"], *([r["configuration"], _selected(r, chosen)] if grid else []), r["test_set"], r["model"],
-                    r["scale"], r["method"], r["trajectories"], r["seeds"], r["auroc_mean"], r["auroc_sd"],
+        raw.append([r["task"], *([r["configuration"], _selected(r, chosen)] if grid else []), r.get("trained", "?"),
+                    r["test_set"], r["model"], r["scale"], r["method"], r["trajectories"], r["seeds"], r["auroc_mean"], r["auroc_sd"],
                     r["exact_auroc"], delta, r["cdl_auroc"], r["z_stderr_mean"]])
     return T.Table(
         "noise", "DQC AUROC under device noise, by error scale",
-        ["Task", *extra, "Test set", "Noise model", "Scale", "Method", "Trajectories", "Seeds", "AUROC (noisy)",
-         "Noiseless AUROC", "Δ", "CDL AUROC", "s.e. of ⟨Z⟩"], display,
-        ["task", *[e.lower() for e in extra], "test_set", "noise_model", "scale", "method", "trajectories", "seeds",
+        ["Task", *extra, "Trained", "Test set", "Noise model", "Scale", "Method", "Trajectories", "Seeds",
+         "AUROC (noisy)", "Noiseless AUROC", "Δ", "CDL AUROC", "s.e. of ⟨Z⟩"], display,
+        ["task", *[e.lower() for e in extra], "trained", "test_set", "noise_model", "scale", "method", "trajectories", "seeds",
          "auroc_mean", "auroc_sd", "noiseless_auroc", "delta", "cdl_auroc", "z_stderr_mean"],
-        raw, align="l" + "l" * len(extra) + "llrlrrrrrrr",
-        note="From the runs' `noise.json` (`heads noise`): the trained heads (trained noiseless) evaluated with the "
+        raw, align="l" + "l" * len(extra) + "lllrlrrrrrrr",
+        note="From the runs' `noise.json` (`heads noise`): the trained heads (Trained: on the ideal circuit, or under "
+             "a noise model × scale with K trajectories, `heads sweep --noise`) evaluated with the "
              "noise model's error rates times the scale; AUROC mean ± sd over seeds; method `density` is exact, `mps` "
              "averages the trajectories per image (s.e. of ⟨Z⟩: the estimate's mean standard error); the CDL "
              "column is the same sweep's linear heads, which noise does not touch.")
@@ -67,16 +68,17 @@ def break_even_rows(rows: list[dict], chosen) -> T.Table:
     display, raw = [], []
     for r in rows:
         cells = [r["configuration"], "✓" if _selected(r, chosen) else ""] if grid else []
-        display.append([r["task"], *cells, r["test_set"], r["model"], _num(r["noiseless_auroc"]), _num(r["cdl_auroc"]),
+        display.append([r["task"], *cells, r.get("trained") or "?", r["test_set"], r["model"], _num(r["noiseless_auroc"]),
+                        _num(r["cdl_auroc"]),
                         scale(r["drop_scale"], r["largest_scale"]), scale(r["below_cdl_scale"], r["largest_scale"])])
-        raw.append([r["task"], *([r["configuration"], _selected(r, chosen)] if grid else []), r["test_set"], r["model"],
-                    r["noiseless_auroc"], r["cdl_auroc"], r["drop_scale"], r["below_cdl_scale"], r["largest_scale"]])
+        raw.append([r["task"], *([r["configuration"], _selected(r, chosen)] if grid else []), r.get("trained") or "?",
+                    r["test_set"], r["model"], r["noiseless_auroc"], r["cdl_auroc"], r["drop_scale"], r["below_cdl_scale"], r["largest_scale"]])
     return T.Table(
         "noise_break_even", "Error scales at which the DQC loses 0.01 AUROC, and falls below the CDL",
-        ["Task", *extra, "Test set", "Noise model", "Noiseless AUROC", "CDL AUROC", f"Scale: −{DROP:g} AUROC",
+        ["Task", *extra, "Trained", "Test set", "Noise model", "Noiseless AUROC", "CDL AUROC", f"Scale: −{DROP:g} AUROC",
          "Scale: below CDL"], display,
-        ["task", *[e.lower() for e in extra], "test_set", "noise_model", "noiseless_auroc", "cdl_auroc", "drop_scale",
-         "below_cdl_scale", "largest_scale"], raw, align="l" + "l" * len(extra) + "llrrrr",
+        ["task", *[e.lower() for e in extra], "trained", "test_set", "noise_model", "noiseless_auroc", "cdl_auroc", "drop_scale",
+         "below_cdl_scale", "largest_scale"], raw, align="l" + "l" * len(extra) + "lllrrrr",
         note=f"Interpolated linearly in log(scale) between the measured scales; \"> s\": not reached up to the largest "
              f"scale measured; \"already at 0\": the noiseless DQC is below the CDL. Means over seeds; with few test "
              f"images and seeds, a {DROP:g} AUROC change can be within the seeds' spread.")
@@ -88,12 +90,16 @@ def noise_section(doc: Document, full: Sweep, chosen) -> None:
         return
     doc.add("## Device noise (`heads noise`)\n")
     models = sorted({(r["model"], r["source"]) for r in rows})
-    doc.add("The trained DQCs (trained noiseless) evaluated under " + "; ".join(
+    noisy = sorted({r["trained"] for r in rows if r.get("trained") not in ("ideal", "?", None)})
+    doc.add(("The trained DQCs (trained on the ideal circuit" + (", and trained under " + "; ".join(noisy) if noisy else "")
+             + ") evaluated under ") + "; ".join(
         f"the noise model `{m}`" + (f" ({s})" if s else "") for m, s in models)
         + ", its error rates multiplied by each scale (1 = the model as published). The CDL does not change.\n")
     doc.table(noise_table_rows(rows, chosen))
     doc.table(break_even_rows(_order(break_even(rows)), chosen))
-    picked = [r for r in rows if _selected(r, chosen)] or rows
+    # the selected configuration, and beside it the heads trained under noise with its other settings
+    anchor = {(r["task"], r.get("settings")) for r in rows if _selected(r, chosen)}
+    picked = [r for r in rows if (r["task"], r.get("settings")) in anchor] or rows
     what = " (selected configurations)" if picked is not rows else ""
     title = f"DQC mean AUROC against the error scale of {', '.join(m for m, _ in models)}{what}"
     doc.figure(noise_figure(picked, doc.fig_path("noise.png"), title=title, marks=doc.marks), title)

@@ -272,6 +272,31 @@ def _exact_z(angles: np.ndarray, theta: np.ndarray, backend: str, chunk: int = 1
     return np.concatenate(out).astype(np.float64)
 
 
+def trained_noise_z(run: DQCRun, angles: np.ndarray, theta: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """⟨Z⟩ (N, n) of a run trained under noise (`heads sweep --noise`) as its predictions were made:
+    its noise model at its scale, the trajectories of evaluation (`heads.train.noise_keys(seed, 0, row)`),
+    or the exact density matrix for a run trained with `--backend density`."""
+    import jax.numpy as jnp
+
+    from heads.noise import NoiseModel, density_expvals, trajectory_expvals
+    from heads.train import EVAL_EPOCH, noise_keys
+
+    s = run.record.settings
+    try:
+        model = NoiseModel(**{**(s.noise_model or {}), "name": s.noise or "?"}).scaled(float(s.noise_scale))
+    except (TypeError, UserError) as e:
+        raise UserError(f"{run.path / 'config.json'}: its noise model cannot be read ({e})") from None
+    out = []
+    for start in range(0, angles.shape[0], chunk):
+        a = jnp.asarray(angles[start:start + chunk])
+        if s.backend == "density":
+            out.append(np.asarray(density_expvals(a, jnp.asarray(theta), model)))
+        else:
+            keys = noise_keys(run.seed, EVAL_EPOCH, jnp.arange(start, start + a.shape[0]))
+            out.append(np.asarray(trajectory_expvals(a, jnp.asarray(theta), model, keys, int(s.trajectories or 1))[0]))
+    return np.concatenate(out).astype(np.float64) if out else np.zeros((0, angles.shape[1]))
+
+
 def circuit_inputs(run: DQCRun, x: np.ndarray) -> np.ndarray:
     """The circuit's input angles (N, n) for embeddings x (N, D), as `heads.models.DQC` computes them."""
     x = np.asarray(x, np.float32)
@@ -313,7 +338,8 @@ def load_test(run: DQCRun, test_set: str, features: Path | None = None, *, keep_
         raise UserError(f"{run.path / 'best.safetensors'}: circuit shape {theta.shape} does not fit config.json")
     z = _exact_z(angles, theta, "fast")  # exact whatever back end trained the run
     prob = post(run, z)
-    worst = float(np.max(np.abs(prob - saved["y_prob"]))) if prob.size else 0.0
+    predicted = post(run, trained_noise_z(run, angles, theta)) if run.record.settings.noise_scale else prob
+    worst = float(np.max(np.abs(predicted - saved["y_prob"]))) if prob.size else 0.0
     if not worst <= _PREDICTION_TOLERANCE:
         raise UserError(f"{store}: the run's parameters on this store differ from its saved predictions by {worst:.2g} "
                         f"(another store, or other feature normalisation, than the run was trained with)")

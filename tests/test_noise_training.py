@@ -157,3 +157,28 @@ def test_a_zero_noise_model_is_the_ideal_circuit():
     with pytest.raises(UserError, match="at most 12 qubits"):
         make_model("dqc", 19, backend="density", noise=NOISE)
     assert jax.tree.leaves(model.init(jax.random.key(0), jnp.zeros((1, 4))))  # needs no noise key
+
+
+def test_the_report_compares_ideal_and_noise_trained_heads_under_noise(noisy_sweep, tmp_path):
+    """`heads noise` on a sweep with `--noise-scale 0,2`: the report selects among the ideal heads only,
+    and its noise section shows both kinds of head under the noise, each named by how it was trained."""
+    import shutil
+
+    from analysis.noise import noise_table
+    from analysis.report import build_report
+
+    sweep = tmp_path / "t"
+    shutil.copytree(noisy_sweep / "a" / "t", sweep)
+    r = invoke("noise", sweep, "--noise", "sycamore-2019", "--scale", "0,3", "--method", "mps", "--trajectories", "2")
+    assert r.exit_code == 0, r.output
+    rows = noise_table(sweep)
+    assert {(x["configuration"], x["trained"]) for x in rows} == {
+        ("noise-scale-0.0", "ideal"), ("noise-scale-2.0", "test-device ×2, 2 traj.")}
+    text = build_report(runs=sweep, features=noisy_sweep / "features", out=tmp_path / "report", resamples=20).read_text()
+    assert "trained under test-device ×2, 2 traj." in text
+    assert (tmp_path / "report" / "figures" / "noise.png").exists()
+    from analysis.collect import load_sweep
+    from analysis.grid import select
+
+    chosen = select(load_sweep(sweep))
+    assert chosen[("cxr-8", "dqc")] == "noise-scale-0.0"  # the noise scale is a condition, never selected
