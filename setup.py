@@ -16,7 +16,14 @@ setup(
             include_dirs=["heads/csrc"],
             depends=["heads/csrc/mps_chains_impl.inc"],
             language="c++",
-            extra_compile_args=["-std=c++17", "-O3", "-ffp-contract=fast", "-fno-wrapv", "-Wno-return-type", "-Wno-sign-compare"],
+            extra_compile_args=[
+                "-std=c++17",
+                "-O3",
+                "-ffp-contract=fast",
+                "-fno-wrapv",
+                "-Wno-return-type",
+                "-Wno-sign-compare",
+            ],
             optional=True,
         )
     ]

@@ -31,12 +31,18 @@ _ENV = "CXR_MPS_KERNEL"
 def _library() -> ctypes.CDLL | None:
     """The built kernel (heads/_mps_chains*.so beside this file), registered with XLA; None if absent."""
     here = Path(__file__).parent
-    found = [p for suffix in importlib.machinery.EXTENSION_SUFFIXES for p in glob.glob(str(here / f"_mps_chains{suffix}"))]
+    found = [
+        p
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES
+        for p in glob.glob(str(here / f"_mps_chains{suffix}"))
+    ]
     if not found:
         return None
     lib = ctypes.CDLL(found[0])
     for name in ("ChainsFwd", "ChainsBwd"):
-        jax.ffi.register_ffi_target(f"cxr_mps_{name}", jax.ffi.pycapsule(getattr(lib, f"CxrMps{name}")), platform="cpu")
+        jax.ffi.register_ffi_target(
+            f"cxr_mps_{name}", jax.ffi.pycapsule(getattr(lib, f"CxrMps{name}")), platform="cpu"
+        )
     lib.cxr_mps_isa.restype = ctypes.c_char_p
     return lib
 
@@ -56,7 +62,9 @@ def kernel() -> str:
         return "xla"
     if want == "ffi":
         if _library() is None:
-            raise RuntimeError(f"{_ENV}=ffi, but the kernel library is not built (pip install -e . builds it)")
+            raise RuntimeError(
+                f"{_ENV}=ffi, but the kernel library is not built (pip install -e . builds it)"
+            )
         return "ffi"
     return "ffi" if jax.default_backend() == "cpu" and _library() is not None else "xla"
 
@@ -81,9 +89,14 @@ def _fwd(t, signs):
     S, B, D = t.shape[:3]
     lefts, rights, xl, xr = _call(
         "ChainsFwd",
-        (_out((S + 1, B, D, D), t.dtype), _out((S + 1, B, 2, D, D), t.dtype), _out(t.shape, t.dtype),
-         _out((S, B, 2, D, 4, D), t.dtype)),
-        t, signs.astype(t.dtype),
+        (
+            _out((S + 1, B, D, D), t.dtype),
+            _out((S + 1, B, 2, D, D), t.dtype),
+            _out(t.shape, t.dtype),
+            _out((S, B, 2, D, 4, D), t.dtype),
+        ),
+        t,
+        signs.astype(t.dtype),
     )
     return (lefts, rights), (t, signs, xl, xr)
 
