@@ -19,6 +19,7 @@ setup(
             extra_compile_args=[
                 "-std=c++17",
                 "-O3",
+                "-g0",
                 "-ffp-contract=fast",
                 "-fno-wrapv",
                 "-Wno-return-type",

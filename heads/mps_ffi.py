@@ -18,6 +18,7 @@ import ctypes
 import functools
 import glob
 import importlib.machinery
+import importlib.util
 import os
 from pathlib import Path
 
@@ -31,11 +32,14 @@ _ENV = "CXR_MPS_KERNEL"
 def _library() -> ctypes.CDLL | None:
     """The built kernel (heads/_mps_chains*.so beside this file), registered with XLA; None if absent."""
     here = Path(__file__).parent
+    spec = importlib.util.find_spec("heads._mps_chains")  # wherever the install put it
     found = [
         p
         for suffix in importlib.machinery.EXTENSION_SUFFIXES
         for p in glob.glob(str(here / f"_mps_chains{suffix}"))
     ]
+    if spec is not None and spec.origin:
+        found.insert(0, spec.origin)
     if not found:
         return None
     lib = ctypes.CDLL(found[0])
