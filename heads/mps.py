@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from heads import mps_ffi
 from heads.ring import ring_inverse, ring_matrix
 
 # Z⊗I, I⊗I, Z⊗Z, I⊗Z on a site's physical index p = 2·(left bit) + (right bit).
@@ -148,7 +149,13 @@ def expvals(angles, weights, ops=None):
     to a global phase; an error after a CNOT is carried back through the ring to slot 2 + l as a
     product of Paulis). With `ops=None` the program is the noiseless one, bit for bit.
     """
-    return _expvals(angles, weights, ops, unroll=_UNROLL)
+    return _expvals(angles, weights, ops, unroll=_UNROLL, chains=chains_for(_UNROLL))
+
+
+def chains_for(unroll) -> str:
+    """'ffi' (the compiled kernel, `heads.mps_ffi`) or 'xla': which environment chains to trace. Fixed per
+    machine; under `counted_flops` always XLA's, so that its cost analysis sees the chains' arithmetic."""
+    return "xla" if unroll is True else mps_ffi.kernel()
 
 
 @contextlib.contextmanager
@@ -163,8 +170,8 @@ def counted_flops():
         _UNROLL = before
 
 
-@functools.partial(jax.jit, static_argnames=("unroll",))
-def _expvals(angles, weights, ops=None, *, unroll=1):
+@functools.partial(jax.jit, static_argnames=("unroll", "chains"))
+def _expvals(angles, weights, ops=None, *, unroll=1, chains="xla"):
     dtype = jnp.promote_types(jnp.result_type(angles, weights), jnp.float32)
     angles, weights = angles.astype(dtype), weights.astype(dtype)
     n = angles.shape[1]
@@ -197,7 +204,7 @@ def _expvals(angles, weights, ops=None, *, unroll=1):
             site_ops = _site_products(ops[:, 2 + layer], left_q, right_q, dummy)  # (B, S, 4, 4)
             kernel = jnp.einsum("bsqr,srp,sijpklo->sbqijklo", site_ops, rot, tab)
             t = _apply(t, kernel)
-    return _measure(n, t, unroll)
+    return _measure(n, t, unroll, chains)
 
 
 def _ry(theta):
@@ -227,13 +234,16 @@ def _apply(t, kernel):
     return out.reshape(S, B, 4 * D, 4, 4 * D)
 
 
-def _measure(n, t, unroll=1):
+def _measure(n, t, unroll=1, chains="xla"):
     dtype = t.dtype
     sign = {k: jnp.asarray(v, dtype) for k, v in _SIGNS.items()}
-    last, lefts = _left_chain(t, sign["ZI"], unroll)  # lefts[j]: sites < j
-    lefts = jnp.concatenate([lefts, last[None]], 0)  # (S + 1, B, D, D)
-    first, rights = _right_chain(t, jnp.stack([sign["II"], sign["ZZ"]]), unroll)  # rights[j]: sites > j
-    rights = jnp.concatenate([first[None], rights], 0)  # rights[j]: sites >= j, j = 0..S
+    if chains == "ffi":  # the compiled kernel (heads.mps_ffi): the same environments, stacked by the kernel
+        lefts, rights = mps_ffi.chains(t, jnp.stack([sign["ZI"], sign["II"], sign["ZZ"]]))
+    else:
+        last, lefts = _left_chain(t, sign["ZI"], unroll)  # lefts[j]: sites < j
+        lefts = jnp.concatenate([lefts, last[None]], 0)  # (S + 1, B, D, D)
+        first, rights = _right_chain(t, jnp.stack([sign["II"], sign["ZZ"]]), unroll)  # rights[j]: sites > j
+        rights = jnp.concatenate([first[None], rights], 0)  # rights[j]: sites >= j, j = 0..S
 
     # every switch point at once: inner[j, b, c] = <lefts[j], rights[j, :, c]>, c = II, ZZ
     inner = jnp.einsum("jbxy,jbcxy->jbc", lefts, rights)

@@ -375,11 +375,11 @@ def trajectory_samples(angles, weights, noise: NoiseModel, keys, trajectories: i
     from heads import mps
 
     return _trajectory_samples(angles, weights, example_keys(keys, angles.shape[0]), sampling_tables(noise),
-                               trajectories=trajectories, unroll=mps._UNROLL)
+                               trajectories=trajectories, unroll=mps._UNROLL, chains=mps.chains_for(mps._UNROLL))
 
 
-@functools.partial(jax.jit, static_argnames=("trajectories", "unroll"))
-def _trajectory_samples(angles, weights, keys, tables, *, trajectories: int, unroll=1):
+@functools.partial(jax.jit, static_argnames=("trajectories", "unroll", "chains"))
+def _trajectory_samples(angles, weights, keys, tables, *, trajectories: int, unroll=1, chains="xla"):
     from heads import mps
 
     b, n = angles.shape
@@ -388,7 +388,7 @@ def _trajectory_samples(angles, weights, keys, tables, *, trajectories: int, unr
     # all K × B trajectories as one batch (measured faster than one batch per trajectory in a loop)
     tk = jax.vmap(lambda k: jax.vmap(lambda key: jax.random.fold_in(key, k))(keys))(jnp.arange(trajectories))
     ops = _ops(tk.reshape(-1), n, layers, tables, dtype)  # (K·B, ...)
-    z = mps._expvals(jnp.tile(angles, (trajectories, 1)), weights, ops, unroll=unroll)
+    z = mps._expvals(jnp.tile(angles, (trajectories, 1)), weights, ops, unroll=unroll, chains=chains)
     return z.reshape(trajectories, b, n)
 
 

@@ -1,0 +1,115 @@
+"""The MPS environment chains as a compiled CPU kernel (heads/csrc/mps_chains.cc), called through XLA's FFI.
+
+XLA's CPU back end runs the chains' thousands of 16×16 products at 16–23 GFLOP/s; the kernel walks each
+example's whole chain with the environment and the site tensor in L1 and every product register-blocked
+(AVX-512, AVX2+FMA or SSE2, picked once per process from the CPU). It computes exactly what
+`heads.mps._left_chain` and `_right_chain` compute — the environments and the written-out reverse pass —
+one example at a time, so an example's bits do not depend on its batch.
+
+Which chains `heads.mps` runs is fixed per machine: the kernel when JAX's default back end is the CPU and
+the library was built (`pip install -e .` builds it; with no C++ compiler the install goes on without it),
+otherwise the XLA chains. `CXR_MPS_KERNEL=xla` or `=ffi` forces one (`ffi` where the library is missing
+is an error); `kernel()` says which is in use.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import glob
+import importlib.machinery
+import importlib.util
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+_ENV = "CXR_MPS_KERNEL"
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    """The built kernel (heads/_mps_chains*.so beside this file), registered with XLA; None if absent."""
+    here = Path(__file__).parent
+    spec = importlib.util.find_spec("heads._mps_chains")  # wherever the install put it
+    found = [
+        p
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES
+        for p in glob.glob(str(here / f"_mps_chains{suffix}"))
+    ]
+    if spec is not None and spec.origin:
+        found.insert(0, spec.origin)
+    if not found:
+        return None
+    lib = ctypes.CDLL(found[0])
+    for name in ("ChainsFwd", "ChainsBwd"):
+        jax.ffi.register_ffi_target(
+            f"cxr_mps_{name}", jax.ffi.pycapsule(getattr(lib, f"CxrMps{name}")), platform="cpu"
+        )
+    lib.cxr_mps_isa.restype = ctypes.c_char_p
+    return lib
+
+
+def isa() -> str | None:
+    """The instruction set the kernel runs with on this machine (avx512, avx2, base), None without it."""
+    lib = _library()
+    return lib.cxr_mps_isa().decode() if lib is not None else None
+
+
+def kernel() -> str:
+    """'ffi' or 'xla': the chains `heads.mps` runs on this machine (see the module docstring)."""
+    want = os.environ.get(_ENV, "").strip().lower()
+    if want not in ("", "ffi", "xla"):
+        raise ValueError(f"{_ENV}={want!r}: expected 'ffi' or 'xla'")
+    if want == "xla":
+        return "xla"
+    if want == "ffi":
+        if _library() is None:
+            raise RuntimeError(
+                f"{_ENV}=ffi, but the kernel library is not built (pip install -e . builds it)"
+            )
+        return "ffi"
+    return "ffi" if jax.default_backend() == "cpu" and _library() is not None else "xla"
+
+
+def _out(shape, dtype):
+    return jax.ShapeDtypeStruct(shape, dtype)
+
+
+def _call(name, outs, *args):
+    _library()
+    return jax.ffi.ffi_call(f"cxr_mps_{name}", outs, vmap_method="broadcast_all")(*args)
+
+
+@jax.custom_vjp
+def chains(t, signs):
+    """t (S, B, D, 4, D), signs (3, 4) = Z⊗I, I⊗I, Z⊗Z → (lefts (S + 1, B, D, D): the Z⊗I environment of
+    the sites before j; rights (S + 1, B, 2, D, D): the I⊗I and Z⊗Z environments of the sites from j on)."""
+    return _fwd(t, signs)[0]
+
+
+def _fwd(t, signs):
+    S, B, D = t.shape[:3]
+    lefts, rights, xl, xr = _call(
+        "ChainsFwd",
+        (
+            _out((S + 1, B, D, D), t.dtype),
+            _out((S + 1, B, 2, D, D), t.dtype),
+            _out(t.shape, t.dtype),
+            _out((S, B, 2, D, 4, D), t.dtype),
+        ),
+        t,
+        signs.astype(t.dtype),
+    )
+    return (lefts, rights), (t, signs, xl, xr)
+
+
+def _bwd(res, cot):
+    t, signs, xl, xr = res
+    lefts_bar, rights_bar = cot
+    d_t = _call("ChainsBwd", _out(t.shape, t.dtype), t, signs.astype(t.dtype), xl, xr, lefts_bar, rights_bar)
+    return d_t, jnp.zeros_like(signs)
+
+
+chains.defvjp(_fwd, _bwd)

@@ -1,0 +1,164 @@
+"""The compiled environment chains (`heads.mps_ffi`, heads/csrc/mps_chains.cc) against XLA's (`heads.mps`).
+
+The XLA chains are checked against PennyLane, the state vector, quimb and closed forms in
+tests/test_mps.py (which, on a CPU with the kernel built, now runs the kernel too); here the kernel must
+give the same values and gradients as the XLA chains, and the same bits for an example whatever batch,
+vmapped group or instruction set variant (on one machine) it is computed in.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from heads import mps, mps_ffi
+
+pytestmark = pytest.mark.skipif(mps_ffi._library() is None, reason="the kernel library is not built")
+
+
+def _inputs(n, batch, layers, dtype=np.float32, seed=0):
+    rng = np.random.default_rng(seed + 100 * n + batch)
+    a = rng.uniform(-1.5, 1.5, (batch, n)).astype(dtype)
+    w = rng.uniform(-np.pi, np.pi, (layers, n)).astype(dtype)
+    c = rng.normal(size=(batch, n)).astype(dtype)
+    return a, w, c
+
+
+def _value_and_grads(n, batch, layers, chains, dtype=np.float32):
+    a, w, c = _inputs(n, batch, layers, dtype)
+
+    def loss(a, w):
+        z = mps._expvals(a, w, None, unroll=1, chains=chains)
+        return (z * c).sum(), z
+
+    (_, z), (ga, gw) = jax.jit(jax.value_and_grad(loss, (0, 1), has_aux=True))(a, w)
+    return [np.asarray(v) for v in (z, ga, gw)]
+
+
+def _close(got, want, tol):
+    for g, w in zip(got, want, strict=True):
+        scale = max(float(np.abs(w).max()), 1e-6)
+        assert float(np.abs(g - w).max()) <= tol * scale
+
+
+# (n, layers, batch): n = 2..5 edge cases, odd n (a dummy site), bond 1, 4 and 16, batch 1 and odd
+@pytest.mark.parametrize(
+    "n,layers,batch",
+    [(2, 1, 1), (2, 3, 3), (3, 2, 1), (4, 3, 5), (5, 3, 1), (5, 1, 3), (8, 2, 3), (11, 3, 7), (19, 3, 2)],
+)
+def test_kernel_equals_xla_chains_values_and_gradients(n, layers, batch):
+    _close(_value_and_grads(n, batch, layers, "ffi"), _value_and_grads(n, batch, layers, "xla"), 2e-5)
+
+
+def test_kernel_equals_xla_chains_in_float64():
+    with jax.enable_x64(True):
+        got = _value_and_grads(7, 3, 3, "ffi", np.float64)
+        want = _value_and_grads(7, 3, 3, "xla", np.float64)
+    assert got[0].dtype == np.float64
+    _close(got, want, 1e-12)
+
+
+def _sites(S, B, D, seed=0):
+    rng = np.random.default_rng(seed)
+    return jnp.asarray(rng.normal(size=(S, B, D, 4, D)) * 0.4, jnp.float32)
+
+
+_SIGNS3 = jnp.asarray([mps._SIGNS["ZI"], mps._SIGNS["II"], mps._SIGNS["ZZ"]], jnp.float32)
+
+
+def _kernel_vjp(t):
+    (lefts, rights), pull = jax.vjp(lambda t: mps_ffi.chains(t, _SIGNS3), t)
+    rng = np.random.default_rng(1)
+    lb = jnp.asarray(rng.normal(size=lefts.shape), jnp.float32)
+    rb = jnp.asarray(rng.normal(size=rights.shape), jnp.float32)
+    return lefts, rights, pull((lb, rb))[0], lb, rb
+
+
+def test_kernel_chains_equal_the_xla_chains_directly():
+    t = _sites(6, 3, 16)
+    lefts, rights, d_t, lb, rb = _kernel_vjp(t)
+
+    def xla(t):
+        last, envs = mps._left_chain(t, _SIGNS3[0], 1)
+        first, renvs = mps._right_chain(t, _SIGNS3[1:], 1)
+        return jnp.concatenate([envs, last[None]]), jnp.concatenate([first[None], renvs])
+
+    (wl, wr), pull = jax.vjp(xla, t)
+    _close(
+        [np.asarray(lefts), np.asarray(rights), np.asarray(d_t)],
+        [np.asarray(wl), np.asarray(wr), np.asarray(pull((lb, rb))[0])],
+        2e-5,
+    )
+
+
+def test_an_example_gets_the_same_bits_in_any_batch_or_vmapped_group():
+    t = _sites(5, 7, 16, seed=3)
+    lefts, rights, d_t, lb, rb = _kernel_vjp(t)
+    for lo, hi in ((0, 1), (2, 5), (6, 7)):  # the same examples alone or in smaller batches
+        (l2, r2), pull = jax.vjp(lambda t: mps_ffi.chains(t, _SIGNS3), t[:, lo:hi])
+        d2 = pull((lb[:, lo:hi], rb[:, lo:hi]))[0]
+        np.testing.assert_array_equal(np.asarray(l2), np.asarray(lefts[:, lo:hi]))
+        np.testing.assert_array_equal(np.asarray(r2), np.asarray(rights[:, lo:hi]))
+        np.testing.assert_array_equal(np.asarray(d2), np.asarray(d_t[:, lo:hi]))
+    # vmapped (the sweep's member blocks): each member as if alone
+    members = jnp.stack([t, 0.5 * t, -t])
+    vl, vr = jax.vmap(lambda t: mps_ffi.chains(t, _SIGNS3))(members)
+    for m in range(3):
+        ml, mr = mps_ffi.chains(members[m], _SIGNS3)
+        np.testing.assert_array_equal(np.asarray(vl[m]), np.asarray(ml))
+        np.testing.assert_array_equal(np.asarray(vr[m]), np.asarray(mr))
+    g = jax.vmap(jax.grad(lambda t: sum(x.sum() for x in mps_ffi.chains(t, _SIGNS3))))(members)
+    np.testing.assert_array_equal(
+        np.asarray(g[1]),
+        np.asarray(jax.grad(lambda t: sum(x.sum() for x in mps_ffi.chains(t, _SIGNS3)))(members[1])),
+    )
+
+
+def test_the_machine_picks_the_kernel_and_the_variable_forces_either(monkeypatch):
+    assert mps_ffi.kernel() == ("ffi" if jax.default_backend() == "cpu" else "xla")
+    monkeypatch.setenv("CXR_MPS_KERNEL", "xla")
+    assert mps_ffi.kernel() == "xla" and mps.chains_for(1) == "xla"
+    monkeypatch.setenv("CXR_MPS_KERNEL", "ffi")
+    assert mps_ffi.kernel() == "ffi"
+    with mps.counted_flops():  # XLA's cost analysis must see the chains
+        assert mps.chains_for(mps._UNROLL) == "xla"
+    monkeypatch.setenv("CXR_MPS_KERNEL", "fast")
+    with pytest.raises(ValueError, match="CXR_MPS_KERNEL"):
+        mps_ffi.kernel()
+
+
+_SCRIPT = """
+import numpy as np, jax, jax.numpy as jnp
+from heads import mps, mps_ffi
+rng = np.random.default_rng(0)
+a = rng.uniform(-1.5, 1.5, (3, 9)).astype(np.float32); w = rng.uniform(-3, 3, (3, 9)).astype(np.float32)
+f = lambda chains: jax.value_and_grad(lambda a, w: (mps._expvals(a, w, unroll=1, chains=chains) ** 2).sum(), (0, 1))(a, w)
+got, want = jax.tree.leaves(f("ffi")), jax.tree.leaves(f("xla"))
+err = max(float(np.abs(np.asarray(g) - np.asarray(x)).max() / np.abs(np.asarray(x)).max()) for g, x in zip(got, want))
+print(mps_ffi.isa(), err)
+"""
+
+
+@pytest.mark.parametrize("isa", ["base", "avx2"])
+def test_every_instruction_set_variant_equals_the_xla_chains(isa):
+    """The variants another machine would pick (SSE2 baseline, AVX2+FMA), run here in a subprocess."""
+    env = dict(os.environ, CXR_MPS_ISA=isa, JAX_PLATFORMS="cpu")
+    out = subprocess.run(
+        [sys.executable, "-c", _SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    got_isa, err = out.stdout.split()
+    if got_isa != isa:
+        pytest.skip(f"this CPU lacks {isa}")
+    assert float(err) < 2e-5
