@@ -160,26 +160,32 @@ def noise_figure(rows: Sequence[dict], path: str | Path, *, title: str | None = 
     from analysis.figures import plt, save, titles
 
     test_sets = list(dict.fromkeys(r["test_set"] for r in rows))
-    fig, axes = plt.subplots(1, len(test_sets), figsize=(5.2 * len(test_sets), 4.3), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(test_sets), figsize=(5.2 * len(test_sets), 4.6), squeeze=False, sharey=True)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     lines = list(dict.fromkeys((r["task"], r["configuration"], r["model"]) for r in rows))
+    tasks = list(dict.fromkeys(ln[0] for ln in lines))
+    several_models = len({ln[2] for ln in lines}) > 1
     for ax, test_set in zip(axes[0], test_sets, strict=True):
+        drawn_cdl = set()
         for i, line in enumerate(lines):
             pts = sorted((r for r in rows if r["test_set"] == test_set
                           and (r["task"], r["configuration"], r["model"]) == line), key=lambda r: r["scale"])
             if not pts:
                 continue
             task, config, model = line
-            colour = colours[i % len(colours)]
+            colour = colours[tasks.index(task) % len(colours)]  # one colour per task
             trained = pts[0].get("trained")
+            noisy = trained not in (None, "?", "ideal")  # trained under noise: open squares
             label = (str(task).upper() + (f", trained {trained}" if trained and trained != "?" else f" {config}" if config else "")
-                     + (f" ({model})" if len({ln[2] for ln in lines}) > 1 else ""))
+                     + (f" ({model})" if several_models else ""))
             dodge = 1.06 ** (i - (len(lines) - 1) / 2)  # side by side, so the seeds' error bars stay readable
             ax.errorbar([r["scale"] * dodge for r in pts], [r["auroc_mean"] for r in pts],
-                        yerr=[r["auroc_sd"] or 0.0 for r in pts], marker="o", capsize=3, color=colour, label=label)
-            if pts[0]["exact_auroc"] is not None:
+                        yerr=[r["auroc_sd"] or 0.0 for r in pts], marker="s" if noisy else "o", capsize=3, color=colour,
+                        mfc="white" if noisy else colour, ls="-" if not noisy else (0, (6, 2)), label=label)
+            if pts[0]["exact_auroc"] is not None and not noisy:
                 ax.axhline(pts[0]["exact_auroc"], ls="--", lw=1, color=colour)
-            if pts[0]["cdl_auroc"] is not None:
+            if pts[0]["cdl_auroc"] is not None and task not in drawn_cdl:
+                drawn_cdl.add(task)
                 ax.axhline(pts[0]["cdl_auroc"], ls=":", lw=1.2, color=colour)
         ax.set_xscale("log")
         scales = sorted({r["scale"] for r in rows})
@@ -188,7 +194,9 @@ def noise_figure(rows: Sequence[dict], path: str | Path, *, title: str | None = 
         ax.set_xlabel("error scale (× the model's error rates; 1 = as published)")
         ax.set_title(test_set, fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
-    axes[0][0].set_ylabel("DQC mean AUROC ± sd over seeds\n(dashed: noiseless; dotted: CDL)", fontsize=8)
-    axes[0][-1].legend(fontsize="small")
-    fig.tight_layout(rect=(0, 0, 1, titles(fig, title, marks, fig.get_figheight())))
+    axes[0][0].set_ylabel("DQC mean AUROC ± sd over seeds\n(dashed: ideal-trained, noiseless; dotted: CDL)", fontsize=8)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(3, max(1, len(labels))), fontsize="small", frameon=False)
+    rows_of_legend = -(-len(labels) // 3)
+    fig.tight_layout(rect=(0, 0.06 + 0.05 * rows_of_legend, 1, titles(fig, title, marks, fig.get_figheight())))
     return save(fig, Path(path))
