@@ -448,7 +448,7 @@ def result(records: list[dict], machine: dict, settings: dict) -> dict:
 
 
 def markdown(doc: dict) -> str:
-    """The run as a Markdown table (the README's measured table)."""
+    """The run as a Markdown table (the tables of docs/performance.md)."""
     s = doc["settings"]
     lines = [f"Measured by `heads bench` on {doc['machine']}, {doc['date'][:10]}, JAX {doc['jax_version']}: "
              f"batch {s['batch_size']}, {s['layers']} circuit layers, median of up to {s['steps']} steps "

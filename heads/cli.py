@@ -41,7 +41,7 @@ class ViewsFrom(StrEnum):
 
 
 _ViewsFrom = Annotated[ViewsFrom, typer.Option("--views-from", help="Stored views an epoch draws its one view per example from: augmented (views 1..V-1, the design; view 0 when the store has only it) or all (0..V-1, view 0 being the plain image).")]
-_GRID = " A comma-separated list sweeps a grid (the product of all such lists; see README, Hyper-parameter grids)."
+_GRID = ' A comma-separated list sweeps a grid (the product of all such lists; see docs/training.md "Hyper-parameter grids").'
 _LrList = Annotated[str, typer.Option("--lr", help="Adam learning rate." + _GRID + " Learning rates train together as per-member data.")]
 _LayersList = Annotated[str, typer.Option("--layers", help="DQC circuit layers (RY + CNOT ring)." + _GRID + " CDL ignores it.")]
 _BatchList = Annotated[str, typer.Option("--batch-size", help="Training batch size (the last batch is padded, not dropped)." + _GRID)]
