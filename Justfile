@@ -44,3 +44,8 @@ bench *args:
 
 lint:
     ruff check cxrfeat heads analysis tests
+
+# The same build runs in `just test` (tests/test_docs.py); `just docs -d DIR` builds elsewhere.
+# Build the docs site (docs/, mkdocs.yml) into site/, strictly: broken links and references fail.
+docs *args:
+    NO_MKDOCS_2_WARNING=1 python -m mkdocs build --strict {{args}}
