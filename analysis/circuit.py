@@ -112,13 +112,19 @@ def _cnot(ax, x: float, yc: float, yt: float, gid: str) -> None:
     ax.plot([x, x], [yt - TARGET_R, yt + TARGET_R], lw=0.8, color="0.1", zorder=5)
 
 
-def _step_width(step: list[Gate], size: float) -> float:
-    g = step[0]
-    if g.name == "cx":
-        return CX_STEP
-    if g.name == "ry":
-        return max(_text_width(symbol(x.param), size) for x in step) + 0.16
-    return 0.42
+def _step_widths(steps: list[list[Gate]], size: float) -> list[float]:
+    """Each step's width: one for all encoding steps, one for all trained-rotation steps (the width of
+    their longest label: a mathtext layout is slow, so one per kind)."""
+    longest: dict[str, str] = {}
+    for step in steps:
+        for g in step:
+            if g.name == "ry":
+                kind, text = g.param.split("_")[0], symbol(g.param)
+                if len(text) > len(longest.get(kind, "")):
+                    longest[kind] = text
+    ry = {kind: _text_width(text, size) + 0.16 for kind, text in longest.items()}
+    return [CX_STEP if s[0].name == "cx" else ry[s[0].param.split("_")[0]] if s[0].name == "ry" else 0.42
+            for s in steps]
 
 
 def circuit_figure(labels: list[str], layers: int, path: str | Path, *, title: str | None = None,
@@ -130,11 +136,11 @@ def circuit_figure(labels: list[str], layers: int, path: str | Path, *, title: s
     `caption`: one line of provenance under the drawing; `marks`: the report's provenance marks."""
     n = len(labels)
     steps = columns(n, layers)
-    widths = [_step_width(s, FONT) for s in steps]
+    widths = _step_widths(steps, FONT)
     gap = 0.12  # between a gate step and the next group
     # left: pre-layer box, wire names; right: meters, post-layer box, label names
-    pre_lines = ["pre layer", r"$x \in \mathbb{R}^{%s}$" % (dim or "D"), *(["standardised"] if feature_norm else []),
-                 f"Dense {dim or 'D'}→{n}", "tanh · π/2", r"$\rightarrow\ \alpha_0 … \alpha_{%d}$" % (n - 1)]
+    pre_lines = ["pre layer", rf"$x \in \mathbb{{R}}^{{{dim or 'D'}}}$", *(["standardised"] if feature_norm else []),
+                 f"Dense {dim or 'D'}→{n}", "tanh · π/2", rf"$\rightarrow\ \alpha_0 … \alpha_{{{n - 1}}}$"]
     post_lines = ["post layer", f"Dense {n}→{n}", "sigmoid", "→ label outputs"]
     pre_w = max(_text_width(t, FONT) for t in pre_lines) + 0.2
     name_w = _text_width(f"q[{n - 1}] |0⟩", FONT) + 0.12
