@@ -227,5 +227,14 @@ def circuit_figure(labels: list[str], layers: int, path: str | Path, *, title: s
     else:
         F.stamp(fig, marks)
     if caption:
-        fig.text(0.1 / width, 0.06 / height, caption, ha="left", va="bottom", fontsize=FONT - 0.5, color="0.3")
+        # one line in smaller type when it is long; two lines of 5.5 pt when it is longer still
+        size = FONT - 0.5
+        size *= min(1.0, (width - 0.3) / _text_width(caption.replace("$", r"\$"), size))
+        if size < 5.5:
+            import textwrap
+
+            size = 5.5
+            chars = int(len(caption) * (width - 0.3) / _text_width(caption.replace("$", r"\$"), size))
+            caption = "\n".join(textwrap.wrap(caption, max(20, chars))[:2])
+        fig.text(0.1 / width, 0.06 / height, caption, ha="left", va="bottom", fontsize=size, color="0.3")
     return F.save(fig, Path(path))
