@@ -6,9 +6,9 @@
 - The routing table (two-qubit gates and depth per device layout and width, `heads.routing`) from
   `routing.json` files: those of `heads export` folders of the sweep's runs found under `exports/`
   (the default) or the folders and files given with `analysis report --routing PATH` — an export
-  folder, a folder of export folders, a `heads routing --out` folder, or a `routing.json`. Exports of
-  runs outside the sweep found by the default scan are counted, not shown; a named path is shown
-  whoever's run it is. A named path that is missing or holds no readable routing file is a one-line
+  folder, a folder of export folders, a `heads routing --out` folder, or a `routing.json`. Exports
+  found by the scan of runs the report does not show (another sweep's, or left out by --tasks or
+  --models) are counted, not shown; a named export folder is shown whoever's run it is. A named path that is missing or holds no readable routing file is a one-line
   error; a damaged export met by the scan is left out and named.
 """
 
@@ -154,7 +154,7 @@ def _export(folder: Path, sweep: Sweep) -> RoutingSource:
         about = f"export of {r.task}/{r.model}" + (f"/{r.config_name}" if r.config_name else "") + f" seed {r.seed}"
     else:
         config = (manifest.get("run") or {}).get("config") or {}
-        about = f"export of a run outside this sweep ({config.get('task_name') or config.get('task', '?')})"
+        about = f"export of a run this report does not show ({config.get('task_name') or config.get('task', '?')})"
     return RoutingSource(_routing(folder / ROUTING), folder, about, manifest, r is not None)
 
 
@@ -189,7 +189,7 @@ def find_routing(sweep: Sweep, paths: list[Path] | None) -> tuple[list[RoutingSo
                 else:
                     others += 1
             if others:
-                notes.append(f"`{_shown(p)}` holds {others} export(s) of runs outside this sweep (not shown).")
+                notes.append(f"`{_shown(p)}` holds {others} export(s) of runs this report does not show (left out).")
             if named and not found and not others:
                 raise UserError(f"--routing {p}: holds no {ROUTING}, export folder or folder of exports")
     return sources, notes

@@ -154,7 +154,7 @@ def test_the_report_draws_each_width_and_depth_once_and_finds_the_sweeps_exports
         assert "export of cxr-8/dqc seed 1 (`exports/mine`)" in cells[-1]
     assert by_layout["all-to-all"]["two_qubit_gates"] == 24 and by_layout["line"]["added_two_qubit_gates"] > 0
     assert "optimization level 1" in section
-    assert "holds 1 export(s) of runs outside this sweep" in section
+    assert "holds 1 export(s) of runs this report does not show" in section
     assert "Left out: exports/broken/manifest.json: unreadable" in section
     assert "| 14 |" not in section
     csv = (tmp_path / "report" / "tables" / "routing.csv").read_text().splitlines()
@@ -171,7 +171,7 @@ def test_the_report_draws_each_width_and_depth_once_and_finds_the_sweeps_exports
                         routing=[tmp_path / "bench-routing", tmp_path / "exports" / "theirs"]).read_text()
     section = _section(text)
     assert "| 19 | 3 | grid |" in section and "`heads routing` (`bench-routing/routing.json`)" in section
-    assert "| 14 | 3 | all-to-all |" in section and "export of a run outside this sweep (cxr-14)" in section
+    assert "| 14 | 3 | all-to-all |" in section and "export of a run this report does not show (cxr-14)" in section
     assert "| 8 | 3 |" not in section
 
 
