@@ -49,10 +49,15 @@ def report(
     models: Annotated[str | None, typer.Option(help="Report only these models, comma-separated (e.g. `cdl,dqc`).")] = None,
     test_sets: Annotated[str | None, typer.Option(
         help="Report only these test sets, comma-separated (e.g. `mimic-cxr-lt`).")] = None,
+    routing: Annotated[list[Path] | None, typer.Option(
+        help="Routing tables for the circuit section: a `heads export` folder, a folder of them, a `heads routing "
+             "--out` folder or a routing.json. Repeatable. Default: the exports of this sweep's runs under "
+             "exports/.")] = None,
 ) -> None:
     """Write report.md, tables/*.csv|tex and figures/*.png for a sweep (paper section IV).
 
-    Example: `analysis report --runs runs/demo --tasks cxr-8 --test-sets nih-cxr-lt --out reports/demo-cxr8`.
+    Example: `analysis report --runs runs/demo --tasks cxr-8 --test-sets nih-cxr-lt --out reports/demo-cxr8`;
+    with the routing cost of an export: `analysis report --runs runs/demo --routing exports/dqc8`.
     """
     from analysis.report import build_report
 
@@ -60,7 +65,7 @@ def report(
         return [x.strip() for x in v.split(",") if x.strip()] if v else None
 
     path = build_report(runs=runs, features=features, bench=bench, out=out, resamples=resamples, select=select.value,
-                        tasks=split(tasks), models=split(models), test_sets=split(test_sets))
+                        tasks=split(tasks), models=split(models), test_sets=split(test_sets), routing=routing)
     print(f"wrote {path} (tables in {path.parent / 'tables'}, figures in {path.parent / 'figures'})")
 
 

@@ -165,6 +165,7 @@ def noise_figure(rows: Sequence[dict], path: str | Path, *, title: str | None = 
     lines = list(dict.fromkeys((r["task"], r["configuration"], r["model"]) for r in rows))
     tasks = list(dict.fromkeys(ln[0] for ln in lines))
     several_models = len({ln[2] for ln in lines}) > 1
+    legend_rank: dict[str, int] = {}  # label -> its line's index: the legend's order
     for ax, test_set in zip(axes[0], test_sets, strict=True):
         drawn_cdl = set()
         for i, line in enumerate(lines):
@@ -178,6 +179,7 @@ def noise_figure(rows: Sequence[dict], path: str | Path, *, title: str | None = 
             noisy = trained not in (None, "?", "ideal")  # trained under noise: open squares
             label = (str(task).upper() + (f", trained {trained}" if trained and trained != "?" else f" {config}" if config else "")
                      + (f" ({model})" if several_models else ""))
+            legend_rank.setdefault(label, i)
             dodge = 1.06 ** (i - (len(lines) - 1) / 2)  # side by side, so the seeds' error bars stay readable
             ax.errorbar([r["scale"] * dodge for r in pts], [r["auroc_mean"] for r in pts],
                         yerr=[r["auroc_sd"] or 0.0 for r in pts], marker="s" if noisy else "o", capsize=3, color=colour,
@@ -195,7 +197,13 @@ def noise_figure(rows: Sequence[dict], path: str | Path, *, title: str | None = 
         ax.set_title(test_set, fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel("DQC mean AUROC ± sd over seeds\n(dashed: ideal-trained, noiseless; dotted: CDL)", fontsize=8)
-    handles, labels = axes[0][0].get_legend_handles_labels()
+    # one entry per line over every panel (a line may be drawn in a later panel only), in the lines' order
+    drawn: dict[str, object] = {}
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            drawn.setdefault(label, handle)
+    labels = sorted(drawn, key=legend_rank.__getitem__)
+    handles = [drawn[lab] for lab in labels]
     fig.legend(handles, labels, loc="lower center", ncol=min(3, max(1, len(labels))), fontsize="small", frameon=False)
     rows_of_legend = -(-len(labels) // 3)
     fig.tight_layout(rect=(0, 0.06 + 0.05 * rows_of_legend, 1, titles(fig, title, marks, fig.get_figheight())))

@@ -13,6 +13,8 @@ model, selected on validation data (`select`, see `analysis.grid`); a grid secti
 selection and the whole grid (`analysis.report_grid`). Runs measured with `heads shots` add the
 AUROC against shots and the effective width of the quantum layer (`analysis.report_shots`); runs
 evaluated with `heads noise` the AUROC under device noise by error scale (`analysis.report_noise`).
+Every DQC is drawn at its width and depth (the paper's Fig. 2), with the routing cost of exported
+circuits on device layouts (`analysis.report_circuit`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any
 from analysis import figures as F
 from analysis import grid as G
 from analysis import provenance as P
-from analysis import report_grid, report_noise, report_shots, stats, summary
+from analysis import report_circuit, report_grid, report_noise, report_shots, stats, summary
 from analysis import tables as T
 from analysis.bench import is_this_machine, load_bench_paths, this_machine
 from analysis.collect import Sweep, _shown, comparisons, find_sweep, load_sweep, test_set_key
@@ -66,7 +68,7 @@ MARK_RANDOM = "RANDOM-WEIGHT BACKBONE"
 def build_report(runs: str | Path | None = None, features: str | Path | None = None,
                  bench: str | Path | list | None = None, out: str | Path | None = None,
                  resamples: int = stats.BOOTSTRAP_RESAMPLES, select: str = "val-loss", tasks=None, models=None,
-                 test_sets=None) -> Path:
+                 test_sets=None, routing: str | Path | list | None = None) -> Path:
     """Write the report of a sweep and return the path of its report.md.
 
     `runs`: the sweep folder (default: the only sweep under runs/). `features`: a folder of feature
@@ -77,6 +79,9 @@ def build_report(runs: str | Path | None = None, features: str | Path | None = N
     `select`: how a grid's configuration is chosen per task × model, `val-loss` (lowest mean validation
     loss over seeds) or `val-auroc` (highest mean validation AUROC); unused outside a grid.
     `tasks`, `models`, `test_sets`: report only these (None: all the sweep has; `Sweep.subset`).
+    `routing`: `heads export` folders, folders of them, `heads routing --out` folders or `routing.json`
+    files for the routing table (None: the exports of the sweep's runs under `exports/`;
+    `analysis.report_circuit`).
     The report is built in a temporary folder and then swapped in, so an interrupted call leaves any
     earlier report as it was.
     """
@@ -91,6 +96,8 @@ def build_report(runs: str | Path | None = None, features: str | Path | None = N
         features = sweep.meta["features"]  # the folder the sweep trained from
     features = _optional_dir(features, "features", "--features")
     bench_paths = _bench_paths(bench)
+    routing_paths = [Path(p) for p in (routing if isinstance(routing, list | tuple) else [routing])
+                     if p is not None] or None
     out = Path(out) if out is not None else Path("reports") / sweep.name
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "report.md").exists())):
         raise UserError(f"{out}: exists and is not a report folder; choose another --out")
@@ -98,7 +105,8 @@ def build_report(runs: str | Path | None = None, features: str | Path | None = N
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        _write(sweep, features, bench_paths, tmp, resamples, roots=[out.resolve().parent], select=select)
+        _write(sweep, features, bench_paths, tmp, resamples, roots=[out.resolve().parent], select=select,
+               routing=routing_paths)
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             out.rename(old)
@@ -138,7 +146,7 @@ def _train_dataset(sweep: Sweep) -> str | None:
 
 
 def _write(sweep: Sweep, features: Path | None, bench: list[Path] | None, out: Path, resamples: int,
-           roots: list[Path], select: str = "val-loss") -> None:
+           roots: list[Path], select: str = "val-loss", routing: list[Path] | None = None) -> None:
     (out / "figures").mkdir(parents=True)
     stores, store_notes = scan_stores(features) if features else ([], [])
     if not stores:  # no folder of stores: the ones the runs were trained and tested on, if still there
@@ -176,6 +184,7 @@ def _write(sweep: Sweep, features: Path | None, bench: list[Path] | None, out: P
     _runs_section(doc)
     _sanity_section(doc, flagged)
     _data_section(doc, stores, store_notes, features, bench)
+    report_circuit.circuit_section(doc, routing)
     _mean_auroc_section(doc)
     points = _per_label_section(doc)
     _volcano_section(doc, points)
@@ -184,7 +193,7 @@ def _write(sweep: Sweep, features: Path | None, bench: list[Path] | None, out: P
     report_shots.shots_section(doc, full, chosen)
     report_noise.noise_section(doc, full, chosen)
     _methods_section(doc)
-    extra = [sweep.path, *(p for p in [features] if p), *(bench or [])]
+    extra = [sweep.path, *(p for p in [features] if p), *(bench or []), *(routing or [])]
     write_text(out / "report.md", scrub_paths("\n".join(doc.md), roots + [Path(p) for p in extra]))
 
 

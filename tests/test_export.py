@@ -309,3 +309,25 @@ def test_refusals_name_the_fault(trained, tmp_path):
     refused(_run_dir(trained), "--out", tmp_path / "x", "--test-set", "chexpert", says="not a test set of")
     refused(_run_dir(trained), "--out", tmp_path / "x", "--format", "quil", says="quil", one_line=False)  # Typer's usage message
     assert not (tmp_path / "x").exists()  # nothing written by a refused export
+
+
+def test_the_report_draws_the_exported_circuit_and_finds_its_routing_table(trained, tmp_path, monkeypatch):
+    """`heads export` into exports/ of the working folder: `analysis report` finds it without being told,
+    draws the run's circuit (the gates of the exported circuit, tests/test_report_circuit.py) and shows the
+    export's routing table and check."""
+    from analysis.report import build_report
+
+    monkeypatch.chdir(tmp_path)
+    r = invoke("export", _run_dir(trained), "--limit", "3", "--layouts", "all-to-all,line", "--out", "exports/dqc8")
+    assert r.exit_code == 0, r.output
+    doc = json.loads((tmp_path / "exports" / "dqc8" / "routing.json").read_text())
+    text = build_report(runs=trained / "runs" / "t", out=tmp_path / "report", resamples=10,
+                        test_sets=["nih-cxr-lt"]).read_text()
+    section = text.split("## The DQC circuit (paper Fig. 2)")[1].split("\n## ")[0]
+    layers = doc["rows"][0]["layers"]
+    assert f"(figures/circuit_8q_{layers}l.png)" in section
+    assert (tmp_path / "report" / "figures" / f"circuit_8q_{layers}l.png").stat().st_size > 0
+    assert "`exports/dqc8`: export of cxr-8/dqc seed 1, 8 qubits" in section and "(passed)" in section
+    for row in doc["rows"]:
+        assert (f"| 8 | {layers} | {row['layout']} | {row['device']} | {row['two_qubit_gates']} "
+                f"| {row['added_two_qubit_gates']} | {row['depth']} |") in section
