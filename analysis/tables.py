@@ -20,7 +20,7 @@ import numpy as np
 from analysis import stats
 from analysis.bench import BenchRecord
 from analysis.collect import Sweep, model_key
-from analysis.features import StoreCounts, label_key, split_key
+from analysis.features import StoreCounts, label_key, label_order_text, split_key
 from analysis.provenance import WARN
 from analysis.summary import Comparison, Convergence, GroupStat, ModelStat
 from cxrfeat.atomic import write_text
@@ -168,9 +168,10 @@ def table_labels(stores: list[StoreCounts]) -> Table:
                      for _, cs in cols] for lab in labels]
     rows.append(["Images"] + [sum(c.rows for c in cs) for _, cs in cols])
     unknown = {lab for c in stores for lab, k in c.unknown.items() if k}
-    note = "Positive images per label (valid rows of each store); canonical (paper Table I) order."
+    note = f"Positive images per label (valid rows of each store); {label_order_text(labels)}."
     if unknown:
-        note += " Some labels are unknown (-1) for some images (e.g. MIMIC-CXR-LT); those are not counted."
+        example = " (e.g. MIMIC-CXR-LT)" if "mimic-cxr-lt" in by_ds else ""
+        note += f" Some labels are unknown (-1) for some images{example}; those are not counted."
     return Table("table1_labels", "Table I: label distribution by split", ["Label"] + [c for c, _ in cols],
                  [[str(v) for v in r] for r in rows], ["label"] + [c for c, _ in cols], rows, note)
 

@@ -22,7 +22,7 @@ app = App(
 def extract(
     split: str = typer.Option(..., "--split", help="Which split to extract: train, val or test."),
     dataset: str = typer.Option("nih-cxr-lt", "--dataset", help="nih-cxr-lt, mimic-cxr-lt (the paper's external test set, or a CXR-LT 2023 training set) or csv (your own data: {split}.csv files; docs/own-data.md)."),
-    name: str = typer.Option(None, "--name", help="For --dataset csv: your dataset's name, which names its stores (<out>/<name>/<split>.zarr), `heads sweep --dataset NAME` and its test set in reports (letters, digits, '.', '_', '-'). Default: the --data-dir folder's name (data/clinic: clinic)."),
+    name: str = typer.Option(None, "--name", help="For --dataset csv: your dataset's name, which names its stores (<out>/<name>/<split>.zarr), `heads sweep --dataset NAME` and its test set in reports (letters, digits, '.', '_', '-'). Default: the name of the folder holding the label CSV (--csv's, else --data-dir: data/clinic gives clinic)."),
     data_dir: Path = typer.Option(None, "--data-dir", help="Dataset folder (default data/<dataset>)."),
     csv: Path = typer.Option(None, "--csv", help="For --dataset csv: the label CSV (default <data-dir>/<split>.csv)."),
     source_split: str = typer.Option(None, "--source-split", help="The split's name in the dataset's own label files, when it differs from --split (CXR-LT 2023: --split val --source-split development)."),

@@ -101,8 +101,8 @@ def load_split(dataset: str, data_dir: str | Path, split: str, *, csv: str | Pat
 def dataset_name(dataset: str, data_dir: str | Path | None = None, csv: str | Path | None = None,
                  name: str | None = None) -> str:
     """The name a dataset's stores (`<features>/<name>/<split>.zarr`) and test set go by: the paper's
-    datasets their own; `--dataset csv` the user's `name` (`--name`), else its data folder's name
-    (`data_dir` as given, else the `csv` file's folder), made folder-safe (`Clinic Data` -> `clinic-data`).
+    datasets their own; `--dataset csv` the user's `name` (`--name`), else the name of the folder of its
+    label CSV (`csv`'s, else `data_dir` as given), made folder-safe (`Clinic Data` -> `clinic-data`).
     A name that is unsafe in a folder name or one of the paper's is a one-line `UserError`."""
     if dataset != "csv":
         if name is not None and name != dataset:
@@ -110,10 +110,10 @@ def dataset_name(dataset: str, data_dir: str | Path | None = None, csv: str | Pa
         return dataset
     if name is not None:
         return check_name(name, "--name", "clinic")
-    folder = Path(data_dir) if data_dir is not None else Path(csv).resolve().parent if csv is not None else None
+    folder = Path(csv).resolve().parent if csv is not None else Path(data_dir) if data_dir is not None else None
     derived = slug(folder.resolve().name if folder is not None else "") or "csv"
     if derived in PAPER_DATASETS:
-        raise UserError(f"--dataset csv reads {folder} as your own data, and its folder's name {derived} is the "
+        raise UserError(f"--dataset csv reads {folder} as your own data, and that folder's name {derived} is the "
                         f"paper's dataset's: name yours with --name (e.g. --name {derived}-own), or read it with "
                         f"--dataset {derived}")
     return derived
