@@ -398,7 +398,7 @@ def _bench_section(doc: Document, bench: list[Path] | None) -> None:
         named = sorted({r.source.name for r in chosen})
         where = (f"Records: {', '.join(f'`{n}`' for n in named)} from {shown}; each row names the machine it was "
                  f"measured on (this machine: {here['cpu']}, {here['cores']} cores).")
-        doc.table(T.table_bench(chosen, where))
+        doc.table(T.table_bench(chosen, where, {t: len(doc.sweep.label_names(t)) for t in doc.sweep.tasks}))
     else:
         doc.add(f"No step-time record of this machine ({here['cpu']}, {here['cores']} cores; `heads bench` would "
                 f"write `bench/{here['slug']}.json`) in {shown}: Table III left out. `just bench` would measure it "

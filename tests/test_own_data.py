@@ -4,6 +4,7 @@ its own labels after the data (or `--task-name`), and a report with none of the 
 import csv
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -79,10 +80,13 @@ def test_a_sweep_on_own_csv_labels_reports_none_of_the_papers_names(data, backbo
 
     monkeypatch.setattr(Figure, "savefig", spy)
     out = tmp_path / "report"
-    result = CliRunner().invoke(analysis_app, ["report", "--runs", str(sweep), "--out", str(out), "--resamples", "20"])
+    bench = Path(__file__).parents[1] / "bench" / "cpu-intel-xeon-processor-2c.json"  # Table III at 8, 14, 19 qubits
+    result = CliRunner().invoke(analysis_app, ["report", "--runs", str(sweep), "--out", str(out), "--resamples", "20",
+                                               "--bench", str(bench)])
     assert result.exit_code == 0, result.output
     md = (out / "report.md").read_text()
     assert "not marked synthetic" in md and "CLINIC-3" in md.upper()
+    assert "Table III" in md and (out / "tables" / "table3_bench.csv").is_file()
     assert any("CLINIC-3" in t for t in figure_texts) and any("CLINIC" == t for t in figure_texts)
     files = [out / "report.md", *sorted((out / "tables").iterdir())]
     for f in files:
