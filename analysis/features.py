@@ -35,6 +35,17 @@ class StoreCounts:
     attrs: dict[str, Any]
 
 
+def label_order_text(names) -> str:
+    """How `label_key` orders these labels, in words: the paper's Table I order only for the paper's labels."""
+    names = [n for n in names if n != NO_FINDING]
+    paper = [n for n in names if n in LABELS]
+    if len(paper) == len(names):
+        return "canonical (paper Table I) order"
+    if not paper:
+        return "labels by name"
+    return "the paper's labels in its Table I order, then the others by name"
+
+
 def label_key(name: str) -> tuple[int, str]:
     """Canonical (paper Table I) order first, other labels after, `No Finding` last."""
     if name == NO_FINDING:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -96,13 +97,20 @@ def stamp(fig, marks) -> None:
                  fontweight="bold", gid=BANNER_GID, bbox={"boxstyle": "square,pad=0.25", "fc": "#fff0f0", "ec": FLAG_COLOR, "lw": 0.8})
 
 
+def wrap_title(text: str, width_in: float, fontsize: float) -> str:
+    """`text` in lines that fit `width_in` inches at `fontsize` (a character ≈ 0.6 em wide): a narrow figure
+    (few labels, a user's own 3-label task) keeps its whole title."""
+    per_line = max(20, int(width_in * 72 / (0.6 * fontsize)))
+    return "\n".join(textwrap.wrap(text, per_line)) if len(text) > per_line else text
+
+
 def titles(fig, text: str | None, marks, height_in: float) -> float:
     """The figure title below the marks banner (`save` then watermarks every axes with the marks); returns
     the top of the area left for `tight_layout` (figure fraction), which itself keeps the suptitle's room,
-    so no second band is reserved."""
+    so no second band is reserved. A title wider than the figure (a narrow one: few labels) is wrapped."""
     band = (0.3 if marks else 0.0) / height_in
     if text:
-        fig.suptitle(text, y=1 - band - 0.02 / height_in, va="top", fontsize=11)
+        fig.suptitle(wrap_title(text, 0.95 * fig.get_figwidth(), 11), y=1 - band - 0.02 / height_in, va="top", fontsize=11)
     stamp(fig, marks)
     return 1 - band - (0.0 if text else 0.05 / height_in)
 
@@ -344,7 +352,7 @@ def per_label_figure(comps: list[Comparison], path: Path, title: str, marks=(),
         if f:
             tick.set_color("0.45")
     ax.set_xlim(-0.6, n - 0.4)
-    ax.set_title(title, fontsize=10)
+    ax.set_title(wrap_title(title, 0.55 * fig.get_figwidth(), 10), fontsize=10)  # the legend takes the rest
     if any(few):
         artists["few"] = matplotlib.patches.Patch(facecolor="0.6", alpha=0.4, edgecolor="0.25", lw=0.5,
                                                   label=f"pale: < {FEW_POSITIVES} test positives")

@@ -40,6 +40,7 @@ from analysis.features import (
     is_synthetic,
     label_frequency_groups,
     label_key,
+    label_order_text,
     occurrence_order,
     provenance_stores,
     read_stores,
@@ -382,10 +383,15 @@ def _data_section(doc: Document, stores: list[StoreCounts], store_notes: list[st
     _bench_section(doc, bench)
 
 
+# What the report's suggested `heads bench` (= `just bench`, its defaults) costs, measured (README, "Step
+# times"): every suggestion of it says so, never offering it as a quick next step.
+BENCH_COST = "every back end at 8, 14 and 19 qubits: about 13 minutes on 2 CPU cores"
+
+
 def _bench_section(doc: Document, bench: list[Path] | None) -> None:
     if not bench:
-        doc.add("No step-time benchmarks (`heads bench` writes `bench/<machine>.json`; pass --bench): "
-                "Table III left out.\n")
+        doc.add(f"No step-time benchmarks (`heads bench` writes `bench/<machine>.json`, {BENCH_COST}; pass "
+                "--bench): Table III left out.\n")
         return
     here = this_machine()
     records, notes = load_bench_paths(bench)
@@ -401,11 +407,11 @@ def _bench_section(doc: Document, bench: list[Path] | None) -> None:
         named = sorted({r.source.name for r in chosen})
         where = (f"Records: {', '.join(f'`{n}`' for n in named)} from {shown}; each row names the machine it was "
                  f"measured on (this machine: {here['cpu']}, {here['cores']} cores).")
-        doc.table(T.table_bench(chosen, where))
+        doc.table(T.table_bench(chosen, where, {t: len(doc.sweep.label_names(t)) for t in doc.sweep.tasks}))
     else:
         doc.add(f"No step-time record of this machine ({here['cpu']}, {here['cores']} cores; `heads bench` would "
                 f"write `bench/{here['slug']}.json`) in {shown}: Table III left out. `just bench` would measure it "
-                "(every back end: about 13 minutes on 2 CPU cores), or name a file with --bench.\n")
+                f"({BENCH_COST}), or name a file with --bench.\n")
     if others:
         doc.add("**Other machines** (records in the bench folder, not measured here, left out of Table III):\n",
                 *[f"- {m}: {', '.join(f'`{n}`' for n in sorted(files))}" for m, files in sorted(others.items())], "")
@@ -434,8 +440,7 @@ def _per_label_section(doc: Document) -> dict[tuple[str, str], list[dict]]:
     sweep, train = doc.sweep, doc.train
     doc.add("## Per-label AUROC (paper Figs. 6–11)\n")
     order = (f"Labels are sorted by their number of positive images in the training store `{_shown(train.path)}`."
-             if train else "No training store was found, so labels follow the canonical order (the paper's "
-             "Table I order, by NIH-CXR-LT occurrence).")
+             if train else f"No training store was found, so labels follow the {_fallback_order(sweep)}.")
     doc.add(order + " `Train +`: positive images in training; `Test +/known`: positive and known (0/1) images in "
             "the test set, the AUROC's sample. A label with one class among its known images in a test set has no "
             "AUROC (`undefined`). `p Holm` / `p BH`: the per-label p-values of one table adjusted by Holm "
@@ -588,6 +593,15 @@ def _methods_section(doc: Document) -> None:
     )
 
 
+def _fallback_order(sweep: Sweep | None = None, labels=None) -> str:
+    """The order labels take without a training store, in words: the paper's Table I order only for its labels."""
+    labels = list(labels or ()) + [lab for t in (sweep.tasks if sweep else ()) for lab in sweep.label_names(t)]
+    text = label_order_text(labels)
+    if text.startswith("canonical"):
+        return "canonical order (the paper's Table I order, by NIH-CXR-LT occurrence)"
+    return "order of their names" if text == "labels by name" else text.replace("the paper's labels", "order: the paper's labels")
+
+
 def _groups_note(groups: dict[str, list[str]], train: StoreCounts | None) -> str:
     parts = []
     for name, labs in groups.items():
@@ -598,8 +612,8 @@ def _groups_note(groups: dict[str, list[str]], train: StoreCounts | None) -> str
         else:
             parts.append(f"**{name}** ({len(labs)} labels): {', '.join(labs)}")
     basis = (f"ranked by positive images in `{_shown(train.path)}`" if train else
-             "ranked in the canonical order (the paper's Table I order: NIH-CXR-LT occurrence), no training store "
-             "having been found")
+             f"ranked in the {_fallback_order(labels=[lab for labs in groups.values() for lab in labs])}, no training "
+             "store having been found")
     return ("Labels are cut into thirds by training frequency — rank terciles, not absolute counts, so the groups "
             f"mean the same on the full dataset and on a small one — {basis}. " + "; ".join(parts) + ". A group's "
             "AUROC is, per seed, the mean over its labels in the task (defined ones), then mean ± sd over seeds.")

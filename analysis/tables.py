@@ -20,7 +20,7 @@ import numpy as np
 from analysis import stats
 from analysis.bench import BenchRecord
 from analysis.collect import Sweep, model_key
-from analysis.features import StoreCounts, label_key, split_key
+from analysis.features import StoreCounts, label_key, label_order_text, split_key
 from analysis.provenance import WARN
 from analysis.summary import Comparison, Convergence, GroupStat, ModelStat
 from cxrfeat.atomic import write_text
@@ -168,9 +168,10 @@ def table_labels(stores: list[StoreCounts]) -> Table:
                      for _, cs in cols] for lab in labels]
     rows.append(["Images"] + [sum(c.rows for c in cs) for _, cs in cols])
     unknown = {lab for c in stores for lab, k in c.unknown.items() if k}
-    note = "Positive images per label (valid rows of each store); canonical (paper Table I) order."
+    note = f"Positive images per label (valid rows of each store); {label_order_text(labels)}."
     if unknown:
-        note += " Some labels are unknown (-1) for some images (e.g. MIMIC-CXR-LT); those are not counted."
+        example = " (e.g. MIMIC-CXR-LT)" if "mimic-cxr-lt" in by_ds else ""
+        note += f" Some labels are unknown (-1) for some images{example}; those are not counted."
     return Table("table1_labels", "Table I: label distribution by split", ["Label"] + [c for c, _ in cols],
                  [[str(v) for v in r] for r in rows], ["label"] + [c for c, _ in cols], rows, note)
 
@@ -213,8 +214,12 @@ def table_params(sweep: Sweep) -> Table:
 
 
 # ------------------------------------------------------------------------------------ Table III
-def table_bench(records: list[BenchRecord], where: str) -> Table:
+def table_bench(records: list[BenchRecord], where: str, tasks=None) -> Table:
     """Table III: median ± sd milliseconds per training step, rows machine × qubits × model, one column per back end.
+
+    `tasks`: the sweep's tasks, name -> number of labels (None: the paper's). A qubit count is glossed with the
+    paper's task (`8 (CXR-8)`) only when the sweep has one of the paper's tasks; otherwise with the
+    sweep's own task of that width, if any (`3 (CLINIC-3)`).
 
     One number format per back-end column: milliseconds with as many decimals as its smallest time needs
     for two significant digits (at most 3).
@@ -239,7 +244,7 @@ def table_bench(records: list[BenchRecord], where: str) -> Table:
     display, rows = [], []
     for m, q, model in keys:
         recs = by[(m, q, model)]
-        display.append([m, _qubits(q), model] + [cell(recs.get(b), b) for b in backends])
+        display.append([m, _qubits(q, tasks), model] + [cell(recs.get(b), b) for b in backends])
         rows.append([m, q or None, model] + [v for b in backends for v in (
             (recs[b].median_s, recs[b].sd_s, recs[b].peak_memory, recs[b].source.name) if b in recs else
             (None, None, None, None))])
@@ -253,10 +258,16 @@ def table_bench(records: list[BenchRecord], where: str) -> Table:
                  display, csv_cols, rows, note, align="lll" + "r" * len(backends))
 
 
-def _qubits(q: int) -> str:
+def _qubits(q: int, tasks=None) -> str:
     if not q:
         return "?"
-    return f"{q} (CXR-{q})" if q in (8, 14, 19) else f"{q} (no paper task)"
+    if tasks is None or any(str(t).lower() in PAPER_TASK_NAMES for t in tasks):
+        return f"{q} (CXR-{q})" if q in (8, 14, 19) else f"{q} (no paper task)"
+    own = [str(t).upper() for t, n in tasks.items() if n == q]
+    return f"{q} ({', '.join(own)})" if own else str(q)
+
+
+PAPER_TASK_NAMES = {"cxr-8", "cxr-14", "cxr-19"}
 
 
 # ------------------------------------------------------------------------------------ AUROC

@@ -21,12 +21,13 @@ app = App(
 @friendly
 def extract(
     split: str = typer.Option(..., "--split", help="Which split to extract: train, val or test."),
-    dataset: str = typer.Option("nih-cxr-lt", "--dataset", help="nih-cxr-lt, mimic-cxr-lt (the paper's external test set, or a CXR-LT 2023 training set) or csv."),
+    dataset: str = typer.Option("nih-cxr-lt", "--dataset", help="nih-cxr-lt, mimic-cxr-lt (the paper's external test set, or a CXR-LT 2023 training set) or csv (your own data: {split}.csv files; docs/own-data.md)."),
+    name: str = typer.Option(None, "--name", help="For --dataset csv: your dataset's name, which names its stores (<out>/<name>/<split>.zarr), `heads sweep --dataset NAME` and its test set in reports (letters, digits, '.', '_', '-'). Default: the name of the folder holding the label CSV (--csv's, else --data-dir: data/clinic gives clinic)."),
     data_dir: Path = typer.Option(None, "--data-dir", help="Dataset folder (default data/<dataset>)."),
     csv: Path = typer.Option(None, "--csv", help="For --dataset csv: the label CSV (default <data-dir>/<split>.csv)."),
     source_split: str = typer.Option(None, "--source-split", help="The split's name in the dataset's own label files, when it differs from --split (CXR-LT 2023: --split val --source-split development)."),
     label_columns: str = typer.Option(None, "--label-columns", help="For --dataset csv: comma-separated columns to take as labels besides the known label names (e.g. 'Scoliosis,Kyphosis')."),
-    out: Path = typer.Option(Path("features"), "--out", help="Features folder; the store is <out>/<dataset>/<split>.zarr."),
+    out: Path = typer.Option(Path("features"), "--out", help="Features folder; the store is <out>/<dataset>/<split>.zarr (<out>/<name>/<split>.zarr for --dataset csv)."),
     views: int = typer.Option(None, "--views", help="Views per image: view 0 plain, the rest augmented (default 8 for train, 1 otherwise)."),
     weights: str = typer.Option("microsoft/resnet-50", "--weights", help="Hugging Face hub name, a local checkpoint folder, or 'random' (offline smoke runs; recorded in the store)."),
     batch_size: int = typer.Option(None, "--batch-size", help="Backbone forward passes per device and call (images x views, default 64; at most one store chunk of images). Every local device (GPU) gets its own batch in each call."),
@@ -47,11 +48,15 @@ def extract(
 
     Example (the store features/nih-cxr-lt/train.zarr, 8 views per image):
         cxrfeat extract --split train --data-dir data/nih-cxr-lt --out features
+
+    Your own data (data/clinic/train.csv with a path column and 0/1 label columns; the store
+    features/clinic/train.zarr):
+        cxrfeat extract --split train --dataset csv --data-dir data/clinic --label-columns Scoliosis,Pacemaker
     """
     from cxrfeat.extract import extract as run_extract
 
     path, timing = run_extract(
-        dataset=dataset, split=split, data_dir=data_dir, out=out, csv=csv, source_split=source_split,
+        dataset=dataset, split=split, data_dir=data_dir, out=out, name=name, csv=csv, source_split=source_split,
         label_columns=[c for c in (label_columns or "").split(",") if c.strip()], views=views, weights=weights,
         batch_size=batch_size, workers=workers, limit=limit, dtype=dtype, skip_bad=skip_bad,
         overwrite=overwrite, repair=repair, seed=seed, part=part, announce=_announce,

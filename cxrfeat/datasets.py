@@ -27,6 +27,8 @@ Layouts
   found like NIH images) and/or a ``path``/``fpath`` column (relative to ``<data_dir>``, or
   absolute), and 0/1 label columns (-1 or blank = unknown): the known labels by name, and any other
   columns named by ``label_columns`` (``--label-columns``), in that order after the known ones.
+  Its stores and test set are named after the data, not ``csv`` (`dataset_name`); a CSV with none of
+  the paper's 19 labels is a dataset of its own labels, and is not warned about the paper's tasks.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from cxrfeat.errors import UserError
-from cxrfeat.labels import KNOWN_LABELS, LABELS, NO_FINDING, canonical
+from cxrfeat.labels import KNOWN_LABELS, LABELS, NO_FINDING, PAPER_DATASETS, canonical, check_name, slug
 
 DATASETS = ("nih-cxr-lt", "mimic-cxr-lt", "csv")
 
@@ -94,6 +96,27 @@ def load_split(dataset: str, data_dir: str | Path, split: str, *, csv: str | Pat
         raise UserError(f"unknown --dataset {dataset!r}: choose one of {', '.join(DATASETS)}")
     ds.split = split
     return ds
+
+
+def dataset_name(dataset: str, data_dir: str | Path | None = None, csv: str | Path | None = None,
+                 name: str | None = None) -> str:
+    """The name a dataset's stores (`<features>/<name>/<split>.zarr`) and test set go by: the paper's
+    datasets their own; `--dataset csv` the user's `name` (`--name`), else the name of the folder of its
+    label CSV (`csv`'s, else `data_dir` as given), made folder-safe (`Clinic Data` -> `clinic-data`).
+    A name that is unsafe in a folder name or one of the paper's is a one-line `UserError`."""
+    if dataset != "csv":
+        if name is not None and name != dataset:
+            raise UserError(f"--name {name!r} is for --dataset csv (your own data); {dataset} stores are named {dataset}")
+        return dataset
+    if name is not None:
+        return check_name(name, "--name", "clinic")
+    folder = Path(csv).resolve().parent if csv is not None else Path(data_dir) if data_dir is not None else None
+    derived = slug(folder.resolve().name if folder is not None else "") or "csv"
+    if derived in PAPER_DATASETS:
+        raise UserError(f"--dataset csv reads {folder} as your own data, and that folder's name {derived} is the "
+                        f"paper's dataset's: name yours with --name (e.g. --name {derived}-own), or read it with "
+                        f"--dataset {derived}")
+    return derived
 
 
 def nih_csv(data_dir: str | Path, split: str) -> Path:
@@ -172,7 +195,7 @@ def _load_generic(data_dir: Path, split: str, csv: str | Path | None, label_colu
         paths = [index.get(i, data_dir / i) for i in ids]
     _check_unique(ids, table, "id" if "id" in table.header else path_col)
     names, labels = _labels(table, all_tasks=False, extra=label_columns)
-    return Dataset("csv", split, ids, paths, labels, names, source, table.lines, _missing(table))
+    return Dataset("csv", split, ids, paths, labels, names, source, table.lines, _missing(table, own_ok=True))
 
 
 # ------------------------------------------------------------------------------------------ images
@@ -256,10 +279,12 @@ def _read_csv(path: Path) -> _Table:
     return _Table(path, header, records, lines)
 
 
-def _missing(table: _Table) -> list[str]:
-    """The task labels (of the 19) that no column of the CSV names: extraction warns about them."""
+def _missing(table: _Table, own_ok: bool = False) -> list[str]:
+    """The task labels (of the 19) that no column of the CSV names: extraction warns about them.
+    `own_ok`: a CSV naming none of them is a dataset of its own labels, and lacks none."""
     present = {canonical(col) for col in table.header}
-    return [name for name in LABELS if name not in present]
+    missing = [name for name in LABELS if name not in present]
+    return [] if own_ok and len(missing) == len(LABELS) else missing
 
 
 def _not_utf8(path: Path) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import shutil
 import sys
@@ -126,6 +127,7 @@ def extract(
     split: str,
     data_dir: str | Path | None = None,
     out: str | Path = "features",
+    name: str | None = None,
     csv: str | Path | None = None,
     source_split: str | None = None,
     label_columns: Sequence[str] = (),
@@ -146,7 +148,10 @@ def extract(
     progress: bool = True,
     announce: Callable[[str], None] | None = None,
 ) -> tuple[Path, ExtractTiming]:
-    """Extract one split into `<out>/<dataset>/<split>.zarr`; resumes an unfinished store with the same settings.
+    """Extract one split into `<out>/<name>/<split>.zarr`; resumes an unfinished store with the same settings.
+
+    `name`: the dataset's name (`cxrfeat.datasets.dataset_name`): the paper's datasets' own; for
+    `dataset="csv"` (the user's own data) `name`, else the data folder's name.
 
     `batch_size` is the number of backbone forward passes per device and call (images x views,
     default 64; at most one store chunk of images); each call gives every device of `devices`
@@ -201,7 +206,9 @@ def extract(
     if repair and overwrite:
         raise UserError("--repair and --overwrite exclude each other: --repair redoes only the damaged chunks, "
                         "--overwrite rebuilds the whole store")
+    given_dir = data_dir
     data_dir = Path(data_dir) if data_dir is not None else Path("data") / dataset
+    name = store_name(dataset, given_dir, data_dir, csv, name, out, split, say)
     ds = load_split(dataset, data_dir, split, csv=csv, source_split=source_split, label_columns=label_columns)
     n = len(ds.ids) if limit is None else min(limit, len(ds.ids))
     if n == 0:
@@ -217,7 +224,7 @@ def extract(
         if backbone.description.get("random"):
             say(RANDOM_WEIGHTS_WARNING)
     settings = _jsonable({
-        "dataset": dataset,
+        "dataset": name,
         "split": split,
         "rows": n,
         "ids_digest": ids_digest(ids),
@@ -231,15 +238,15 @@ def extract(
         "augmentation": AUGMENTATION,
         "chunk_rows": chunk_rows,
     })
-    path = layout_path(out, dataset, split)
-    args = {"dataset": dataset, "split": split, "data_dir": str(data_dir), "csv": str(csv) if csv else None,
+    path = layout_path(out, name, split)
+    args = {"dataset": dataset, "name": name if dataset == "csv" else None, "split": split, "data_dir": str(data_dir), "csv": str(csv) if csv else None,
             "source_split": source_split, "label_columns": list(label_columns) or None, "out": str(out),
             "views": views, "weights": weights, "limit": limit, "dtype": dtype, "seed": seed, "skip_bad": skip_bad}
     create = dict(
         ids=ids, labels=ds.labels[:n], label_names=ds.label_names, views=views, dim=backbone.dim, dtype=dtype,
         chunk_rows=chunk_rows, settings=settings,
         attrs={
-            "dataset": dataset,
+            "dataset": name,
             "split": split,
             "source": str(ds.source),
             "synthetic": is_synthetic(data_dir),
@@ -402,6 +409,27 @@ def _reopen_redone(store: FeatureStore, path: Path, chunks: range, say) -> None:
             redo.add(i)
     if redo:
         store.mark_for_repair(sorted(redo))
+
+
+def store_name(dataset: str, given_dir, data_dir: Path, csv, name: str | None, out, split: str, say) -> str:
+    """The dataset name the store is filed under (`cxrfeat.datasets.dataset_name`). A `--dataset csv`
+    store begun under `csv` from the same files (before stores of a user's own data were named after
+    it) is continued there, with a notice, unless the named one exists."""
+    from cxrfeat.datasets import dataset_name
+
+    chosen = dataset_name(dataset, given_dir, csv, name)
+    if dataset != "csv" or name is not None or chosen == "csv" or layout_path(out, chosen, split).exists():
+        return chosen
+    legacy = layout_path(out, "csv", split)
+    try:
+        args = json.loads((legacy / "zarr.json").read_text())["attributes"]["extract_args"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return chosen
+    if args.get("data_dir") == str(data_dir) and args.get("csv") == (str(csv) if csv else None):
+        say(f"{legacy}: continuing this store of the same CSV, made before stores of your own data were named after "
+            f"it (csv); an extraction with --name {chosen} would file it under {layout_path(out, chosen, split)}")
+        return "csv"
+    return chosen
 
 
 def missing_labels_notice(ds) -> str:

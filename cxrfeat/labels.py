@@ -126,18 +126,21 @@ class Task(str):
 
     A `str` (its name, e.g. `cxr-8`), so it prints, sorts and serialises (JSON) as the name; the paper's
     tasks are `Task.paper(8)` etc. A task named `all` with no labels yet is resolved against a store's
-    label names by `resolve_tasks`.
+    label names by `resolve_tasks`. `named`: the name the user gave it (`--task-name`), else None (a
+    default name, which a sweep may replace by the name it already gave the same labels).
     """
 
     labels: tuple[str, ...] | None
+    named: str | None
 
-    def __new__(cls, name: str, labels=None):
+    def __new__(cls, name: str, labels=None, named: str | None = None):
         self = super().__new__(cls, name)
         self.labels = tuple(labels) if labels is not None else None
+        self.named = named
         return self
 
     def __reduce__(self):
-        return (Task, (str(self), self.labels))
+        return (Task, (str(self), self.labels, self.named))
 
     @classmethod
     def paper(cls, n: int) -> Task:
@@ -193,6 +196,53 @@ def _name_for(labels: tuple[str, ...], default: str) -> str:
     return default
 
 
+# The paper's datasets: stores of these hold the paper's labels (and the CXR-LT findings), and a task
+# made of all their labels keeps the `cxr-N` name; a task of any other dataset's labels is named after it.
+PAPER_DATASETS = ("nih-cxr-lt", "mimic-cxr-lt")
+_SAFE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,63}$")
+_TOOLKIT_TASK = re.compile(r"^(cxr-?)?\d+$", re.IGNORECASE)  # 8, cxr8, CXR-14: the names of label counts
+
+
+def slug(text: str) -> str:
+    """`text` as a folder-safe name (lower case; runs of other characters become one `-`), "" if none is left."""
+    out = re.sub(r"[^a-z0-9._-]+", "-", str(text).strip().lower())
+    return re.sub(r"^[^a-z]+", "", out).rstrip("-._")[:64]
+
+
+def check_name(name: str, option: str, example: str) -> str:
+    """A user-given name that names a folder (`--task-name`, `cxrfeat extract --name`): returned stripped,
+    or a one-line `UserError` when it is empty, unsafe in a folder name, or one of the paper's names."""
+    from cxrfeat.errors import UserError
+
+    name = (name or "").strip()
+    if not name:
+        raise UserError(f"{option} is empty: give a name such as {example}")
+    if not _SAFE_NAME.match(name):
+        raise UserError(f"{option} {name!r}: it names a folder, so use only letters, digits, '.', '_' and '-', "
+                        f"starting with a letter (at most 64 characters), e.g. {example}")
+    if _TOOLKIT_TASK.match(name) or name.lower() in (ALL, *PAPER_DATASETS, *LABEL_SETS):
+        raise UserError(f"{option} {name!r}: that name is the paper's or the toolkit's (CXR-8, CXR-14 and CXR-19 "
+                        f"are the paper's label sets, cxr-N and 'all' label counts, {', '.join(PAPER_DATASETS)} "
+                        f"its datasets); choose your own, e.g. {example}")
+    return name
+
+
+def check_task_name(name: str) -> str:
+    """`--task-name`: see `check_name`."""
+    return check_name(name, "--task-name", "clinic-3")
+
+
+def default_task_name(labels: tuple[str, ...], dataset: str | None) -> str:
+    """The name of a task of all the labels of `dataset`'s store when the user gives none: `cxr-N` for the
+    paper's sets and for the paper's datasets (`PAPER_DATASETS`, or unknown); else `<dataset>-<N>`
+    (e.g. `clinic-3`), so a task of a user's own labels is named after their data, never `CXR-N`."""
+    n = len(labels)
+    own = slug(dataset or "")
+    if dataset is None or dataset in PAPER_DATASETS or not own:
+        return _name_for(labels, f"cxr-{n}")
+    return _name_for(labels, f"{own}-{n}")
+
+
 def read_tasks_file(path) -> Task:
     """A task from a file: one label name a line (aliases allowed; blank lines and `#` comments ignored),
     or one line naming a label set (`nih-cxr-lt`, `cxr-lt-2023`, `cxr-lt-2024`). Its name is the file's stem
@@ -216,7 +266,8 @@ def read_tasks_file(path) -> Task:
             raise UserError(f"--tasks-file {path}: {NO_FINDING!r} is never a task label")
     if len(labels) < 2:
         raise UserError(f"--tasks-file {path}: a task needs at least 2 labels, found {len(labels)}")
-    return Task(_name_for(labels, f"{path.stem}-{len(labels)}"), labels)
+    stem = slug(path.stem) or "labels"
+    return Task(_name_for(labels, f"{stem}-{len(labels)}"), labels)
 
 
 def task_sort_key(name: str) -> tuple[int, str]:
@@ -226,24 +277,30 @@ def task_sort_key(name: str) -> tuple[int, str]:
     return (int(m.group(1)) if m else 10**9, str(name))
 
 
-def resolve_tasks(tasks, available) -> list[Task]:
-    """Tasks with `all` replaced by every label in `available` (a store's label names) but `No Finding`,
-    in that order; duplicates (by name) dropped. Other tasks are returned as they are."""
+def resolve_tasks(tasks, available, dataset: str | None = None) -> list[Task]:
+    """Tasks with `all` replaced by every label in `available` (the label names of `dataset`'s store) but
+    `No Finding`, in that order, named as the user named it (`--task-name`) or by `default_task_name`;
+    duplicates (by name) dropped. Other tasks are returned as they are."""
     out: dict[str, Task] = {}
     for t in tasks:
         t = as_task(t) if str(t) != ALL else t
         if str(t) == ALL and t.labels is None:
             labels = tuple(n for n in available if n != NO_FINDING)
-            t = Task(_name_for(labels, f"cxr-{len(labels)}"), labels)
+            t = Task(t.named or default_task_name(labels, dataset), labels, t.named)
         out.setdefault(str(t), t)
     return list(out.values())
 
 
-def parse_task_specs(spec: str, tasks_file=None) -> list[Task]:
+def parse_task_specs(spec: str, tasks_file=None, task_name: str | None = None) -> list[Task]:
     """Parse `--tasks 8,14,19,all` (and `--tasks-file FILE`) into tasks, duplicates dropped.
 
     `all` stays unresolved (`Task('all')`) until `resolve_tasks` sees the training store's labels.
+    `task_name` (`--task-name`) names the one task made from the data's own labels: `all` or the tasks
+    file's; the paper's tasks keep their names. A bad name is a one-line `UserError`.
     """
+    from cxrfeat.errors import UserError
+
+    named = check_task_name(task_name) if task_name is not None else None
     out: dict[str, Task] = {}
     for part in (spec or "").split(","):
         part = part.strip()
@@ -251,11 +308,23 @@ def parse_task_specs(spec: str, tasks_file=None) -> list[Task]:
             continue
         t = Task(ALL) if part.lower() == ALL else as_task(part)
         out.setdefault(str(t), t)
+    own = [ALL] if ALL in out else []
     if tasks_file is not None:
         t = read_tasks_file(tasks_file)
+        if str(t) not in {f"cxr-{n}" for n in TASKS}:
+            own.append(str(t))
         out.setdefault(str(t), t)
     if not out:
         raise ValueError("--tasks is empty: give e.g. 8,14,19 or all")
+    if named is not None:
+        if len(own) != 1:
+            raise UserError("--task-name names the one task made from your data's own labels (--tasks all or "
+                            "--tasks-file; the paper's tasks 8, 14 and 19 keep their names): "
+                            + (f"this command makes {len(own)} ({' and '.join(own)}); give them in two commands"
+                               if own else "this command makes none"))
+        t = out[own[0]]
+        renamed = Task(ALL, None, named) if str(t) == ALL else Task(named, t.labels, named)
+        out = {(str(renamed) if k == own[0] else k): (renamed if k == own[0] else v) for k, v in out.items()}
     return list(out.values())
 
 

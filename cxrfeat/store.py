@@ -649,7 +649,7 @@ def extract_command(args: dict) -> str:
     import shlex
 
     parts = ["cxrfeat", "extract"]
-    for key in ("dataset", "split", "source_split", "data_dir", "csv", "label_columns", "out", "views", "weights",
+    for key in ("dataset", "name", "split", "source_split", "data_dir", "csv", "label_columns", "out", "views", "weights",
                 "limit", "dtype", "seed"):
         value = args.get(key)
         if value is None:

@@ -20,7 +20,7 @@ from pathlib import Path  # noqa: E402
 from typing import Annotated  # noqa: E402
 
 _Features = Annotated[Path, typer.Option("--features", help="Features folder: <features>/<dataset>/<split>.zarr.")]
-_Runs = Annotated[Path, typer.Option("--runs", help="Runs folder: runs go to <runs>/<name>/cxr-<task>/<model>/[<config>/]seed-<s>/ (<config>: a grid configuration).")]
+_Runs = Annotated[Path, typer.Option("--runs", help="Runs folder: runs go to <runs>/<name>/<task>/<model>/[<config>/]seed-<s>/ (<task>: cxr-8 etc., or your task's name; <config>: a grid configuration).")]
 _Name = Annotated[str, typer.Option("--name", help="Sweep folder name under --runs (shared by `heads train` and `heads sweep`).")]
 _Seeds = Annotated[int, typer.Option("--seeds", help="Number of seeds, numbered 1..N, trained together.")]
 _Layers = Annotated[int, typer.Option("--layers", help="DQC circuit layers (RY + CNOT ring).")]
@@ -30,7 +30,8 @@ _Batch = Annotated[int, typer.Option("--batch-size", help="Training batch size (
 _MaxEpochs = Annotated[int, typer.Option("--max-epochs", help="At most this many epochs.")]
 _Patience = Annotated[int, typer.Option("--patience", help="Stop a seed after this many epochs without a lower validation loss.")]
 _CircuitInit = Annotated[str, typer.Option("--circuit-init", help="RY angles: uniform in [0, 2pi) (paper text) or normal (std 2pi, its public code).")]
-_Dataset = Annotated[str, typer.Option("--dataset", help="Training dataset: its train, val and test stores are used.")]
+_Dataset = Annotated[str, typer.Option("--dataset", help="Training dataset: its train, val and test stores (<features>/<dataset>/<split>.zarr) are used, and its test set is named after it. Your own CSV data: the --name it was extracted under (docs/own-data.md).")]
+_TaskName = Annotated[str, typer.Option("--task-name", help="Name of the task made from your data's own labels (--tasks all or --tasks-file): letters, digits, '.', '_', '-', e.g. clinic-3; it names the run folders and the report's rows. Default: <dataset>-<number of labels> (e.g. clinic-3) for your own dataset, the file's name for --tasks-file; the paper's CXR-8/14/19 keep their names.")]
 _FeatureNorm = Annotated[str, typer.Option("--feature-norm", help="none (the paper) or standardize: z-score each embedding dimension with the training split's statistics (needed for random-weight backbones, whose embeddings saturate the DQC's tanh).")]
 _External = Annotated[str, typer.Option("--external", help="External test set, used when <features>/<external>/test.zarr exists ('none': never).")]
 
@@ -55,9 +56,9 @@ _FeatureNormList = Annotated[str, typer.Option("--feature-norm", help="none (the
 
 def _spec(*, tasks, tasks_file, tasks_option, models, seeds, features, runs, name, layers, backend, lr, batch_size,
           max_epochs, patience, circuit_init, dataset, external, shard=None, feature_norm="none",
-          views_from=ViewsFrom.augmented, noise=None, noise_scale="1", trajectories="1"):
+          views_from=ViewsFrom.augmented, noise=None, noise_scale="1", trajectories="1", task_name=None):
     """The sweep of `heads train` and `heads sweep`: `tasks` as the option `tasks_option` gives them (plus
-    `tasks_file`), `models` comma-separated; each of lr, layers, circuit_init, feature_norm,
+    `tasks_file`, the task of the data's own labels named `task_name`), `models` comma-separated; each of lr, layers, circuit_init, feature_norm,
     batch_size, patience may be a comma-separated list (a grid)."""
     from cxrfeat.errors import UserError
     from cxrfeat.labels import parse_task_specs
@@ -67,7 +68,7 @@ def _spec(*, tasks, tasks_file, tasks_option, models, seeds, features, runs, nam
     from heads.train import TrainConfig
 
     try:
-        tasks = parse_task_specs(tasks, tasks_file)
+        tasks = parse_task_specs(tasks, tasks_file, task_name)
     except ValueError as e:
         raise UserError(f"{tasks_option}: {e}") from None
     models = parse_models(models)
@@ -118,14 +119,19 @@ def train(
     noise: _Noise = None,
     noise_scale: Annotated[float, typer.Option("--noise-scale", help="Multiply the --noise model's error rates by this (0: the ideal circuit).")] = 1.0,
     trajectories: Annotated[int, typer.Option("--trajectories", help="Noise trajectories per example and step under --noise.")] = 1,
+    task_name: _TaskName = None,
 ):
-    """Train one head (task, model) for every seed at once; finished seeds are skipped."""
+    """Train one head (task, model) for every seed at once; finished seeds are skipped.
+
+    Example (your own CSV data, extracted as clinic; docs/own-data.md):
+        heads train --dataset clinic --external none --task all --task-name clinic-3 --model dqc
+    """
     _run(_spec(tasks="" if tasks_file is not None else str(task), tasks_file=tasks_file, tasks_option="--task",
                models=model, seeds=seeds, features=features, runs=runs, name=name,
                layers=layers, backend=backend, lr=lr, batch_size=batch_size, max_epochs=max_epochs,
                patience=patience, circuit_init=circuit_init, dataset=dataset, external=external,
                feature_norm=feature_norm, views_from=views_from, noise=noise, noise_scale=str(noise_scale),
-               trajectories=str(trajectories)))
+               trajectories=str(trajectories), task_name=task_name))
 
 
 @app.command()
@@ -153,6 +159,7 @@ def sweep(
     noise: _Noise = None,
     noise_scale: _NoiseScaleList = "1",
     trajectories: _TrajectoriesList = "1",
+    task_name: _TaskName = None,
 ):
     """Train the grid tasks x models x configurations x seeds; re-running skips finished runs and redoes unfinished ones.
 
@@ -162,12 +169,15 @@ def sweep(
 
     Under noise: heads sweep --tasks 8 --models cdl,dqc --noise sycamore-2019 --noise-scale 0,3 --trajectories 2
     trains ideal and noisy DQCs side by side (and the CDL once).
+
+    Your own CSV data (extracted with `cxrfeat extract --dataset csv --name clinic`; docs/own-data.md):
+    heads sweep --dataset clinic --external none --tasks all --task-name clinic-3
     """
     _run(_spec(tasks=tasks, tasks_file=tasks_file, tasks_option="--tasks", models=models, seeds=seeds, features=features, runs=runs, name=name,
                layers=layers, backend=backend, lr=lr, batch_size=batch_size, max_epochs=max_epochs,
                patience=patience, circuit_init=circuit_init, dataset=dataset, external=external, shard=shard,
                feature_norm=feature_norm, views_from=views_from, noise=noise, noise_scale=noise_scale,
-               trajectories=trajectories))
+               trajectories=trajectories, task_name=task_name))
 
 
 @app.command()

@@ -521,9 +521,11 @@ def steps_per_run(path: Path, settings: ShotSettings) -> int:
 
 
 def run_label(o: RunOutcome) -> str:
-    """`CXR-19 seed 2`, or `CXR-19 lr-3e-3_layers-2 seed 2` for a run of a grid configuration."""
-    task = str(o.task)
-    task = task.upper() if task.lower().startswith("cxr-") else f"CXR-{task}"
+    """`CXR-19 seed 2`, or `CXR-19 lr-3e-3_layers-2 seed 2` for a run of a grid configuration; a task of
+    the user's own labels by its name (`CLINIC-3 seed 2`), an old record's task number as `CXR-<n>`."""
+    from cxrfeat.labels import task_name
+
+    task = task_name(o.task).upper()
     config = o.path.parent.name
     return f"{task} {'' if config == 'dqc' else config + ' '}seed {o.seed}"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from cxrfeat.errors import UserError
-from cxrfeat.labels import task_labels, task_name
+from cxrfeat.labels import PAPER_DATASETS, task_labels, task_name
 from cxrfeat.store import Features, FeatureStore, check_compatible, layout_path
 from heads.plan import DEFAULT_DATASET, SweepSpec
 from heads.record import Backbone, Data
@@ -18,7 +18,9 @@ store_path = layout_path  # <features>/<dataset>/<split>.zarr
 
 
 def _extract_hint(features: Path, dataset: str, split: str) -> str:
-    ds = "" if dataset == DEFAULT_DATASET else f" --dataset {dataset}"
+    """The command that makes a missing store: a paper dataset's reader, else a CSV dataset of that name."""
+    ds = ("" if dataset == DEFAULT_DATASET else f" --dataset {dataset}" if dataset in PAPER_DATASETS
+          else f" --dataset csv --name {dataset}")
     return f"cxrfeat extract --split {split}{ds} --data-dir <{dataset} folder> --out {features}"
 
 

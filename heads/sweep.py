@@ -36,7 +36,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from cxrfeat import __version__, atomic, locks
 from cxrfeat.errors import UserError
 from cxrfeat.errors import refuse_multi_process as _refuse_multi_process
-from cxrfeat.labels import ALL, resolve_tasks, task_labels, task_name, task_sort_key
+from cxrfeat.labels import ALL, TASKS, Task, resolve_tasks, task_labels, task_name, task_sort_key
 from heads import runs, sanity
 from heads.models import MODELS, dqc_pre_activations, make_model, param_counts
 from heads.plan import Cell, SweepSpec, differences, run_groups, shard_cells
@@ -45,6 +45,7 @@ from heads.stores import Stores
 from heads.train import Member, TrainData, predict, seed_mesh, train_members
 
 SWEEP_LOCK = ".sweep.json.lock"
+PAPER_TASKS = {f"cxr-{n}" for n in TASKS}
 
 
 # ---------------------------------------------------------------- sweep.json
@@ -56,7 +57,8 @@ def record_sweep(spec: SweepSpec, stores: Stores) -> dict:
     fixed = {**spec.settings(), "backbone": train.attrs.get("backbone"), "preprocessing": train.attrs.get("preprocessing")}
     record = {"name": spec.name, "tasks": [task_name(t) for t in spec.tasks], "models": list(spec.models), "seeds": spec.seeds,
               "settings": fixed, "features": str(spec.features), "provenance": stores.provenance(),
-              "package_version": __version__, "created": now, "updated": now, "grid": spec.grid_record()}
+              "package_version": __version__, "created": now, "updated": now, "grid": spec.grid_record(),
+              "task_labels": {task_name(t): list(task_labels(t)) for t in spec.tasks}}
     if path.exists():
         old = atomic.read_json(path, what=f"the sweep record of {path.parent}",
                                remedy="restore it, or delete it and re-run this sweep's commands (finished runs are kept)")
@@ -74,10 +76,55 @@ def record_sweep(spec: SweepSpec, stores: Stores) -> dict:
         record["models"] = [m for m in MODELS if m in set(old["models"]) | set(spec.models)]
         record["seeds"] = max(old["seeds"], spec.seeds)
         record["created"] = old.get("created", now)
+        labels = {**{k: list(v) for k, v in sweep_task_labels(path.parent).items()}, **record["task_labels"]}
+        record["task_labels"] = {t: labels[t] for t in record["tasks"] if t in labels}
         configs = {**((old.get("grid") or {}).get("configs") or {}), **record["grid"]["configs"]}
         record["grid"]["configs"] = {m: configs[m] for m in record["models"] if m in configs}
     atomic.write_json(path, record)
     return record
+
+
+def sweep_task_labels(sweep_dir: Path) -> dict[str, tuple[str, ...]]:
+    """Task name -> labels of the tasks a sweep folder holds: from sweep.json `task_labels`, else (a sweep
+    recorded before it had them) from the first run record of each task folder it lists."""
+    try:
+        record = json.loads((Path(sweep_dir) / "sweep.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(record, dict):
+        return {}
+    known = record.get("task_labels")
+    if isinstance(known, dict):
+        return {str(k): tuple(map(str, v)) for k, v in known.items() if isinstance(v, list)}
+    out = {}
+    for name in record.get("tasks") or []:
+        for config in (Path(sweep_dir) / str(name)).rglob("config.json"):
+            try:
+                labels = json.loads(config.read_text()).get("labels")
+            except (OSError, ValueError, AttributeError):
+                continue
+            if isinstance(labels, list):
+                out[str(name)] = tuple(map(str, labels))
+                break
+    return out
+
+
+def keep_sweep_names(tasks, sweep_dir: Path, *, say=None) -> list:
+    """`tasks` where a task named by default (`--tasks all` or a tasks file, no `--task-name`) takes the
+    name the sweep folder already gave the same labels, so re-running a command continues its runs; the
+    paper's tasks and the names a user gives are kept."""
+    have = {labels: name for name, labels in sweep_task_labels(sweep_dir).items()}
+    out = []
+    for t in tasks:
+        if isinstance(t, Task) and t.labels is not None and t.named is None and str(t) not in PAPER_TASKS:
+            old = have.get(t.labels)
+            if old is not None and old != str(t):
+                if say:
+                    say(f"{sweep_dir}: these {t.n} labels are the sweep's task {old}; continuing under that name "
+                        f"(give --task-name to choose one)")
+                t = Task(old, t.labels)
+        out.append(t)
+    return out
 
 
 def recorded_block(path: Path, default: int) -> int:
@@ -258,13 +305,14 @@ def run_sweep(spec: SweepSpec, *, reporter=None) -> list[GroupOutcome]:
     spec.check()
     refuse_multi_process()
     stores = Stores(spec)
+    sweep_dir = Path(spec.runs) / spec.name
     if any(str(t) == ALL for t in spec.tasks):  # `--tasks all`: every label of the training store
-        spec = replace(spec, tasks=resolve_tasks(spec.tasks, stores.all["train"].label_names))
-        spec.check()
+        spec = replace(spec, tasks=resolve_tasks(spec.tasks, stores.all["train"].label_names, spec.dataset))
+    spec = replace(spec, tasks=keep_sweep_names(spec.tasks, sweep_dir, say=_say))
+    spec.check()
     cells = shard_cells(spec)
     for task in dict.fromkeys(c.task for c in cells):
         stores.check_task(task)
-    sweep_dir = Path(spec.runs) / spec.name
     with locks.acquire(sweep_dir / SWEEP_LOCK, what=f"{sweep_dir / 'sweep.json'}", timeout=600):
         spec = replace(spec, seed_block=recorded_block(sweep_dir / "sweep.json", spec.seed_block))
         record_sweep(spec, stores)
