@@ -383,8 +383,9 @@ def _data_section(doc: Document, stores: list[StoreCounts], store_notes: list[st
     _bench_section(doc, bench)
 
 
-# What the report's suggested `heads bench` (= `just bench`, its defaults) costs, measured (README, "Step
-# times"): every suggestion of it says so, never offering it as a quick next step.
+# What the report's suggested `heads bench` (= `just bench`, its defaults) costs, measured
+# (docs/performance.md "Simulator step times (heads bench)"): every suggestion of it says so, never
+# offering it as a quick next step.
 BENCH_COST = "every back end at 8, 14 and 19 qubits: about 13 minutes on 2 CPU cores"
 
 
