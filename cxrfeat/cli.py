@@ -183,6 +183,8 @@ def synth(
 def info(
     path: Path = typer.Argument(..., help="A dataset folder (NIH-CXR-LT, MIMIC-CXR-LT or {split}.csv files), a feature store or image cache (.zarr), or a folder holding any of them (e.g. features, data; searched 3 levels deep)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON instead of tables."),
+    label_columns: str = typer.Option("", "--label-columns", help="For a folder of your own {split}.csv files: its label columns whose names are not the paper's labels, comma-separated, as for `cxrfeat extract --label-columns`."),
+    name: str = typer.Option(None, "--name", help="For a folder of your own {split}.csv files: the name its stores and test set will go by (`cxrfeat extract --name`). Default: the folder's name."),
 ):
     """Rows and label counts per split (like the paper's Table I); for a store also views, backbone, dtype and
     completeness; for an image cache its shards and source. A damaged store or cache (a chunk missing or
@@ -193,7 +195,7 @@ def info(
     from cxrfeat.console import make_console
     from cxrfeat.info import errors, render, summary
 
-    result = summary(path)
+    result = summary(path, label_columns=[c for c in label_columns.split(",") if c.strip()], name=name)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:

@@ -338,7 +338,8 @@ def _labels(table: _Table, *, all_tasks: bool, extra: tuple[str, ...] = ()) -> t
     if not where:
         raise UserError(
             f"{table.source}: no label columns found (it has {', '.join(table.header)}); "
-            f"expected some of: {', '.join(KNOWN_LABELS)}, {NO_FINDING}"
+            f"expected some of: {', '.join(KNOWN_LABELS)}, {NO_FINDING}; name your own label columns with "
+            f"--label-columns"
         )
     out = np.full((len(table.records), len(names)), -1, dtype=np.int8)
     for j, name in enumerate(names):

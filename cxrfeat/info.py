@@ -70,15 +70,30 @@ def detect_dataset(path: str | Path) -> tuple[str, list[str]]:
                     f"zarr.json), nor a folder holding any of them")
 
 
-def dataset_summary(path: str | Path) -> dict:
-    """Rows and label counts per split of a dataset folder (the paper's Table I for that folder)."""
-    from cxrfeat.datasets import load_split
+def dataset_summary(path: str | Path, *, label_columns=(), name: str | None = None) -> dict:
+    """Rows and label counts per split of a dataset folder (the paper's Table I for that folder).
+
+    For `{split}.csv` files (your own data): `label_columns` are its own label columns (as for
+    `cxrfeat extract --label-columns`) and the dataset goes by `name`, else by its folder's name, as
+    its stores and test set will (`cxrfeat.datasets.dataset_name`)."""
+    from cxrfeat.datasets import dataset_name, load_split
 
     path = Path(path)
-    name, splits = detect_dataset(path)
-    out = {"kind": "dataset", "dataset": name, "path": str(path), "synthetic": is_synthetic(path), "splits": {}}
+    reader, splits = detect_dataset(path)
+    name_given = name
+    if reader == "csv":
+        try:
+            name = dataset_name("csv", data_dir=path, name=name_given)
+        except UserError:
+            if name_given is not None:
+                raise
+            name = "csv"  # a folder named like a paper dataset: extract will ask for --name
+    else:
+        name = reader
+    out = {"kind": "dataset", "dataset": name, "reader": reader, "path": str(path),
+           "synthetic": is_synthetic(path), "splits": {}}
     for split in splits:
-        ds = load_split(name, path, split)
+        ds = load_split(reader, path, split, label_columns=label_columns if reader == "csv" else ())
         out["splits"][split] = {
             "rows": len(ds),
             "source": str(ds.source),
@@ -207,32 +222,34 @@ def find(path: Path, depth: int = SEARCH_DEPTH) -> list[Path]:
     return found
 
 
-def one(path: Path) -> dict:
+def one(path: Path, **csv) -> dict:
     if is_store(path):
         return store_summary(path)
     if is_image_cache(path):
         return cache_summary(path)
-    return dataset_summary(path)
+    return dataset_summary(path, **csv)
 
 
-def summary(path: str | Path) -> dict | list[dict]:
+def summary(path: str | Path, *, label_columns=(), name: str | None = None) -> dict | list[dict]:
     """A store, an image cache or a dataset folder (one dict), or every one of them under a folder
-    (a list: e.g. `features/nih-cxr-lt`, `features`, `features/images`, `data`)."""
+    (a list: e.g. `features/nih-cxr-lt`, `features`, `features/images`, `data`). `label_columns`,
+    `name`: for folders of your own `{split}.csv` files (`dataset_summary`)."""
+    csv = {"label_columns": tuple(label_columns), "name": name}
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such file or folder")
     if is_store(path) or is_image_cache(path) or not path.is_dir() or is_dataset(path):
-        return one(path)
+        return one(path, **csv)
     found = find(path)
     if found:
-        return [_one_or_error(p) for p in found]
-    return dataset_summary(path)  # raises the "neither ... nor" error
+        return [_one_or_error(p, **csv) for p in found]
+    return dataset_summary(path, **csv)  # raises the "neither ... nor" error
 
 
-def _one_or_error(path: Path) -> dict:
+def _one_or_error(path: Path, **csv) -> dict:
     """`one`, or in a listing of many the one-line error of a damaged or unreadable one (kind "error")."""
     try:
-        return one(path)
+        return one(path, **csv)
     except UserError as e:
         return {"kind": "error", "path": str(path), "error": str(e)}
 

@@ -210,3 +210,28 @@ def test_a_csv_store_begun_under_csv_is_continued_there(data, backbone, tmp_path
     assert path == old == tmp_path / "features" / "csv" / "val.zarr" and not timing.images
     assert any("continuing this store of the same CSV" in m and "--name clinic" in m for m in said), said
     assert not (tmp_path / "features" / "clinic").exists()
+
+
+def test_info_names_an_own_csv_folder_and_counts_its_own_labels(data, tmp_path):
+    """`cxrfeat info` on a folder of own {split}.csv files: the dataset goes by the name its stores will
+    (the folder's, or --name), its own labels are counted with --label-columns (the csv module's count),
+    and without them the one-line error says to name them."""
+    from cxrfeat.cli import app as cxrfeat_app
+
+    clinic = _clinic(data, tmp_path)
+    runner = CliRunner()
+    res = runner.invoke(cxrfeat_app, ["info", str(clinic), "--json", "--label-columns", ",".join(OWN)])
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.stdout)
+    assert info["dataset"] == "clinic" and info["reader"] == "csv"
+    for split in ("train", "val", "test"):
+        with open(clinic / f"{split}.csv", newline="") as f:
+            table = list(csv.DictReader(f))
+        got = info["splits"][split]
+        assert got["rows"] == len(table) and got["label_names"] == list(OWN)
+        assert got["positives"] == {k: sum(r[k] == "1" for r in table) for k in OWN}
+    res = runner.invoke(cxrfeat_app, ["info", str(clinic), "--json", "--label-columns", ",".join(OWN),
+                                      "--name", "ward-7"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["dataset"] == "ward-7"
+    res = runner.invoke(cxrfeat_app, ["info", str(clinic)])
+    assert res.exit_code == 2 and "--label-columns" in res.output and "Traceback" not in res.output
