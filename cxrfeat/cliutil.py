@@ -34,14 +34,18 @@ DEBUG_ENV = "CXR_DEBUG"
 
 def prose(doc: str | None) -> str | None:
     """A docstring as `--help` shows it: the lines of each paragraph joined into one line (the terminal
-    wraps it), a line indented deeper than its paragraph's first line kept verbatim on its own line
-    (examples), a line starting with "- " starting a new line (lists)."""
+    wraps it), a line indented deeper than its paragraph's first line, or any line of an indented
+    paragraph (a block of example commands), kept verbatim on its own line, a line starting with "- "
+    starting a new line (lists)."""
     if not doc:
         return doc
     paragraphs = []
     for para in inspect.cleandoc(doc).split("\n\n"):
         lines = para.split("\n")
         base = len(lines[0]) - len(lines[0].lstrip())
+        if base > 0:  # an indented block (examples): every line as written
+            paragraphs.append("\n".join(line.rstrip() for line in lines))
+            continue
         out: list[str] = []
         joinable = False  # may the next prose line continue the last output line?
         for line in lines:

@@ -167,11 +167,14 @@ def sweep(
     scale and trajectories) train together in one program: learning rates, patiences and circuit
     initialisers are per-member data.
 
-    Under noise: heads sweep --tasks 8 --models cdl,dqc --noise sycamore-2019 --noise-scale 0,3 --trajectories 2
-    trains ideal and noisy DQCs side by side (and the CDL once).
+    Examples: the paper's sweep; a learning-rate grid; ideal and noisy DQCs side by side (and the CDL
+    once); your own CSV data, extracted with `cxrfeat extract --dataset csv --name clinic`
+    (docs/own-data.md):
 
-    Your own CSV data (extracted with `cxrfeat extract --dataset csv --name clinic`; docs/own-data.md):
-    heads sweep --dataset clinic --external none --tasks all --task-name clinic-3
+        heads sweep --tasks 8,14,19 --seeds 5
+        heads sweep --tasks 8,14,19 --seeds 5 --lr 3e-4,1e-3,3e-3 --name grid
+        heads sweep --tasks 8 --noise sycamore-2019 --noise-scale 0,3 --trajectories 2
+        heads sweep --dataset clinic --external none --tasks all --task-name clinic-3
     """
     _run(_spec(tasks=tasks, tasks_file=tasks_file, tasks_option="--tasks", models=models, seeds=seeds, features=features, runs=runs, name=name,
                layers=layers, backend=backend, lr=lr, batch_size=batch_size, max_epochs=max_epochs,
@@ -405,7 +408,8 @@ def export_command(
     The folder gets circuit.qasm (inputs angle_k, trained weights bound), head.npz (pre and post
     layers), images/<test set>/<id>.qasm (fully bound) with images.npz (our <Z> and probabilities),
     routing.json and manifest.json (docs/export.md). Example:
-    heads export runs/demo/cxr-8/dqc/seed-1 --test-set nih-cxr-lt --limit 20 --out exports/dqc8
+
+        heads export runs/demo/cxr-8/dqc/lr-3e-3/seed-1 --test-set nih-cxr-lt --limit 20 --out exports/dqc8
     """
     from cxrfeat.console import make_console, print_table
     from heads import routing
@@ -441,7 +445,8 @@ def routing_command(
 
     The CNOT ring needs all-to-all connectivity or SWAPs; each layout is compiled at optimization
     level 1 with seed_transpiler 0 (docs/export.md). Example:
-    heads routing --qubits 8,14,19,40 --layers 3 --out bench/routing
+
+        heads routing --qubits 8,14,19,40 --layers 3 --out bench/routing
     """
     from cxrfeat import atomic
     from cxrfeat.console import make_console, print_table

@@ -9,11 +9,13 @@ import sys
 import textwrap
 
 import pytest
+import typer
 from conftest import TINY_RESNET  # noqa: F401 (the tiny ResNet of the `backbone` fixture)
 from headsdata import SMALL, cli_sweep, make_stores
 from rich.console import Console
 from typer.testing import CliRunner
 
+from analysis.cli import app as analysis_app
 from cxrfeat.cli import app as cxrfeat_app
 from cxrfeat.cliutil import prose
 from cxrfeat.console import LiveProgress, fit, progress
@@ -181,11 +183,35 @@ def test_help_wraps_as_prose_and_flags_read_as_flags(app, args):
     assert "<bool>" not in out and not ANSI.search(out)
     assert max(len(line) for line in out.splitlines()) <= WIDTH
     description = out[out.index("Usage:"):out.index("╭")].splitlines()[2:]
+    base = min(_indent(line) for line in description if line.strip())
     for line, after in zip(description, description[1:], strict=False):
-        if not line.strip() or not after.strip() or _indent(after) > _indent(line):
+        if not line.strip() or not after.strip() or _indent(after) > base:
             continue  # a paragraph's end, or an example kept verbatim
         room = WIDTH - len(line.rstrip()) - 1  # typer pads the text by one column on the right
         assert len(after.split()[0]) + 1 > room, f"hard line break before {after.split()[0]!r}: {line!r}"
+
+
+def _commands(app) -> list[list[str]]:
+    group = typer.main.get_command(app)
+    return [[name] for name in group.commands] if hasattr(group, "commands") else [[]]
+
+
+@pytest.mark.parametrize("app", [cxrfeat_app, heads_app, analysis_app])
+def test_every_example_command_in_help_is_a_line_of_its_own(app):
+    """An example command in a docstring is shown on a line of its own, indented, never run into the
+    prose or into the next example (a class: every command of the three tools)."""
+    tool = {cxrfeat_app: "cxrfeat", heads_app: "heads", analysis_app: "analysis"}[app]
+    for args in _commands(app):
+        out = _help(app, *args)
+        description = out[out.index("Usage:"):out.index("╭")]
+        body = [line for line in description.splitlines()[2:] if line.strip()]
+        for line in body:
+            starts = [m.start() for m in re.finditer(rf"(?<![\w/`-]){tool} [a-z][\w-]* (?=-|\S)", line)]
+            for start in starts:
+                before = line[:start]
+                if "`" in before and before.count("`") % 2:
+                    continue  # quoted inline in a sentence: `cxrfeat extract ...`
+                assert not before.strip(), f"{tool} {' '.join(args)} --help runs an example into text: {line!r}"
 
 
 def _indent(line: str) -> int:
