@@ -43,24 +43,26 @@ def _pair_kraus(p2: float) -> list[np.ndarray]:
 # ---------------------------------------------------------------- PennyLane default.mixed
 
 
-def pennylane_mixed(n: int, model: NoiseModel):
-    """f(angles (B, n), weights (layers, n)) → measured ⟨Z_i⟩ (B, n) on PennyLane `default.mixed`
-    (JAX interface, backprop: jit it, differentiate it)."""
+def pennylane_mixed(n: int, model: NoiseModel, interface: str = "jax"):
+    """f(angles (B, n), weights (layers, n)) → measured ⟨Z_i⟩ (B, n) on PennyLane `default.mixed`:
+    with the JAX interface (backprop) jit it and differentiate it; `interface="numpy"` runs the same
+    circuit on NumPy arrays (much faster for one small call: no per-gate JAX dispatch)."""
     import jax.numpy as jnp
 
-    qnode = _pennylane_qnode(n, model)
+    qnode = _pennylane_qnode(n, model, interface)
+    xp = jnp if interface == "jax" else np
 
     def f(angles, weights):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Explicitly requested dtype")
-            z = jnp.stack(qnode(angles, weights), axis=-1)
-        return model.readout(z.astype(jnp.result_type(angles, weights)))
+            z = xp.stack(qnode(angles, weights), axis=-1)
+        return model.readout(xp.real(z).astype(xp.result_type(angles, weights)))
 
     return f
 
 
 @functools.cache
-def _pennylane_qnode(n: int, model: NoiseModel):
+def _pennylane_qnode(n: int, model: NoiseModel, interface: str):
     import pennylane as qml
 
     model.check_width(n)
@@ -75,7 +77,7 @@ def _pennylane_qnode(n: int, model: NoiseModel):
             qml.AmplitudeDamping(gamma, wires=q)
             qml.PhaseDamping(lam, wires=q)
 
-    @qml.qnode(device, interface="jax", diff_method="backprop")
+    @qml.qnode(device, interface=interface, diff_method="backprop" if interface == "jax" else "best")
     def circuit(angles, weights):
         for q in range(n):
             qml.Hadamard(q)
