@@ -156,9 +156,9 @@ def run_width(n: int, s: AnchorSettings, *, on_record=None) -> list[dict]:
         try:
             if method.startswith("aer"):
                 sim = na.aer_simulator(model, n, "density_matrix" if method == "aer-density" else "statevector")
-                circuits = na.aer_circuits(np.asarray(angles), np.asarray(weights))
+                prepared = na.aer_circuits(np.asarray(angles), np.asarray(weights))  # built once, as our inputs
                 shots = 1 if method == "aer-density" else k
-                timing, out = _time(functools.partial(na.aer_run, sim, circuits, model, shots=shots, seed=0),
+                timing, out = _time(functools.partial(na.aer_run, sim, prepared, model, shots=shots, seed=0),
                                     s.warmup, s.steps, s.max_seconds)
                 values[method] = np.asarray(out[0])
                 emit({**head, "operation": "value", "status": "ok", **timing})
@@ -291,7 +291,7 @@ def markdown(doc: dict) -> str:
 
     s = doc["settings"]
     lines = [f"Measured by `heads bench --noise {s['noise']} --anchors` on {doc['machine']}, {doc['date'][:10]}: "
-             f"batch {s['batch_size']}, {s['layers']} layers, {s['trajectories']} trajectories per example "
+             f"batch {s['batch_size']}, {s['layers']} layers, trajectories per example: {s['trajectories']} "
              f"(ours: MPS; Aer: statevector shots), median of up to {s['steps']} calls after the first and up to "
              f"{s['warmup']} warm-up calls, every simulator in one process per width.", "",
              "| qubits | simulator | method | operation | median | SD | calls | first call | × ours density | × ours MPS | agreement |",
@@ -301,7 +301,7 @@ def markdown(doc: dict) -> str:
         if r["status"] != "ok":
             lines.append(f"{head} {r['status']} | | | | | | |")
             continue
-        ratio = {m: f"{r[f'x_{m}']:.2f}" if f"x_{m}" in r else "" for m in OURS}
+        ratio = {m: f"{r[f'x_{m}']:.3g}" if f"x_{m}" in r else "" for m in OURS}
         median = _duration(r["median_s"]) + (" (first call only)" if r.get("first_call_only") else "")
         lines.append(f"{head} {median} | {_duration(r['sd_s'])} | {r['timed_steps']} | "
                      f"{r['first_call_s']:.1f} s | {ratio['density']} | {ratio['mps']} | "

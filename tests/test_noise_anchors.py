@@ -189,3 +189,26 @@ def test_the_anchor_bench_runs_and_records_ratios_and_agreement(tmp_path):
     assert "| 3 | qiskit-aer | aer-density | value |" in path.with_suffix(".md").read_text()
     with pytest.raises(UserError, match="--anchors: tensorcircuit"):
         nb.AnchorSettings(noise="sycamore-2019", anchors=("tensorcircuit",)).check()
+
+
+def test_the_trapped_ion_preset_is_its_published_figures_converted():
+    aria = nz.NoiseModel.load("ionq-aria")
+    assert "ionq-aria" in nz.presets() and "IonQ Aria" in aria.source
+    # average gate fidelity F = 1 − e·d/(d + 1) for Pauli error e on d levels: 99.95 % (1q), 99.6 % (2q)
+    assert aria.p1 == pytest.approx((1 - 0.9995) * 3 / 2) and aria.p2 == pytest.approx((1 - 0.996) * 5 / 4)
+    assert aria.readout_p01 == aria.readout_p10 == pytest.approx(1 - 0.9961)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--anchors", "all"], "--anchors compares noisy simulators: give the noise model"),
+    (["--anchors", "qulacs", "--noise", "sycamore-2019"], "--anchors: qulacs — choose from"),
+    (["--anchors", "all", "--noise", "missing.toml"], "noise model missing.toml: no such file"),
+])
+def test_bad_anchor_options_are_refused_in_one_line(tmp_path, args, message):
+    from typer.testing import CliRunner
+
+    from heads.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "--tasks", "3", "--out", str(tmp_path), *args])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+    assert not list(tmp_path.iterdir())
