@@ -306,12 +306,33 @@ def bench(
     isolate: Annotated[bool, typer.Option("--isolate/--no-isolate", help="Run every cell in its own process, so that its peak memory is its own.")] = True,
     noise: Annotated[str, typer.Option("--noise", help="Time the circuit under this noise model (a TOML file or a preset; with --models circuit and back ends fast/mps = trajectories, density = exact).")] = None,
     trajectories: Annotated[int, typer.Option("--trajectories", help="Noise trajectories per example on the MPS (with --noise).")] = 1,
+    anchors: Annotated[str, typer.Option("--anchors", help="With --noise: time the noisy circuit in these independent simulators beside ours (exact density matrix, MPS trajectories), all in one process per width, each checked against the exact value: default.mixed (PennyLane), aer-density, aer-statevector (Qiskit Aer; --trajectories shots per example), or all. --backends and --models are not used; writes <out>/<machine>-anchors.json and .md.")] = None,
 ):
     """Median seconds per training step of CDL, DQC and the circuit alone, per task and back end (Table III).
 
     Everything is timed in one run on this machine and written to <out>/<machine>.json (and .md);
     compare back ends by the ratios of one run.
+
+    Noisy circuit against PennyLane and Qiskit Aer:
+    heads bench --tasks 4,8,12,19 --noise sycamore-2019 --anchors all --steps 5 --warmup 1 --out bench/noise
     """
+    if anchors is not None:
+        from cxrfeat.console import make_console
+        from cxrfeat.errors import UserError
+        from heads.noise_bench import ANCHORS, AnchorSettings, run_anchor_bench
+
+        if noise is None:
+            raise UserError("--anchors compares noisy simulators: give the noise model with --noise MODEL")
+        names = ANCHORS if anchors.strip() == "all" else tuple(a.strip() for a in anchors.split(",") if a.strip())
+        try:
+            widths = tuple(int(t) for t in tasks.split(",") if t.strip())
+        except ValueError:
+            raise UserError(f"--tasks must be qubit counts such as 4,8,12, not {tasks!r}") from None
+        path, _ = run_anchor_bench(AnchorSettings(noise=noise, widths=widths, anchors=names, trajectories=trajectories,
+                                                  batch_size=batch_size, layers=layers, warmup=warmup, steps=steps,
+                                                  max_seconds=max_seconds), out, console=make_console(stderr=True))
+        typer.echo(f"wrote {path} and {path.with_suffix('.md')}")
+        return
     from heads.bench import BenchOptions, run_bench
 
     path = run_bench(BenchOptions.parse(tasks=tasks, backends=backends, models=models, batch_size=batch_size,

@@ -132,6 +132,8 @@ def make_model(model: str, n: int, *, layers: int = 3, backend: str = "fast", ci
     if noise is not None and backend not in NOISY_BACKENDS:
         raise UserError(f"--backend {backend}: a noisy circuit runs as trajectories on the MPS (fast, mps) or exactly "
                         f"as a density matrix (density), not {backend}")
+    if noise is not None:
+        noise.check_width(n)
     if noise is not None and backend == "density" and n > DENSITY_MAX_QUBITS:
         raise UserError(f"--backend density holds 4^n numbers per example: at most {DENSITY_MAX_QUBITS} qubits, "
                         f"not {n}; use fast (trajectories)")

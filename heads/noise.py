@@ -40,6 +40,7 @@ Two simulations, behind `heads.quantum.expvals(..., noise=...)`:
 from __future__ import annotations
 
 import functools
+import json
 import math
 import tomllib
 from dataclasses import asdict, dataclass, fields, replace
@@ -61,9 +62,29 @@ _Z = np.diag([1.0, -1.0])
 PAULIS = np.stack([np.eye(2), _X, _X @ _Z, _Z])
 
 
+PER_QUBIT_KEYS = ("p1", "p2", "t1_us", "t2_us", "readout_p01", "readout_p10")
+
+
+@dataclass(frozen=True)
+class QubitNoise:
+    """One qubit's own rates in a per-qubit model; a key left None takes the model's value. `p2` is the
+    two-qubit depolarizing of the ring's CNOT whose control is this qubit (q → q + 1 mod n)."""
+
+    p1: float | None = None
+    p2: float | None = None
+    t1_us: float | None = None
+    t2_us: float | None = None
+    readout_p01: float | None = None
+    readout_p10: float | None = None
+
+    def given(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
 @dataclass(frozen=True)
 class NoiseModel:
-    """A device noise model (module docstring). Probabilities per gate; times in µs and ns."""
+    """A device noise model (module docstring). Probabilities per gate; times in µs and ns.
+    `qubits`: per-qubit rates (calibration data), one `QubitNoise` per qubit; empty: every qubit alike."""
 
     name: str = "custom"
     source: str = ""
@@ -75,71 +96,89 @@ class NoiseModel:
     gate_ns_2q: float = 0.0
     readout_p01: float = 0.0
     readout_p10: float = 0.0
+    qubits: tuple[QubitNoise, ...] = ()
 
     def __post_init__(self) -> None:
         self.check()
 
     def check(self, where: str = "noise model") -> None:
-        for k in ("p1", "p2", "readout_p01", "readout_p10"):
-            v = getattr(self, k)
-            if not (isinstance(v, int | float) and 0 <= v <= 1):
-                raise UserError(f"{where}: {k} = {v!r} is not a probability in [0, 1]")
-        if self.p1 > 3 / 4 or self.p2 > 15 / 16:
-            raise UserError(f"{where}: p1 ≤ 3/4 and p2 ≤ 15/16 (fully depolarizing), not p1 = {self.p1}, p2 = {self.p2}")
-        if self.readout_p01 + self.readout_p10 > 1:
-            raise UserError(f"{where}: readout_p01 + readout_p10 must not exceed 1")
-        for k in ("gate_ns_1q", "gate_ns_2q"):
-            v = getattr(self, k)
-            if not (isinstance(v, int | float) and v >= 0):
-                raise UserError(f"{where}: {k} = {v!r} must be a duration ≥ 0 (ns)")
-        if (self.t1_us is None) != (self.t2_us is None):
-            raise UserError(f"{where}: give both t1_us and t2_us, or neither")
-        if self.t1_us is not None:
-            if not (self.t1_us > 0 and self.t2_us > 0):
-                raise UserError(f"{where}: t1_us and t2_us must be > 0 (µs)")
-            if self.t2_us > 2 * self.t1_us * (1 + 1e-12):
-                raise UserError(f"{where}: t2_us = {self.t2_us} exceeds 2·t1_us = {2 * self.t1_us}: not a physical qubit")
+        _check_rates(asdict(self), where)
+        for q, rates in enumerate(self.qubits):
+            _check_rates({**asdict(self), **rates.given()}, f"{where}: qubits[{q}]")
+
+    def at(self, q: int) -> NoiseModel:
+        """Qubit q's rates as a model of identical qubits (the model itself when it has no per-qubit rates)."""
+        return _at(self, q) if self.qubits else self
+
+    def check_width(self, n: int) -> None:
+        """A per-qubit model fits only a circuit of as many qubits."""
+        if self.qubits and len(self.qubits) != n:
+            raise UserError(f"noise model {self.name}: per-qubit rates for {len(self.qubits)} qubits, but the circuit "
+                            f"has {n}")
 
     @classmethod
     def load(cls, path: str | Path) -> NoiseModel:
-        """A model from a TOML file, or a shipped preset by name (`presets()`)."""
+        """A model from a TOML (or JSON) file, or a shipped preset by name (`presets()`)."""
         p = Path(path)
         if not p.exists() and (PRESETS_DIR / f"{path}.toml").exists():
             p = PRESETS_DIR / f"{path}.toml"
+        kind = "JSON" if p.suffix.lower() == ".json" else "TOML"
         try:
-            data = tomllib.loads(p.read_text())
+            text = p.read_text()
+            data = json.loads(text) if kind == "JSON" else tomllib.loads(text)
         except FileNotFoundError:
             raise UserError(f"noise model {path}: no such file (presets: {', '.join(presets())})") from None
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-            raise UserError(f"noise model {p}: not a readable TOML file ({e})") from None
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+            raise UserError(f"noise model {p}: not a readable {kind} file ({e})") from None
+        if not isinstance(data, dict):
+            raise UserError(f"noise model {p}: the file must hold a table of keys, not a {type(data).__name__}")
+        return cls.from_json({"name": p.stem, **data}, where=f"noise model {p}")
+
+    @classmethod
+    def from_json(cls, d: dict, where: str = "noise model") -> NoiseModel:
+        """The model from `to_json`'s dict (or a model file's keys); a bad key or value is a one-line
+        UserError naming `where` and the key."""
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(set(d) - known)
         if unknown:
-            raise UserError(f"noise model {p}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+            raise UserError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        per_qubit = d.get("qubits", [])
+        if not isinstance(per_qubit, list | tuple) or not all(isinstance(e, dict) for e in per_qubit):
+            raise UserError(f"{where}: qubits must be a list of tables, one per qubit ([[qubits]] in TOML)")
+        rates = []
+        for q, entry in enumerate(per_qubit):
+            bad = sorted(set(entry) - set(PER_QUBIT_KEYS))
+            if bad:
+                raise UserError(f"{where}: qubits[{q}]: unknown key(s) {', '.join(bad)} "
+                                f"(per-qubit keys: {', '.join(PER_QUBIT_KEYS)})")
+            rates.append(QubitNoise(**entry))
         try:
-            return cls(**{"name": p.stem, **data})
+            return cls(**{**d, "qubits": tuple(rates)})
         except UserError as e:
-            raise UserError(str(e).replace("noise model", f"noise model {p}", 1)) from None
+            raise UserError(str(e).replace("noise model", where, 1)) from None
         except TypeError as e:
-            raise UserError(f"noise model {p}: {e}") from None
+            raise UserError(f"{where}: {e}") from None
 
     def scaled(self, s: float) -> NoiseModel:
-        """p1, p2, readout errors and relaxation rates multiplied by s (s = 0: noiseless)."""
+        """p1, p2, readout errors and relaxation rates multiplied by s (s = 0: noiseless), per qubit too."""
         if not (isinstance(s, int | float) and s >= 0):
             raise UserError(f"noise scale {s!r} must be ≥ 0")
-        t1 = None if self.t1_us is None or s == 0 else self.t1_us / s
-        t2 = None if self.t2_us is None or s == 0 else self.t2_us / s
         try:
-            return replace(self, p1=self.p1 * s, p2=self.p2 * s, readout_p01=self.readout_p01 * s,
-                           readout_p10=self.readout_p10 * s, t1_us=t1, t2_us=t2)
+            return replace(self, **_scaled_rates(asdict(self), s),
+                           qubits=tuple(QubitNoise(**_scaled_rates(q.given(), s)) for q in self.qubits))
         except UserError as e:
             raise UserError(f"{self.name} scaled by {s:g}: {str(e).removeprefix('noise model: ')}") from None
 
     def to_json(self) -> dict:
-        return asdict(self)
+        """The model's keys; `qubits` (per-qubit rates, each with its given keys only) when it has them."""
+        d = asdict(self)
+        d.pop("qubits")
+        return {**d, "qubits": [q.given() for q in self.qubits]} if self.qubits else d
 
     @property
     def is_zero(self) -> bool:
+        if self.qubits:
+            return all(self.at(q).is_zero for q in range(len(self.qubits)))
         return not (self.p1 or self.p2 or self.readout_p01 or self.readout_p10 or any(self.relaxation(1) + self.relaxation(2)))
 
     def relaxation(self, qubits: int) -> tuple[float, float]:
@@ -159,8 +198,54 @@ class NoiseModel:
         return (1 - e1) / 4, (1 - e1) / 4, (1 + e1 - 2 * e2) / 4
 
     def readout(self, z):
-        """The measured ⟨Z⟩ from the exact one."""
+        """The measured ⟨Z⟩ from the exact one (..., n): per qubit with per-qubit readout errors."""
+        if self.qubits:
+            p01, p10 = (np.array([getattr(self.at(q), k) for q in range(len(self.qubits))])
+                        for k in ("readout_p01", "readout_p10"))
+            return (1 - p01 - p10) * z + (p10 - p01)
         return (1 - self.readout_p01 - self.readout_p10) * z + (self.readout_p10 - self.readout_p01)
+
+    def readout_slope(self):
+        """|d measured / d exact ⟨Z⟩|: a scalar, or one per qubit."""
+        if self.qubits:
+            return np.array([abs(1 - m.readout_p01 - m.readout_p10) for m in map(self.at, range(len(self.qubits)))])
+        return abs(1 - self.readout_p01 - self.readout_p10)
+
+
+@functools.cache
+def _at(model: NoiseModel, q: int) -> NoiseModel:
+    return replace(model, qubits=(), **model.qubits[q].given())
+
+
+def _scaled_rates(d: dict, s: float) -> dict:
+    """The rates among d's keys multiplied by s (times T1, T2 divided by it; None at s = 0)."""
+    out = {k: d[k] * s for k in ("p1", "p2", "readout_p01", "readout_p10") if d.get(k) is not None}
+    for k in ("t1_us", "t2_us"):
+        if d.get(k) is not None:
+            out[k] = None if s == 0 else d[k] / s
+    return out
+
+
+def _check_rates(d: dict, where: str) -> None:
+    for k in ("p1", "p2", "readout_p01", "readout_p10"):
+        v = d[k]
+        if not (isinstance(v, int | float) and 0 <= v <= 1):
+            raise UserError(f"{where}: {k} = {v!r} is not a probability in [0, 1]")
+    if d["p1"] > 3 / 4 or d["p2"] > 15 / 16:
+        raise UserError(f"{where}: p1 ≤ 3/4 and p2 ≤ 15/16 (fully depolarizing), not p1 = {d['p1']}, p2 = {d['p2']}")
+    if d["readout_p01"] + d["readout_p10"] > 1:
+        raise UserError(f"{where}: readout_p01 + readout_p10 must not exceed 1")
+    for k in ("gate_ns_1q", "gate_ns_2q"):
+        v = d[k]
+        if not (isinstance(v, int | float) and v >= 0):
+            raise UserError(f"{where}: {k} = {v!r} must be a duration ≥ 0 (ns)")
+    if (d["t1_us"] is None) != (d["t2_us"] is None):
+        raise UserError(f"{where}: give both t1_us and t2_us, or neither")
+    if d["t1_us"] is not None:
+        if not all(isinstance(d[k], int | float) and d[k] > 0 for k in ("t1_us", "t2_us")):
+            raise UserError(f"{where}: t1_us and t2_us must be > 0 (µs)")
+        if d["t2_us"] > 2 * d["t1_us"] * (1 + 1e-12):
+            raise UserError(f"{where}: t2_us = {d['t2_us']} exceeds 2·t1_us = {2 * d['t1_us']}: not a physical qubit")
 
 
 def presets() -> list[str]:
@@ -174,6 +259,7 @@ def density_expvals(angles, weights, noise: NoiseModel, *, twirled: bool = False
     """⟨Z_i⟩ of the noisy circuit from its exact density matrix: angles (B, n), weights (layers, n).
     `twirled=True` replaces the relaxation by its Pauli twirl (what the trajectories sample)."""
     angles = jnp.asarray(angles)
+    noise.check_width(angles.shape[-1])
     if angles.ndim == 2 and angles.shape[1] > DENSITY_MAX_QUBITS:
         raise UserError(f"the density-matrix method holds 4^n numbers per example: {angles.shape[1]} qubits is above "
                         f"{DENSITY_MAX_QUBITS}; use trajectories on the MPS (backend mps or fast with a noise model)")
@@ -194,16 +280,16 @@ def _density_one(x, weights, noise: NoiseModel, twirled: bool = False):
     rho = jnp.zeros((2,) * (2 * n), dtype).at[(0,) * (2 * n)].set(1)
     h = jnp.asarray([[1.0, 1.0], [1.0, -1.0]], dtype) / math.sqrt(2)
     for q in range(n):
-        rho = _noisy_gate(rho, h, q, n, noise, twirled)
-        rho = _noisy_gate(rho, _ry(x[q]), q, n, noise, twirled)
+        rho = _noisy_gate(rho, h, q, n, noise.at(q), twirled)
+        rho = _noisy_gate(rho, _ry(x[q]), q, n, noise.at(q), twirled)
     for layer in range(weights.shape[0]):
         for q in range(n):
-            rho = _noisy_gate(rho, _ry(weights[layer, q]), q, n, noise, twirled)
+            rho = _noisy_gate(rho, _ry(weights[layer, q]), q, n, noise.at(q), twirled)
         for c, t in ring_pairs(n):
             rho = _cnot(rho, c, t, n)
-            rho = _depolarize2(rho, c, t, n, noise.p2)
-            rho = _relax(rho, c, n, noise, 2, twirled)
-            rho = _relax(rho, t, n, noise, 2, twirled)
+            rho = _depolarize2(rho, c, t, n, noise.at(c).p2)  # the CNOT's error: its control's p2
+            rho = _relax(rho, c, n, noise.at(c), 2, twirled)
+            rho = _relax(rho, t, n, noise.at(t), 2, twirled)
     diag = jnp.diagonal(rho.reshape(2**n, 2**n))
     bits = (np.arange(2**n)[:, None] >> np.arange(n - 1, -1, -1)) & 1
     return jnp.asarray(1 - 2 * bits, dtype).T @ diag
@@ -278,17 +364,20 @@ def _relax(rho, q, n, noise, qubits, twirled=False):
 
 def trajectory_ops(keys, n: int, layers: int, noise: NoiseModel, dtype=jnp.float32):
     """Per example key (B,) → sampled operators (B, layers + 2, n, 2, 2) for `heads.mps.expvals`."""
-    return _ops(keys, n, layers, sampling_tables(noise), dtype)
+    noise.check_width(n)
+    return _ops(keys, n, layers, sampling_tables(noise, n), dtype)
 
 
-def sampling_tables(noise: NoiseModel) -> dict[str, np.ndarray]:
-    """The model's error distributions as log-probabilities (traced arrays: one program for every scale).
-    gate: one qubit's Pauli after a single-qubit gate; pair: the Pauli pair after a CNOT (index 4·c + t);
-    relax: one qubit's Pauli from the relaxation during a CNOT."""
+def sampling_tables(noise: NoiseModel, n: int) -> dict[str, np.ndarray]:
+    """The model's error distributions on n qubits as log-probabilities (traced arrays: one program for
+    every scale). gate (n, 4): qubit q's Pauli after a single-qubit gate; pair (P, 16): the Pauli pair
+    after the ring's CNOT j (index 4·c + t); relax (P, 2, 4): the Pauli from the relaxation of its
+    control and of its target during CNOT j. Every row is its qubit's own rates (`NoiseModel.at`)."""
+    pairs = ring_pairs(n)
     with np.errstate(divide="ignore"):
-        return {"gate": np.log(_pauli_probs(noise, 1, noise.p1)),
-                "pair": np.log(np.array([1 - noise.p2] + [noise.p2 / 15] * 15)),
-                "relax": np.log(_pauli_probs(noise, 2, 0.0))}
+        return {"gate": np.log(np.stack([_pauli_probs(noise.at(q), 1, noise.at(q).p1) for q in range(n)])),
+                "pair": np.log(np.array([[1 - noise.at(c).p2] + [noise.at(c).p2 / 15] * 15 for c, _ in pairs])),
+                "relax": np.log(np.array([[_pauli_probs(noise.at(q), 2, 0.0) for q in pair] for pair in pairs]))}
 
 
 @functools.partial(jax.jit, static_argnames=("n", "layers", "dtype"))
@@ -315,7 +404,7 @@ def _sample_one(key, n, layers, tables, dtype):
     p_gate, p_pair, p_cnot_relax = (jnp.asarray(tables[k], jnp.float32) for k in ("gate", "pair", "relax"))
     pairs = ring_pairs(n)
 
-    def single(slot_key, shape):
+    def single(slot_key, shape):  # one draw per qubit, each from its own row (same Gumbel draws as one shared row)
         return jax.random.categorical(slot_key, p_gate, shape=shape)
 
     slots = []
@@ -372,9 +461,10 @@ def trajectory_samples(angles, weights, noise: NoiseModel, keys, trajectories: i
     angles, weights = jnp.asarray(angles), jnp.asarray(weights)
     if not (isinstance(trajectories, int) and trajectories >= 1):
         raise ValueError(f"trajectories must be an integer ≥ 1, not {trajectories!r}")
+    noise.check_width(angles.shape[1])
     from heads import mps
 
-    return _trajectory_samples(angles, weights, example_keys(keys, angles.shape[0]), sampling_tables(noise),
+    return _trajectory_samples(angles, weights, example_keys(keys, angles.shape[0]), sampling_tables(noise, angles.shape[1]),
                                trajectories=trajectories, unroll=mps._UNROLL, chains=mps.chains_for(mps._UNROLL))
 
 
@@ -398,5 +488,4 @@ def trajectory_expvals(angles, weights, noise: NoiseModel, keys, trajectories: i
     mean = samples.mean(0)
     k = samples.shape[0]
     stderr = samples.std(0, ddof=1) / math.sqrt(k) if k > 1 else jnp.full_like(mean, jnp.nan)
-    scale = abs(1 - noise.readout_p01 - noise.readout_p10)
-    return noise.readout(mean), stderr * scale
+    return noise.readout(mean), stderr * noise.readout_slope()

@@ -283,7 +283,7 @@ def trained_noise_z(run: DQCRun, angles: np.ndarray, theta: np.ndarray, chunk: i
 
     s = run.record.settings
     try:
-        model = NoiseModel(**{**(s.noise_model or {}), "name": s.noise or "?"}).scaled(float(s.noise_scale))
+        model = NoiseModel.from_json({**(s.noise_model or {}), "name": s.noise or "?"}).scaled(float(s.noise_scale))
     except (TypeError, UserError) as e:
         raise UserError(f"{run.path / 'config.json'}: its noise model cannot be read ({e})") from None
     out = []
