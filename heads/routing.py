@@ -111,6 +111,10 @@ def routing_doc(circuits: dict[int, object], layers: int, layouts: Sequence[str]
     from heads.noise import NoiseModel
 
     model = NoiseModel.load(noise)
+    if model.qubits:
+        raise UserError(f"noise model {model.name} has per-qubit rates: a routed circuit's CNOTs and SWAPs act on the "
+                        f"device's physical qubits, which rates per circuit qubit do not describe; give --noise a "
+                        f"model with one p2 (e.g. sycamore-2019)")
     rows = []
     for n, circuit in circuits.items():
         for layout in layouts:

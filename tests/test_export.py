@@ -176,6 +176,11 @@ def test_routing_table_and_its_command(tmp_path):
     assert r.exit_code != 0 and "unknown layout 'ring'" in r.output and len(r.output.strip().splitlines()) == 1
     r = invoke("routing", "--qubits", "1")
     assert r.exit_code != 0 and "--qubits" in r.output
+    per_qubit = tmp_path / "dev.toml"
+    per_qubit.write_text('name = "dev"\np2 = 0.01\n[[qubits]]\np2 = 0.02\n[[qubits]]\np2 = 0.03\n')
+    r = invoke("routing", "--qubits", "2", "--noise", str(per_qubit), "--out", tmp_path / "pq")
+    assert r.exit_code == 2 and "per-qubit rates" in r.output and len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "pq").exists()
 
 
 # ---------------------------------------------------------------- a trained run, exported
