@@ -313,8 +313,12 @@ def bench(
     Everything is timed in one run on this machine and written to <out>/<machine>.json (and .md);
     compare back ends by the ratios of one run.
 
-    Noisy circuit against PennyLane and Qiskit Aer:
-    heads bench --tasks 4,8,12,19 --noise sycamore-2019 --anchors all --steps 5 --warmup 1 --out bench/noise
+    Examples: every back end at the paper's widths (about 13 minutes on 2 CPU cores); the MPS alone
+    at any width; the noisy circuit against PennyLane and Qiskit Aer:
+
+        heads bench --tasks 8,14,19
+        heads bench --tasks 19,40,100 --backends fast --models dqc,circuit
+        heads bench --tasks 4,8,10,19 --noise sycamore-2019 --anchors all
     """
     if anchors is not None:
         from cxrfeat.console import make_console
