@@ -51,7 +51,8 @@ def extract(
 
     Your own data (data/clinic/train.csv with a path column and 0/1 label columns; the store
     features/clinic/train.zarr):
-        cxrfeat extract --split train --dataset csv --data-dir data/clinic --label-columns Scoliosis,Pacemaker
+        cxrfeat extract --split train --dataset csv --data-dir data/clinic \\
+            --label-columns Scoliosis,Pacemaker
     """
     from cxrfeat.extract import extract as run_extract
 

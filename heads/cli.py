@@ -173,8 +173,8 @@ def sweep(
 
         heads sweep --tasks 8,14,19 --seeds 5
         heads sweep --tasks 8,14,19 --seeds 5 --lr 3e-4,1e-3,3e-3 --name grid
-        heads sweep --tasks 8 --noise sycamore-2019 --noise-scale 0,3 --trajectories 2
-        heads sweep --dataset clinic --external none --tasks all --task-name clinic-3
+        heads sweep --tasks 8 --noise sycamore-2019 --noise-scale 0,3
+        heads sweep --dataset clinic --external none --tasks all --task-name ward
     """
     _run(_spec(tasks=tasks, tasks_file=tasks_file, tasks_option="--tasks", models=models, seeds=seeds, features=features, runs=runs, name=name,
                layers=layers, backend=backend, lr=lr, batch_size=batch_size, max_epochs=max_epochs,

@@ -204,7 +204,13 @@ def test_every_example_command_in_help_is_a_line_of_its_own(app):
     for args in _commands(app):
         out = _help(app, *args)
         description = out[out.index("Usage:"):out.index("╭")]
-        body = [line for line in description.splitlines()[2:] if line.strip()]
+        lines = description.splitlines()[2:]
+        for line, after in zip(lines, lines[1:], strict=False):
+            if re.match(rf"\s{{4,}}{tool} ", line) and not line.rstrip().endswith("\\"):
+                # an example (not continued with a backslash): the next line is another one or a blank
+                assert not after.strip() or re.match(rf"\s{{4,}}{tool} ", after), \
+                    f"{tool} {' '.join(args)} --help wraps an example at {WIDTH} columns: {line!r} / {after!r}"
+        body = [line for line in lines if line.strip()]
         for line in body:
             starts = [m.start() for m in re.finditer(rf"(?<![\w/`-]){tool} [a-z][\w-]* (?=-|\S)", line)]
             for start in starts:
