@@ -147,27 +147,28 @@ def _attrs(ring, plan):
 def _measure_fwd(tp, rot, signs, ring, plan):
     S, B, Dp = tp.shape[:3]
     D = Dp if ring is None else 4 * Dp
+    h = D if ring is None else D // 2  # the sparse blocks' size (see the kernel)
     n = len(plan) // 3
     dt = tp.dtype
-    z, lefts, rights, xl, xr = _call(
+    z, lefts, rights, yl, yr = _call(
         "MeasureFwd",
         (
             _out((B, n), dt),
             _out((S + 1, B, D, D), dt),
             _out((S + 1, B, 2, D, D), dt),
-            _out((S, B, D, 4, D), dt),
-            _out((S, B, 2, D, 4, D), dt),
+            _out((S, B, 4, D, h), dt),
+            _out((S, B, 2, 4, D, h), dt),
         ),
         tp,
         rot.astype(dt),
         signs.astype(dt),
         **_attrs(ring, plan),
     )
-    return z, (tp, rot, signs, lefts, rights, xl, xr)
+    return z, (tp, rot, signs, lefts, rights, yl, yr)
 
 
 def _measure_bwd(ring, plan, res, z_bar):
-    tp, rot, signs, lefts, rights, xl, xr = res
+    tp, rot, signs, lefts, rights, yl, yr = res
     S, B = tp.shape[:2]
     dt = tp.dtype
     d_tp, d_rot = _call(
@@ -178,8 +179,8 @@ def _measure_bwd(ring, plan, res, z_bar):
         signs.astype(dt),
         lefts,
         rights,
-        xl,
-        xr,
+        yl,
+        yr,
         z_bar.astype(dt),
         **_attrs(ring, plan),
     )

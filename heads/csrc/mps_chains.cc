@@ -190,6 +190,11 @@ ffi::Error measure_of(const ffi::AnyBuffer& tp, const ffi::AnyBuffer& rot, const
   const bool has_ring = !(ring.size() == 1 && ring[0] < 0);
   if (has_ring && long(ring.size()) != 16 * m->S)
     return ffi::Error::InvalidArgument("mps measure: the ring table must hold 16 codes per site");
+  if (has_ring)  // 4× sparse: the bits a site sends (j, k) depend on its new physical index p alone
+    for (long s = 0; s < m->S; ++s)
+      for (int x = 0; x < 16; ++x)
+        if (ring[s * 16 + x] < 0 || ring[s * 16 + x] > 15 || (ring[s * 16 + x] >> 2) != (ring[s * 16 + x % 4] >> 2))
+          return ffi::Error::InvalidArgument("mps measure: a ring code is out of range or not 4x sparse");
   m->ring = has_ring ? ring.begin() : nullptr;
   m->D = has_ring ? 4 * m->Dp : m->Dp;
   if (plan.size() % 3 != 0) return ffi::Error::InvalidArgument("mps measure: the plan must be n × (j, c, h)");
@@ -273,8 +278,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CxrMpsMeasureFwd, MeasureFwdImpl,
                                   .Ret<ffi::AnyBuffer>()  // z (..., B, n)
                                   .Ret<ffi::AnyBuffer>()  // lefts (..., S + 1, B, D, D)
                                   .Ret<ffi::AnyBuffer>()  // rights (..., S + 1, B, 2, D, D)
-                                  .Ret<ffi::AnyBuffer>()  // xl (..., S, B, D, 4, D)
-                                  .Ret<ffi::AnyBuffer>());  // xr (..., S, B, 2, D, 4, D)
+                                  .Ret<ffi::AnyBuffer>()  // yl (..., S, B, 4, D, D/2)
+                                  .Ret<ffi::AnyBuffer>());  // yr (..., S, B, 2, 4, D, D/2)
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CxrMpsMeasureBwd, MeasureBwdImpl,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::AnyBuffer>()  // tp
