@@ -23,6 +23,7 @@ import glob
 import importlib.machinery
 import importlib.util
 import os
+import warnings
 from pathlib import Path
 
 import jax
@@ -30,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 _ENV = "CXR_MPS_KERNEL"
+_TARGETS = ("ChainsFwd", "ChainsBwd", "MeasureFwd", "MeasureBwd")
 
 
 @functools.cache
@@ -47,7 +49,15 @@ def _library() -> ctypes.CDLL | None:
     if not found:
         return None
     lib = ctypes.CDLL(found[0])
-    for name in ("ChainsFwd", "ChainsBwd", "MeasureFwd", "MeasureBwd"):
+    missing = [name for name in _TARGETS if not hasattr(lib, f"CxrMps{name}")]
+    if missing:  # built from older sources (the checkout moved on): XLA's chains, and say how to rebuild
+        warnings.warn(
+            f"{found[0]} lacks {', '.join(missing)} (built from older sources); running XLA's chains. "
+            "Rebuild it: python setup.py build_ext --inplace --force (or pip install -e .)",
+            stacklevel=2,
+        )
+        return None
+    for name in _TARGETS:
         jax.ffi.register_ffi_target(
             f"cxr_mps_{name}", jax.ffi.pycapsule(getattr(lib, f"CxrMps{name}")), platform="cpu"
         )
