@@ -25,6 +25,11 @@ pass and takes 3 products per step (one 2-core AMD EPYC: value and gradient 3% f
 
 Per-example single-qubit operators (`expvals(..., ops)`) are folded into each site's ring-and-rotation
 kernel, which is then per example instead of shared by the batch: same bond, same chains.
+
+With the compiled kernel (`heads.mps_ffi`, on a CPU), the last ring-and-rotation, the chains and the
+measurement are one call (`mps_ffi.measure`): XLA passes the sites before the last ring (bond 4) and
+each site's last rotation (per example when operators ride in it) and gets their cotangents back; the
+kernel builds the bond-16 sites itself.
 """
 
 from __future__ import annotations
@@ -195,16 +200,56 @@ def _expvals(angles, weights, ops=None, *, unroll=1, chains="xla"):
     t = jnp.swapaxes(pair, 0, 1)[:, :, None, :, None]  # (S, B, 1, 4, 1)
 
     tab = jnp.asarray(ring_tables(n), dtype)
+    last = len(weights) - 1
     for layer, theta in enumerate(weights[1:], start=1):
         rot = _site_rotations(theta, left_q, right_q, dummy)  # (S, 4, 4)
+        if ops is not None:  # per example: ring, rotation, then the slot's operators on the site's two qubits
+            site_ops = _site_products(ops[:, 2 + layer], left_q, right_q, dummy)  # (B, S, 4, 4)
+        if chains == "ffi" and layer == last:  # the kernel builds the last sites from t and the rotation
+            if ops is not None:
+                rot = jnp.einsum("bsqr,srp->sbqp", site_ops, rot)  # (S, B, 4, 4)
+            return mps_ffi.measure(t, rot, _signs6(dtype), ring_codes(n), plan_codes(n))
         if ops is None:
             kernel = jnp.einsum("sqp,sijpklo->sqijklo", rot, tab)  # ring, then rotation
-            t = _apply(t, kernel)
-        else:  # per example: ring, rotation, then the slot's operators on the site's two qubits
-            site_ops = _site_products(ops[:, 2 + layer], left_q, right_q, dummy)  # (B, S, 4, 4)
+        else:
             kernel = jnp.einsum("bsqr,srp,sijpklo->sbqijklo", site_ops, rot, tab)
-            t = _apply(t, kernel)
+        t = _apply(t, kernel)
+    if chains == "ffi":  # one layer: no ring, the kernel only measures (the rotation is the identity)
+        eye = jnp.eye(4, dtype=dtype)[None].repeat(len(layout), 0)
+        return mps_ffi.measure(t, eye, _signs6(dtype), None, plan_codes(n))
     return _measure(n, t, unroll, chains)
+
+
+def _signs6(dtype):
+    return jnp.asarray([_SIGNS[k] for k in ("ZI", "II", "ZZ", *_HEADS)], dtype)
+
+
+_HEADS = ("IZ", "II", "ZZ")  # the patterns site 0 may carry before a suffix (`measurement_plan`)
+
+
+@functools.cache
+def ring_codes(n: int) -> tuple[int, ...]:
+    """`ring_tables(n)` as the kernel reads it: per site and (x_in, y_out, p_new), the one (y_in, x_out, p_old)
+    the table holds, coded y_in·8 + x_out·4 + p_old (S·16 codes)."""
+    tab = ring_tables(n)
+    codes = []
+    for s in range(tab.shape[0]):
+        for x_in in range(2):
+            for y_out in range(2):
+                for p in range(4):
+                    ((j, k, o),) = np.argwhere(tab[s, x_in, :, p, :, y_out, :] == 1)
+                    codes.append(int(j) * 8 + int(k) * 4 + int(o))
+    return tuple(codes)
+
+
+@functools.cache
+def plan_codes(n: int) -> tuple[int, ...]:
+    """`measurement_plan(n)` as the kernel reads it: per output (j, c, h) with c = 0 (I⊗I) or 1 (Z⊗Z) the
+    suffix, h = −1 (Z⊗I on the sites before j) or the index in `_HEADS` of site 0's pattern (then j = 1)."""
+    out = []
+    for j, head, rest in measurement_plan(n):
+        out += [j, 0 if rest == "II" else 1, -1 if head == "ZI" else _HEADS.index(head)]
+    return tuple(out)
 
 
 def _ry(theta):
@@ -237,7 +282,7 @@ def _apply(t, kernel):
 def _measure(n, t, unroll=1, chains="xla"):
     dtype = t.dtype
     sign = {k: jnp.asarray(v, dtype) for k, v in _SIGNS.items()}
-    if chains == "ffi":  # the compiled kernel (heads.mps_ffi): the same environments, stacked by the kernel
+    if chains == "ffi-chains":  # the kernel's chains alone (its previous form, kept for comparisons)
         lefts, rights = mps_ffi.chains(t, jnp.stack([sign["ZI"], sign["II"], sign["ZZ"]]))
     else:
         last, lefts = _left_chain(t, sign["ZI"], unroll)  # lefts[j]: sites < j

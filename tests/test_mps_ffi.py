@@ -8,6 +8,7 @@ vmapped group or instruction set variant (on one machine) it is computed in.
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -30,15 +31,17 @@ def _inputs(n, batch, layers, dtype=np.float32, seed=0):
     return a, w, c
 
 
-def _value_and_grads(n, batch, layers, chains, dtype=np.float32):
+def _value_and_grads(n, batch, layers, chains, dtype=np.float32, ops=False):
     a, w, c = _inputs(n, batch, layers, dtype)
+    # per-example operators (the noise trajectories' hook): random real 2×2, so every slot matters
+    o = np.random.default_rng(n).normal(size=(batch, layers + 2, n, 2, 2)).astype(dtype) if ops else None
 
-    def loss(a, w):
-        z = mps._expvals(a, w, None, unroll=1, chains=chains)
+    def loss(a, w, o):
+        z = mps._expvals(a, w, o, unroll=1, chains=chains)
         return (z * c).sum(), z
 
-    (_, z), (ga, gw) = jax.jit(jax.value_and_grad(loss, (0, 1), has_aux=True))(a, w)
-    return [np.asarray(v) for v in (z, ga, gw)]
+    (_, z), grads = jax.jit(jax.value_and_grad(loss, (0, 1, 2) if ops else (0, 1), has_aux=True))(a, w, o)
+    return [np.asarray(v) for v in (z, *grads)]
 
 
 def _close(got, want, tol):
@@ -56,12 +59,28 @@ def test_kernel_equals_xla_chains_values_and_gradients(n, layers, batch):
     _close(_value_and_grads(n, batch, layers, "ffi"), _value_and_grads(n, batch, layers, "xla"), 2e-5)
 
 
+@pytest.mark.parametrize("n,layers,batch", [(2, 1, 2), (3, 2, 1), (5, 3, 3), (8, 3, 2), (14, 3, 2)])
+def test_kernel_with_per_example_operators_equals_xla(n, layers, batch):
+    """The noise trajectories' per-example operators: the last one rides in the kernel's rotation (S, B, 4, 4)."""
+    got = _value_and_grads(n, batch, layers, "ffi", ops=True)
+    _close(got, _value_and_grads(n, batch, layers, "xla", ops=True), 2e-5)
+    assert len(got) == 4 and got[3].shape == (batch, layers + 2, n, 2, 2)
+
+
+def test_the_chains_alone_equal_xla_in_the_whole_step():
+    """The kernel's previous form (chains only, the last ring-and-rotation in XLA), kept for comparisons."""
+    _close(_value_and_grads(11, 3, 3, "ffi-chains"), _value_and_grads(11, 3, 3, "xla"), 2e-5)
+
+
 def test_kernel_equals_xla_chains_in_float64():
     with jax.enable_x64(True):
         got = _value_and_grads(7, 3, 3, "ffi", np.float64)
         want = _value_and_grads(7, 3, 3, "xla", np.float64)
-    assert got[0].dtype == np.float64
+        got_ops = _value_and_grads(6, 2, 2, "ffi", np.float64, ops=True)
+        want_ops = _value_and_grads(6, 2, 2, "xla", np.float64, ops=True)
+    assert got[0].dtype == np.float64 and got_ops[3].dtype == np.float64
     _close(got, want, 1e-12)
+    _close(got_ops, want_ops, 1e-12)
 
 
 def _sites(S, B, D, seed=0):
@@ -118,6 +137,81 @@ def test_an_example_gets_the_same_bits_in_any_batch_or_vmapped_group():
         np.asarray(g[1]),
         np.asarray(jax.grad(lambda t: sum(x.sum() for x in mps_ffi.chains(t, _SIGNS3)))(members[1])),
     )
+
+
+def _measure_inputs(n, batch, per_example, seed=0):
+    """Sites before the last ring (bond 4, as after 2 of 3 layers) and the last rotations."""
+    rng = np.random.default_rng(seed)
+    S = len(mps.sites(n))
+    tp = jnp.asarray(rng.normal(size=(S, batch, 4, 4, 4)) * 0.5, jnp.float32)
+    rot = jnp.asarray(rng.normal(size=(S, batch, 4, 4) if per_example else (S, 4, 4)), jnp.float32)
+    return tp, rot
+
+
+def _measure(tp, rot, n):
+    return mps_ffi.measure(tp, rot, mps._signs6(jnp.float32), mps.ring_codes(n), mps.plan_codes(n))
+
+
+@pytest.mark.parametrize("per_example", [False, True])
+def test_the_fused_measurement_equals_xla_directly(per_example):
+    """mps_ffi.measure (the last ring-and-rotation, the chains, the measurement) against `_apply` + `_measure`."""
+    n = 9
+    tp, rot = _measure_inputs(n, 3, per_example)
+    tab = jnp.asarray(mps.ring_tables(n), jnp.float32)
+    spec = "sbqp,sijpklo->sbqijklo" if per_example else "sqp,sijpklo->sqijklo"
+
+    def xla(tp, rot):
+        return mps._measure(n, mps._apply(tp, jnp.einsum(spec, rot, tab)), 1, "xla")
+
+    zbar = jnp.asarray(np.random.default_rng(2).normal(size=(3, n)), jnp.float32)
+    z, pull = jax.vjp(lambda tp, rot: _measure(tp, rot, n), tp, rot)
+    wz, wpull = jax.vjp(xla, tp, rot)
+    _close([np.asarray(x) for x in (z, *pull(zbar))], [np.asarray(x) for x in (wz, *wpull(zbar))], 2e-5)
+
+
+def test_the_fused_measurement_gives_an_example_the_same_bits_in_any_batch_or_vmapped_group():
+    n = 7
+    for per_example in (False, True):
+        tp, rot = _measure_inputs(n, 5, per_example, seed=4)
+        zbar = jnp.asarray(np.random.default_rng(5).normal(size=(5, n)), jnp.float32)
+        z, pull = jax.vjp(lambda tp, rot: _measure(tp, rot, n), tp, rot)
+        d_tp, d_rot = pull(zbar)
+        for lo, hi in ((0, 1), (1, 4), (4, 5)):
+            r = rot[:, lo:hi] if per_example else rot
+            z2, pull2 = jax.vjp(lambda tp, rot: _measure(tp, rot, n), tp[:, lo:hi], r)
+            d_tp2, d_rot2 = pull2(zbar[lo:hi])
+            np.testing.assert_array_equal(np.asarray(z2), np.asarray(z[lo:hi]))
+            np.testing.assert_array_equal(np.asarray(d_tp2), np.asarray(d_tp[:, lo:hi]))
+            if per_example:
+                np.testing.assert_array_equal(np.asarray(d_rot2), np.asarray(d_rot[:, lo:hi]))
+        members = jnp.stack([tp, -0.5 * tp])
+        loss = functools.partial(
+            lambda tp, rot, zbar: (_measure(tp, rot, n) * zbar).sum(), rot=rot, zbar=zbar
+        )
+        vz = jax.vmap(_measure, (0, None, None))(members, rot, n)
+        vg = jax.vmap(jax.grad(loss))(members)
+        for m in range(2):
+            np.testing.assert_array_equal(np.asarray(vz[m]), np.asarray(_measure(members[m], rot, n)))
+            np.testing.assert_array_equal(np.asarray(vg[m]), np.asarray(jax.grad(loss)(members[m])))
+
+
+def test_the_fused_measurement_rejects_a_mismatched_ring_table():
+    tp, rot = _measure_inputs(7, 2, False)
+    with pytest.raises(Exception, match="16 codes per site"):
+        mps_ffi.measure(tp, rot, mps._signs6(jnp.float32), mps.ring_codes(9), mps.plan_codes(7))
+
+
+def test_ring_and_plan_codes_read_the_tables():
+    n = 11
+    tab, codes = mps.ring_tables(n), np.asarray(mps.ring_codes(n)).reshape(-1, 2, 2, 4)
+    for s, x_in, y_out, p in np.ndindex(codes.shape):
+        c = codes[s, x_in, y_out, p]
+        assert tab[s, x_in, c >> 3, p, (c >> 2) & 1, y_out, c & 3] == 1
+    assert tab.sum() == codes.size  # one (y_in, x_out, p_old) per (x_in, y_out, p_new)
+    plan = np.asarray(mps.plan_codes(n)).reshape(-1, 3)
+    for (j, c, h), (pj, head, rest) in zip(plan, mps.measurement_plan(n), strict=True):
+        assert (j, c) == (pj, ("II", "ZZ").index(rest))
+        assert h == (-1 if head == "ZI" else mps._HEADS.index(head))
 
 
 def test_the_machine_picks_the_kernel_and_the_variable_forces_either(monkeypatch):

@@ -16,6 +16,15 @@
 
 namespace ffi = xla::ffi;
 
+// The shapes and static tables of one mps_ffi.measure call (see mps_chains_impl.inc).
+struct CxrMeasure {
+  long G, S, B, Dp, D, n;
+  const int* ring;  // S·16 codes j·8 + k·4 + o, or nullptr (no ring)
+  const int* plan;  // n × (j, c, h)
+  bool rot_per_example;
+  long sign_stride;
+};
+
 #if defined(__x86_64__) && defined(__GNUC__)
 #define CXR_X86 1
 #pragma GCC push_options
@@ -48,6 +57,9 @@ template <class T>
 struct Impl {
   void (*fwd)(const k_base::Dims&, const T*, const T*, long, T*, T*, T*, T*);
   void (*bwd)(const k_base::Dims&, const T*, const T*, long, const T*, const T*, const T*, const T*, T*);
+  void (*mfwd)(const CxrMeasure&, const T*, const T*, const T*, T*, T*, T*, T*, T*);
+  void (*mbwd)(const CxrMeasure&, const T*, const T*, const T*, const T*, const T*, const T*, const T*, const T*, T*,
+               T*);
 };
 
 // Every namespace's Dims is the same aggregate; the handlers pass k_base::Dims.
@@ -59,7 +71,8 @@ struct Impl {
         [](const k_base::Dims& d, const T* t, const T* s, long ss, const T* xl, const T* xr, const T* lb,   \
            const T* rb, T* dt) {                                                                            \
           ns::chains_bwd<T>(ns::Dims{d.G, d.S, d.B, d.D, 0, 0, 0, 0}, t, s, ss, xl, xr, lb, rb, dt);        \
-        }                                                                                                   \
+        },                                                                                                  \
+        ns::measure_fwd<T>, ns::measure_bwd<T>                                                              \
   }
 
 int pick() {
@@ -162,6 +175,79 @@ ffi::Error BwdImpl(ffi::AnyBuffer t, ffi::AnyBuffer signs, ffi::AnyBuffer xl, ff
                                                in<T>(lefts_bar), in<T>(rights_bar), out<T>(d_t)))
 }
 
+// tp (..., S, B, Dp, 4, Dp); rot (..., S, 4, 4) or (..., S, B, 4, 4); signs (..., 6, 4) or (6, 4); ring: S·16
+// codes or one −1 (no ring); plan: n × 3.
+ffi::Error measure_of(const ffi::AnyBuffer& tp, const ffi::AnyBuffer& rot, const ffi::AnyBuffer& signs,
+                      ffi::Span<const int32_t> ring, ffi::Span<const int32_t> plan, CxrMeasure* m) {
+  auto dims = tp.dimensions();
+  const long r = long(dims.size());
+  if (r < 5) return ffi::Error::InvalidArgument("mps measure: the sites must have rank >= 5 (S, B, Dp, 4, Dp)");
+  m->S = dims[r - 5], m->B = dims[r - 4], m->Dp = dims[r - 3];
+  if (dims[r - 2] != 4 || dims[r - 1] != m->Dp)
+    return ffi::Error::InvalidArgument("mps measure: a site must be (Dp, 4, Dp)");
+  m->G = 1;
+  for (long i = 0; i < r - 5; ++i) m->G *= dims[i];
+  const bool has_ring = !(ring.size() == 1 && ring[0] < 0);
+  if (has_ring && long(ring.size()) != 16 * m->S)
+    return ffi::Error::InvalidArgument("mps measure: the ring table must hold 16 codes per site");
+  if (has_ring)  // 4× sparse: the bits a site sends (j, k) depend on its new physical index p alone
+    for (long s = 0; s < m->S; ++s)
+      for (int x = 0; x < 16; ++x)
+        if (ring[s * 16 + x] < 0 || ring[s * 16 + x] > 15 || (ring[s * 16 + x] >> 2) != (ring[s * 16 + x % 4] >> 2))
+          return ffi::Error::InvalidArgument("mps measure: a ring code is out of range or not 4x sparse");
+  m->ring = has_ring ? ring.begin() : nullptr;
+  m->D = has_ring ? 4 * m->Dp : m->Dp;
+  if (plan.size() % 3 != 0) return ffi::Error::InvalidArgument("mps measure: the plan must be n × (j, c, h)");
+  m->n = long(plan.size()) / 3;
+  m->plan = plan.begin();
+  for (long k = 0; k < m->n; ++k)
+    if (plan[3 * k] < 0 || plan[3 * k] > m->S || plan[3 * k + 1] < 0 || plan[3 * k + 1] > 1 || plan[3 * k + 2] > 2 ||
+        (plan[3 * k + 2] >= 0 && (plan[3 * k] != 1 || m->S < 1)))
+      return ffi::Error::InvalidArgument("mps measure: a plan entry is out of range");
+  const long rr = long(rot.dimensions().size());
+  if (rr == r - 2) {
+    m->rot_per_example = false;
+  } else if (rr == r - 1) {
+    m->rot_per_example = true;
+  } else {
+    return ffi::Error::InvalidArgument("mps measure: the rotations must be (S, 4, 4) or (S, B, 4, 4)");
+  }
+  if (long(rot.element_count()) != m->G * m->S * (m->rot_per_example ? m->B : 1) * 16)
+    return ffi::Error::InvalidArgument("mps measure: the rotations do not match the sites");
+  const long n = long(signs.element_count());
+  if (n == 24) {
+    m->sign_stride = 0;
+  } else if (n == 24 * m->G) {
+    m->sign_stride = 24;
+  } else {
+    return ffi::Error::InvalidArgument("mps measure: the signs do not match the sites' leading axes");
+  }
+  if (signs.element_type() != tp.element_type() || rot.element_type() != tp.element_type())
+    return ffi::Error::InvalidArgument("mps measure: sites, rotations and signs differ in type");
+  return ffi::Error::Success();
+}
+
+ffi::Error MeasureFwdImpl(ffi::AnyBuffer tp, ffi::AnyBuffer rot, ffi::AnyBuffer signs, ffi::Span<const int32_t> ring,
+                          ffi::Span<const int32_t> plan, ffi::Result<ffi::AnyBuffer> z, ffi::Result<ffi::AnyBuffer> lefts,
+                          ffi::Result<ffi::AnyBuffer> rights, ffi::Result<ffi::AnyBuffer> xl,
+                          ffi::Result<ffi::AnyBuffer> xr) {
+  CxrMeasure m;
+  if (auto e = measure_of(tp, rot, signs, ring, plan, &m); e.failure()) return e;
+  CXR_DISPATCH(tp.element_type(), impl<T>().mfwd(m, in<T>(tp), in<T>(rot), in<T>(signs), out<T>(z), out<T>(lefts),
+                                                 out<T>(rights), out<T>(xl), out<T>(xr)))
+}
+
+ffi::Error MeasureBwdImpl(ffi::AnyBuffer tp, ffi::AnyBuffer rot, ffi::AnyBuffer signs, ffi::AnyBuffer lefts,
+                          ffi::AnyBuffer rights, ffi::AnyBuffer xl, ffi::AnyBuffer xr, ffi::AnyBuffer z_bar,
+                          ffi::Span<const int32_t> ring, ffi::Span<const int32_t> plan,
+                          ffi::Result<ffi::AnyBuffer> d_tp, ffi::Result<ffi::AnyBuffer> d_rot) {
+  CxrMeasure m;
+  if (auto e = measure_of(tp, rot, signs, ring, plan, &m); e.failure()) return e;
+  CXR_DISPATCH(tp.element_type(),
+               impl<T>().mbwd(m, in<T>(tp), in<T>(rot), in<T>(signs), in<T>(lefts), in<T>(rights), in<T>(xl),
+                              in<T>(xr), in<T>(z_bar), out<T>(d_tp), out<T>(d_rot)))
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CxrMpsChainsFwd, FwdImpl,
@@ -181,6 +267,33 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CxrMpsChainsBwd, BwdImpl,
                                   .Arg<ffi::AnyBuffer>()  // the cotangent of lefts
                                   .Arg<ffi::AnyBuffer>()  // the cotangent of rights
                                   .Ret<ffi::AnyBuffer>());  // d_t
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CxrMpsMeasureFwd, MeasureFwdImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()  // tp (..., S, B, Dp, 4, Dp): the sites before the last ring
+                                  .Arg<ffi::AnyBuffer>()  // rot (..., S, [B,] 4, 4)
+                                  .Arg<ffi::AnyBuffer>()  // signs (..., 6, 4)
+                                  .Attr<ffi::Span<const int32_t>>("ring")
+                                  .Attr<ffi::Span<const int32_t>>("plan")
+                                  .Ret<ffi::AnyBuffer>()  // z (..., B, n)
+                                  .Ret<ffi::AnyBuffer>()  // lefts (..., S + 1, B, D, D)
+                                  .Ret<ffi::AnyBuffer>()  // rights (..., S + 1, B, 2, D, D)
+                                  .Ret<ffi::AnyBuffer>()  // yl (..., S, B, 4, D, D/2)
+                                  .Ret<ffi::AnyBuffer>());  // yr (..., S, B, 2, 4, D, D/2)
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CxrMpsMeasureBwd, MeasureBwdImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()  // tp
+                                  .Arg<ffi::AnyBuffer>()  // rot
+                                  .Arg<ffi::AnyBuffer>()  // signs
+                                  .Arg<ffi::AnyBuffer>()  // lefts
+                                  .Arg<ffi::AnyBuffer>()  // rights
+                                  .Arg<ffi::AnyBuffer>()  // xl
+                                  .Arg<ffi::AnyBuffer>()  // xr
+                                  .Arg<ffi::AnyBuffer>()  // the cotangent of z
+                                  .Attr<ffi::Span<const int32_t>>("ring")
+                                  .Attr<ffi::Span<const int32_t>>("plan")
+                                  .Ret<ffi::AnyBuffer>()  // d_tp (..., S, B, Dp, 4, Dp)
+                                  .Ret<ffi::AnyBuffer>());  // d_rot (..., S, B, 4, 4)
 
 extern "C" __attribute__((visibility("default"))) const char* cxr_mps_isa() {
   static const char* names[3] = {"base", "avx2", "avx512"};
