@@ -163,13 +163,18 @@ def table(doc: dict):
     from rich.table import Table
 
     noise = doc["noise"]
-    out = Table(title=f"Routing cost (Qiskit {doc['qiskit_version']}, optimization level "
+    layers = sorted({r["layers"] for r in doc["rows"]})
+    depth = f"{layers[0]}-layer DQC" if len(layers) == 1 else "DQC"
+    out = Table(title=f"Routing cost of the {depth} (Qiskit {doc['qiskit_version']}, optimization level "
                       f"{doc['transpiler']['optimization_level']}, seed {doc['transpiler']['seed_transpiler']}); "
                       f"P(no 2q error) at p2 = {noise['p2']} ({noise['model']})")
-    for col in ("Qubits", "Layers", "Layout", "Device", "2q gates", "Added", "Depth", "2q depth", "P(no 2q error)"):
-        out.add_column(col, justify="left" if col in ("Layout", "Device") else "right")
+    columns = ["Qubits", *(["Layers"] if len(layers) > 1 else []), "Layout", "Device", "2q gates", "Added",
+               "Depth", "2q depth", "P(no 2q error)"]
+    for col in columns:
+        # a layout's name never breaks (all-to-all, heavy-hex); the device's description wraps at spaces
+        out.add_column(col, justify="left" if col in ("Layout", "Device") else "right", no_wrap=col == "Layout")
     for r in doc["rows"]:
-        out.add_row(str(r["qubits"]), str(r["layers"]), r["layout"], r["device"], str(r["two_qubit_gates"]),
-                    str(r["added_two_qubit_gates"]), str(r["depth"]), str(r["two_qubit_depth"]),
-                    f"{r['p_no_two_qubit_error']:.3f}")
+        out.add_row(str(r["qubits"]), *([str(r["layers"])] if len(layers) > 1 else []), r["layout"], r["device"],
+                    str(r["two_qubit_gates"]), str(r["added_two_qubit_gates"]), str(r["depth"]),
+                    str(r["two_qubit_depth"]), f"{r['p_no_two_qubit_error']:.3f}")
     return out

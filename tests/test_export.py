@@ -155,7 +155,7 @@ def test_routed_circuits_are_equivalent_and_all_to_all_adds_nothing():
         assert routing.two_qubit_depth(routing.route(circuit, "all-to-all")) == routing.two_qubit_depth(unrouted)
 
 
-def test_routing_table_and_its_command(tmp_path):
+def test_routing_table_and_its_command(tmp_path, monkeypatch):
     doc = routing.widths_doc([8, 9], 3, routing.LAYOUTS)
     rows = {(r["qubits"], r["layout"]): r for r in doc["rows"]}
     assert rows[(8, "all-to-all")]["two_qubit_gates"] == 24 and rows[(8, "all-to-all")]["added_two_qubit_gates"] == 0
@@ -172,6 +172,10 @@ def test_routing_table_and_its_command(tmp_path):
     assert [(x["qubits"], x["layout"]) for x in saved["rows"]] == [(4, "line"), (4, "grid"), (5, "line"), (5, "grid")]
     assert saved["transpiler"]["optimization_level"] == 1 and saved["qiskit_version"] == qiskit.__version__
     assert "| 4 | 2 | line |" in (tmp_path / "rt" / "routing.md").read_text()
+    monkeypatch.setenv("COLUMNS", "80")  # an 80-column log: the table fits, no layout name broken
+    r = invoke("routing", "--qubits", "8,19", "--layers", "3")
+    assert r.exit_code == 0 and max(len(line) for line in r.stdout.splitlines()) <= 80, r.stdout
+    assert all(f" {name} " in r.stdout for name in routing.LAYOUTS), r.stdout
     r = invoke("routing", "--layouts", "line,ring")
     assert r.exit_code != 0 and "unknown layout 'ring'" in r.output and len(r.output.strip().splitlines()) == 1
     r = invoke("routing", "--qubits", "1")
