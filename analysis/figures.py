@@ -625,6 +625,7 @@ def long_tail_figure(groups: list[GroupStat], path: Path, marks=()) -> Path:
     fig, axes = plt.subplots(len(test_sets), len(tasks), figsize=(3.6 * len(tasks) + 1.4, 3.1 * len(test_sets) + 0.5),
                              squeeze=False, sharey=True, dpi=DPI)
     artists: dict = {}
+    ticks: dict = {}  # axes -> its groups and their stats (the tick labels)
     clipped = False
     for r, ts in enumerate(test_sets):
         for c, task in enumerate(tasks):
@@ -634,6 +635,7 @@ def long_tail_figure(groups: list[GroupStat], path: Path, marks=()) -> Path:
             clipped |= cut
             ax.set_xticklabels([_group_tick(g, [x for x in groups if (x.task, x.group) == (task, g)])
                                 for g in names], fontsize=7.5)
+            ticks[ax] = [(g, [x for x in groups if (x.task, x.group) == (task, g)]) for g in names]
             ax.set_title(f"{task_name(task)} · {test_set_name(ts)}", fontsize=9)
     _legend(axes[0][-1], _ordered(artists, models), loc="upper left", bbox_to_anchor=(1.0, 1.0))
     top = titles(fig, "Mean AUROC by training-frequency group (± sd over seeds)", marks, fig.get_figheight())
@@ -642,16 +644,40 @@ def long_tail_figure(groups: list[GroupStat], path: Path, marks=()) -> Path:
     note = ("Dashed line: chance (0.5). Under each group: how many of the task's labels it holds (one label: "
             "its name; its bar is that label's AUROC, not a group's)." + (" " + CLIPPED_NOTE if clipped else "")
             + ("\nHatched red, ⚠: failed sanity check — " + foot.replace("\n", "; ") if foot else ""))
-    fig.tight_layout(rect=(0, footnote(fig, note), 1, top))
+    rect = (0, footnote(fig, note), 1, top)
+    fig.tight_layout(rect=rect)
+    for ax, groups_ in ticks.items():  # a group's one label named under it: wrapped until no two names touch
+        fit_ticks(fig, ax, lambda width, groups_=groups_: [_group_tick(g, st, width) for g, st in groups_])
+    fig.tight_layout(rect=rect)
     return save(fig, path)
 
 
-def _group_tick(name: str, stats_) -> str:
-    """'head\n3 labels', or 'tail\n1 label:\nHernia' (a group of one label is that label)."""
+def _group_tick(name: str, stats_, width: int | None = None) -> str:
+    """'head\n3 labels', or 'tail\n1 label:\nHernia' (a group of one label is that label), the label's
+    name wrapped at `width` characters when given."""
     labels = stats_[0].labels if stats_ else ()
     if len(labels) == 1:
-        return f"{name}\n1 label:\n{labels[0]}"
+        label = "\n".join(textwrap.wrap(labels[0], width, break_long_words=False)) if width else labels[0]
+        return f"{name}\n1 label:\n{label}"
     return f"{name}\n{len(labels)} labels"
+
+
+def fit_ticks(fig, ax, texts, widths=(None, 14, 11, 9, 7), gap_px: float = 4.0) -> None:
+    """Set the x tick labels of `ax` to `texts(width)` for the first wrapping width at which no two
+    neighbouring labels overlap (measured on the drawn figure); failing all, the last one at a smaller
+    font. Labels never run into each other, whatever the names' lengths (a user's own labels)."""
+    if not hasattr(fig.canvas, "get_renderer"):
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        FigureCanvasAgg(fig)  # the canvas `save` draws with
+    renderer = fig.canvas.get_renderer()
+    size = ax.get_xticklabels()[0].get_fontsize() if ax.get_xticklabels() else 7.5
+    for attempt, width in enumerate((*widths, widths[-1])):
+        ax.set_xticklabels(texts(width), fontsize=size if attempt < len(widths) else size * 0.85)
+        boxes = sorted((t.get_window_extent(renderer) for t in ax.get_xticklabels() if t.get_text()),
+                       key=lambda b: b.x0)
+        if all(a.x1 + gap_px <= b.x0 for a, b in zip(boxes, boxes[1:], strict=False)):
+            return
 
 
 # ------------------------------------------------------------------------------------ grid heat maps

@@ -154,6 +154,28 @@ def test_watermark_inside_every_plot_area_when_marked(figs, tmp_path):
     assert not any(_watermarks(ax) for ax in figs[-1].axes)
 
 
+def test_long_tail_names_of_one_label_groups_never_touch(figs, tmp_path):
+    """Groups of one label each (a user's own 3-label task) are named by that label under the bar: long
+    names wrap until no two tick labels overlap on the drawn figure."""
+    names = ("Subcutaneous Emphysema", "Calcification of the Aorta", "Pneumomediastinum")
+    groups = [GroupStat("clinic-3", m, "clinic", g, (lab,), {1: 0.6, 2: 0.7})
+              for m in ("cdl", "dqc") for g, lab in zip(("head", "medium", "tail"), names, strict=True)]
+    F.long_tail_figure(groups, tmp_path / "lt.png", ())
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = figs[-1]
+    canvas = FigureCanvasAgg(fig)  # the saved figure, drawn again to measure its text
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    for ax in fig.axes:
+        labels = [t for t in ax.get_xticklabels() if t.get_text()]
+        if not labels:
+            continue
+        assert [" ".join(t.get_text().split("\n")[2:]) for t in labels] == list(names)  # every word still shown
+        boxes = sorted((t.get_window_extent(renderer) for t in labels), key=lambda b: b.x0)
+        assert all(a.x1 < b.x0 for a, b in zip(boxes, boxes[1:], strict=False)), boxes
+
+
 def test_report_subset_draws_only_the_chosen_tasks(tmp_path):
     """`analysis report --tasks/--models/--test-sets`: a sweep of CXR-8 and CXR-14 reported for CXR-14 on one
     test set draws no CXR-8 figure; its volcano plot is named for CXR-14, not for the paper's CXR-8 labels."""
