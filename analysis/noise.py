@@ -11,7 +11,7 @@ them under a sweep folder (`heads.runs.iter_runs`, either layout):
   the DQC's mean AUROC is 0.01 below its noiseless value, and the smallest at which it falls below
   the CDL; linear interpolation in log(scale) between the measured scales, "> largest" when it never
   happens there.
-- `noise_figure(rows, path)` — AUROC against scale (log x; the noiseless value dashed, the CDL dotted),
+- `noise_figure(rows, path)` — AUROC against scale (log x; the noiseless value dash-dotted, the CDL dotted),
   one panel per test set, one line per task.
 """
 
@@ -152,8 +152,12 @@ def break_even(rows: Sequence[dict]) -> list[dict]:
     return out
 
 
+NOISELESS_LS = "-."  # the noiseless value's horizontal line (dashed lines are heads trained under noise)
+
+
 def noise_figure(rows: Sequence[dict], path: str | Path, *, title: str | None = None, marks=()) -> Path | None:
-    """AUROC against error scale (log x) per test set and task; noiseless dashed, CDL dotted; None when no rows."""
+    """AUROC against error scale (log x) per test set and task; noiseless dash-dotted, CDL dotted, both
+    named in the legend; None when no rows."""
     rows = [r for r in rows if r["scale"] > 0 and r["auroc_mean"] is not None]
     if not rows:
         return None
@@ -185,7 +189,7 @@ def noise_figure(rows: Sequence[dict], path: str | Path, *, title: str | None = 
                         yerr=[r["auroc_sd"] or 0.0 for r in pts], marker="s" if noisy else "o", capsize=3, color=colour,
                         mfc="white" if noisy else colour, ls="-" if not noisy else (0, (6, 2)), label=label)
             if pts[0]["exact_auroc"] is not None and not noisy:
-                ax.axhline(pts[0]["exact_auroc"], ls="--", lw=1, color=colour)
+                ax.axhline(pts[0]["exact_auroc"], ls=NOISELESS_LS, lw=1, color=colour)
             if pts[0]["cdl_auroc"] is not None and task not in drawn_cdl:
                 drawn_cdl.add(task)
                 ax.axhline(pts[0]["cdl_auroc"], ls=":", lw=1.2, color=colour)
@@ -196,7 +200,7 @@ def noise_figure(rows: Sequence[dict], path: str | Path, *, title: str | None = 
         ax.set_xlabel("error scale (× the model's error rates; 1 = as published)")
         ax.set_title(test_set, fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
-    axes[0][0].set_ylabel("DQC mean AUROC ± sd over seeds\n(dashed: ideal-trained, noiseless; dotted: CDL)", fontsize=8)
+    axes[0][0].set_ylabel("DQC mean AUROC ± sd over seeds", fontsize=8)
     # one entry per line over every panel (a line may be drawn in a later panel only), in the lines' order
     drawn: dict[str, object] = {}
     for ax in axes[0]:
@@ -204,6 +208,15 @@ def noise_figure(rows: Sequence[dict], path: str | Path, *, title: str | None = 
             drawn.setdefault(label, handle)
     labels = sorted(drawn, key=legend_rank.__getitem__)
     handles = [drawn[lab] for lab in labels]
+    # the horizontal references, in grey (their colour is the task's): one style each, named once
+    from matplotlib.lines import Line2D
+
+    refs = [(NOISELESS_LS, "noiseless circuit (scale 0), ideal-trained DQC"), (":", "CDL")]
+    for ls, text in refs:
+        if any(line.get_linestyle() == Line2D([], [], ls=ls).get_linestyle() and len(set(line.get_ydata())) == 1
+               for ax in axes[0] for line in ax.get_lines()):
+            handles.append(Line2D([], [], ls=ls, lw=1.2, color="0.35"))
+            labels.append(text)
     fig.legend(handles, labels, loc="lower center", ncol=min(3, max(1, len(labels))), fontsize="small", frameon=False)
     rows_of_legend = -(-len(labels) // 3)
     fig.tight_layout(rect=(0, 0.06 + 0.05 * rows_of_legend, 1, titles(fig, title, marks, fig.get_figheight())))

@@ -399,13 +399,23 @@ def _pauli_probs(noise: NoiseModel, qubits: int, depol: float) -> np.ndarray:
     return out
 
 
+def _categorical(key, logp, shape):
+    """One draw per row of the log-probabilities `logp` (shape + (m,)) by the inverse CDF of one uniform
+    each (a Gumbel-max draw needs m uniforms: 4-16x the random numbers, which dominated the noisy step).
+    The uniform is scaled by the row's total, so an outcome of probability 0 is never drawn, even where
+    the float32 sums fall short of 1."""
+    cdf = jnp.cumsum(jnp.exp(logp), axis=-1)
+    u = jax.random.uniform(key, shape, jnp.float32) * cdf[..., -1]
+    return jnp.sum(u[..., None] >= cdf[..., :-1], axis=-1).astype(jnp.int32)
+
+
 def _sample_one(key, n, layers, tables, dtype):
     paulis = jnp.asarray(PAULIS, dtype)
     p_gate, p_pair, p_cnot_relax = (jnp.asarray(tables[k], jnp.float32) for k in ("gate", "pair", "relax"))
     pairs = ring_pairs(n)
 
-    def single(slot_key, shape):  # one draw per qubit, each from its own row (same Gumbel draws as one shared row)
-        return jax.random.categorical(slot_key, p_gate, shape=shape)
+    def single(slot_key, shape):  # one draw per qubit, each from its own row
+        return _categorical(slot_key, p_gate, shape)
 
     slots = []
     # slot 0: after H; slot 1: after the embedding RY (one gate each)
@@ -415,26 +425,38 @@ def _sample_one(key, n, layers, tables, dtype):
         k = jax.random.fold_in(key, 2 + layer)
         gate_err = paulis[single(jax.random.fold_in(k, 0), (n,))]  # after RY(weights[layer])
         # errors after each CNOT of ring `layer`: a Pauli pair (p2), then relaxation on both qubits
-        pair = jax.random.categorical(jax.random.fold_in(k, 1), p_pair, shape=(len(pairs),))
-        relax = jax.random.categorical(jax.random.fold_in(k, 2), p_cnot_relax, shape=(len(pairs), 2))
-        # F ← C_j (F · e_j) C_j, from the last CNOT back to the first: F then sits before the ring
-        ctl, tgt = (jnp.asarray(a, jnp.int32) for a in zip(*pairs, strict=True))
-
-        def back(carry, inp):
-            x, z = carry
-            c, t, e_pair, r_c, r_t = inp
-            for q, e in ((c, e_pair // 4), (t, e_pair % 4), (c, r_c), (t, r_t)):
-                ex, ez = _bits(e)
-                x, z = x.at[q].set(x[q] ^ ex), z.at[q].set(z[q] ^ ez)
-            x = x.at[t].set(x[t] ^ x[c])  # CNOT conjugation: X_c → X_c X_t, Z_t → Z_c Z_t
-            z = z.at[c].set(z[c] ^ z[t])
-            return (x, z), None
-
-        zeros = jnp.zeros((n,), jnp.int32)
-        (x, z), _ = jax.lax.scan(back, (zeros, zeros), (ctl, tgt, pair, relax[:, 0], relax[:, 1]), reverse=True)
+        pair = _categorical(jax.random.fold_in(k, 1), p_pair, (len(pairs),))
+        relax = _categorical(jax.random.fold_in(k, 2), p_cnot_relax, (len(pairs), 2))
+        # F ← C_j (F · e_j) C_j, from the last CNOT back to the first: F then sits before the ring. CNOT
+        # conjugation is linear on the (x, z) bits over GF(2), so F's bits are one parity-check product
+        # of the errors' bits (`ring_frame_matrix`), exact in float32 (sums of at most 4·n ones)
+        bx, bz = _bits(pair // 4), _bits(pair % 4)
+        rcx, rcz = _bits(relax[:, 0])
+        rtx, rtz = _bits(relax[:, 1])
+        e = jnp.stack([bx[0] ^ rcx, bx[1] ^ rcz, bz[0] ^ rtx, bz[1] ^ rtz], axis=1).reshape(-1)
+        f = jnp.dot(e.astype(jnp.float32), jnp.asarray(ring_frame_matrix(n), jnp.float32)).astype(jnp.int32) & 1
+        x, z = f[:n], f[n:]
         ring_err = paulis[_index(x, z)]  # before the ring
         slots.append(jnp.einsum("qij,qjk->qik", ring_err, gate_err))  # the gate's error, then the ring's
     return jnp.stack(slots)
+
+
+@functools.cache
+def ring_frame_matrix(n: int) -> np.ndarray:
+    """(4P, 2n) over GF(2), P = the ring's CNOTs: row 4j + (0, 1, 2, 3) is where the error bit x_c, z_c,
+    x_t, z_t inserted after CNOT j (control c, target t) lands as (x bits, z bits) before the ring, moved
+    back through CNOTs j, j-1, ..., 0 (X_c → X_c X_t, Z_t → Z_c Z_t)."""
+    pairs = ring_pairs(n)
+    out = np.zeros((4 * len(pairs), 2 * n), np.int64)
+    for j, (c, t) in enumerate(pairs):
+        for r, (q, is_z) in enumerate(((c, 0), (c, 1), (t, 0), (t, 1))):
+            x, z = np.zeros(n, np.int64), np.zeros(n, np.int64)
+            (z if is_z else x)[q] = 1
+            for cc, tt in reversed(pairs[: j + 1]):
+                x[tt] ^= x[cc]
+                z[cc] ^= z[tt]
+            out[4 * j + r] = np.concatenate([x, z])
+    return out
 
 
 def _bits(e):

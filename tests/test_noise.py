@@ -218,6 +218,54 @@ def test_an_examples_draws_do_not_depend_on_its_batch():
 # ---------------------------------------------------------------- the model files
 
 
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_the_rings_pauli_frame_equals_conjugation_by_the_cnot_matrices(n):
+    """`ring_frame_matrix`: an error inserted after CNOT j of the ring, moved back to before the ring,
+    is the Pauli C_0 ... C_j E C_j ... C_0 (up to phase), computed here with 2^n × 2^n matrices."""
+    x_, z_ = np.array([[0, 1], [1, 0]]), np.diag([1, -1])
+
+    def pauli(xb, zb):
+        out = np.eye(1)
+        for xq, zq in zip(xb, zb, strict=True):
+            out = np.kron(out, np.linalg.matrix_power(x_, xq) @ np.linalg.matrix_power(z_, zq))
+        return out
+
+    def cnot(c, t):
+        m = np.zeros((2**n, 2**n))
+        for b in range(2**n):
+            bits = [(b >> (n - 1 - q)) & 1 for q in range(n)]
+            bits[t] ^= bits[c]
+            m[sum(v << (n - 1 - q) for q, v in enumerate(bits)), b] = 1
+        return m
+
+    pairs = ring_pairs(n)
+    a = nz.ring_frame_matrix(n)
+    for j, (c, t) in enumerate(pairs):
+        for r, (q, is_z) in enumerate(((c, 0), (c, 1), (t, 0), (t, 1))):
+            xb, zb = np.zeros(n, int), np.zeros(n, int)
+            (zb if is_z else xb)[q] = 1
+            e = pauli(xb, zb)
+            for cc, tt in reversed(pairs[: j + 1]):
+                e = cnot(cc, tt) @ e @ cnot(cc, tt)
+            frame = pauli(a[4 * j + r, :n], a[4 * j + r, n:])
+            overlap = abs(np.trace(frame.conj().T @ e)) / 2**n
+            assert overlap == pytest.approx(1.0), (j, r)
+
+
+def test_one_uniform_categorical_draws_its_probabilities_and_never_an_impossible_outcome():
+    """`_categorical` (inverse CDF of one uniform per draw): frequencies within 4.5 standard errors of
+    the probabilities (200,000 draws per row), and an outcome of probability 0 never drawn."""
+    probs = np.array([[0.9, 0.05, 0.05, 0.0], [0.25, 0.25, 0.25, 0.25], [0.999, 0.0, 0.0, 0.001]])
+    with np.errstate(divide="ignore"):
+        logp = jnp.asarray(np.log(probs), jnp.float32)
+    draws = np.asarray(nz._categorical(jax.random.key(3), logp, (200_000, 3)))
+    for row, p in enumerate(probs):
+        freq = np.bincount(draws[:, row], minlength=4) / draws.shape[0]
+        se = np.sqrt(p * (1 - p) / draws.shape[0])
+        assert np.all(np.abs(freq - p) <= 4.5 * se + 1e-12), (row, freq, p)
+        assert np.all(freq[p == 0] == 0)
+
+
 def test_presets_load_and_scale(tmp_path):
     assert "sycamore-2019" in nz.presets()
     m = nz.NoiseModel.load("sycamore-2019")

@@ -208,4 +208,8 @@ def test_the_noise_legend_names_lines_drawn_only_in_a_later_panel(figs, tmp_path
     legend = figs[-1].legends[0]
     labels = [t.get_text() for t in legend.get_texts()]
     # the first panel draws only CXR-8 ideal; the legend names every line, in the lines' order
-    assert labels == ["CXR-8, trained ideal", "CXR-14, trained ideal", "CXR-8, trained m ×2, 2 traj."]
+    # ... then the two horizontal references, each in a style no trained line uses (dashed: noise-trained)
+    assert labels == ["CXR-8, trained ideal", "CXR-14, trained ideal", "CXR-8, trained m ×2, 2 traj.",
+                      "noiseless circuit (scale 0), ideal-trained DQC", "CDL"]
+    styles = [str(h.get_linestyle()) for h in legend.legend_handles]
+    assert len(set(styles[-2:])) == 2 and not set(styles[-2:]) & set(styles[:-2])
