@@ -4,7 +4,8 @@ XLA's CPU back end runs the chains' thousands of 16×16 products at 16–23 GFLO
 example's whole chain with the environment and the site tensor in L1 and every product register-blocked
 (AVX-512, AVX2+FMA or SSE2, picked once per process from the CPU). It computes exactly what
 `heads.mps._left_chain` and `_right_chain` compute — the environments and the written-out reverse pass —
-one example at a time, so an example's bits do not depend on its batch. `measure` goes further: from the
+one example at a time, so an example's bits do not depend on its batch (nor on the thread: a `measure`
+call that finds a core idle shares its examples with a helper thread, see `set_threads`). `measure` goes further: from the
 sites before the last ring-and-rotation and the last rotations it builds the final sites, runs both chains
 and returns ⟨Z_k⟩ (and, in reverse, the cotangents of those compact inputs), so nothing of the bond-16
 sites passes through XLA.
@@ -62,6 +63,9 @@ def _library() -> ctypes.CDLL | None:
             f"cxr_mps_{name}", jax.ffi.pycapsule(getattr(lib, f"CxrMps{name}")), platform="cpu"
         )
     lib.cxr_mps_isa.restype = ctypes.c_char_p
+    if hasattr(lib, "cxr_mps_set_threads"):
+        lib.cxr_mps_set_threads.argtypes = [ctypes.c_int]
+        lib.cxr_mps_helped.restype = ctypes.c_long
     return lib
 
 
@@ -69,6 +73,22 @@ def isa() -> str | None:
     """The instruction set the kernel runs with on this machine (avx512, avx2, base), None without it."""
     lib = _library()
     return lib.cxr_mps_isa().decode() if lib is not None else None
+
+
+def set_threads(n: int = 0) -> int:
+    """The most threads `measure` calls may compute with at once, process-wide (default: the usable cores,
+    or CXR_MPS_THREADS); 1 runs every call on its caller's thread alone. n = 0 only reads the setting.
+    Returns the setting before. The threads do not change any bits: each example is computed alone."""
+    lib = _library()
+    if lib is None or not hasattr(lib, "cxr_mps_set_threads"):
+        return 1
+    return int(lib.cxr_mps_set_threads(int(n)))
+
+
+def helped() -> int:
+    """How many examples helper threads have computed in this process (0 without the kernel)."""
+    lib = _library()
+    return int(lib.cxr_mps_helped()) if lib is not None and hasattr(lib, "cxr_mps_helped") else 0
 
 
 def kernel() -> str:
