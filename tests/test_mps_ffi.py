@@ -223,7 +223,8 @@ def test_a_call_shared_across_threads_gives_the_same_bits_as_one_thread(dtype):
         for threads in (2, 3, 4):
             mps_ffi.set_threads(threads)
             helped = mps_ffi.helped()
-            for _ in range(50):  # a helper joins when the OS wakes it; on a busy machine that may take a call or two
+            # a helper joins when the OS wakes it; on a busy machine that may take a call or two
+            for _ in range(50):
                 got = _bits(f, args)
                 for g, w in zip(got, alone, strict=True):
                     np.testing.assert_array_equal(g, w)
