@@ -33,6 +33,7 @@ import numpy as np
 
 _ENV = "CXR_MPS_KERNEL"
 _TARGETS = ("ChainsFwd", "ChainsBwd", "MeasureFwd", "MeasureBwd")
+_SYMBOLS = ("cxr_mps_isa", "cxr_mps_set_threads", "cxr_mps_helped")
 
 
 @functools.cache
@@ -50,7 +51,8 @@ def _library() -> ctypes.CDLL | None:
     if not found:
         return None
     lib = ctypes.CDLL(found[0])
-    missing = [name for name in _TARGETS if not hasattr(lib, f"CxrMps{name}")]
+    missing = [f"CxrMps{name}" for name in _TARGETS if not hasattr(lib, f"CxrMps{name}")]
+    missing += [name for name in _SYMBOLS if not hasattr(lib, name)]
     if missing:  # built from older sources (the checkout moved on): XLA's chains, and say how to rebuild
         warnings.warn(
             f"{found[0]} lacks {', '.join(missing)} (built from older sources); running XLA's chains. "
@@ -63,9 +65,8 @@ def _library() -> ctypes.CDLL | None:
             f"cxr_mps_{name}", jax.ffi.pycapsule(getattr(lib, f"CxrMps{name}")), platform="cpu"
         )
     lib.cxr_mps_isa.restype = ctypes.c_char_p
-    if hasattr(lib, "cxr_mps_set_threads"):
-        lib.cxr_mps_set_threads.argtypes = [ctypes.c_int]
-        lib.cxr_mps_helped.restype = ctypes.c_long
+    lib.cxr_mps_set_threads.argtypes = [ctypes.c_int]
+    lib.cxr_mps_helped.restype = ctypes.c_long
     return lib
 
 
@@ -80,15 +81,13 @@ def set_threads(n: int = 0) -> int:
     or CXR_MPS_THREADS); 1 runs every call on its caller's thread alone. n = 0 only reads the setting.
     Returns the setting before. The threads do not change any bits: each example is computed alone."""
     lib = _library()
-    if lib is None or not hasattr(lib, "cxr_mps_set_threads"):
-        return 1
-    return int(lib.cxr_mps_set_threads(int(n)))
+    return int(lib.cxr_mps_set_threads(int(n))) if lib is not None else 1
 
 
 def helped() -> int:
     """How many examples helper threads have computed in this process (0 without the kernel)."""
     lib = _library()
-    return int(lib.cxr_mps_helped()) if lib is not None and hasattr(lib, "cxr_mps_helped") else 0
+    return int(lib.cxr_mps_helped()) if lib is not None else 0
 
 
 def kernel() -> str:
