@@ -4,7 +4,8 @@ XLA's CPU back end runs the chains' thousands of 16×16 products at 16–23 GFLO
 example's whole chain with the environment and the site tensor in L1 and every product register-blocked
 (AVX-512, AVX2+FMA or SSE2, picked once per process from the CPU). It computes exactly what
 `heads.mps._left_chain` and `_right_chain` compute — the environments and the written-out reverse pass —
-one example at a time, so an example's bits do not depend on its batch. `measure` goes further: from the
+one example at a time, so an example's bits do not depend on its batch (nor on the thread: a `measure`
+call that finds a core idle shares its examples with a helper thread, see `set_threads`). `measure` goes further: from the
 sites before the last ring-and-rotation and the last rotations it builds the final sites, runs both chains
 and returns ⟨Z_k⟩ (and, in reverse, the cotangents of those compact inputs), so nothing of the bond-16
 sites passes through XLA.
@@ -32,6 +33,7 @@ import numpy as np
 
 _ENV = "CXR_MPS_KERNEL"
 _TARGETS = ("ChainsFwd", "ChainsBwd", "MeasureFwd", "MeasureBwd")
+_SYMBOLS = ("cxr_mps_isa", "cxr_mps_set_threads", "cxr_mps_helped")
 
 
 @functools.cache
@@ -49,7 +51,8 @@ def _library() -> ctypes.CDLL | None:
     if not found:
         return None
     lib = ctypes.CDLL(found[0])
-    missing = [name for name in _TARGETS if not hasattr(lib, f"CxrMps{name}")]
+    missing = [f"CxrMps{name}" for name in _TARGETS if not hasattr(lib, f"CxrMps{name}")]
+    missing += [name for name in _SYMBOLS if not hasattr(lib, name)]
     if missing:  # built from older sources (the checkout moved on): XLA's chains, and say how to rebuild
         warnings.warn(
             f"{found[0]} lacks {', '.join(missing)} (built from older sources); running XLA's chains. "
@@ -62,6 +65,8 @@ def _library() -> ctypes.CDLL | None:
             f"cxr_mps_{name}", jax.ffi.pycapsule(getattr(lib, f"CxrMps{name}")), platform="cpu"
         )
     lib.cxr_mps_isa.restype = ctypes.c_char_p
+    lib.cxr_mps_set_threads.argtypes = [ctypes.c_int]
+    lib.cxr_mps_helped.restype = ctypes.c_long
     return lib
 
 
@@ -69,6 +74,20 @@ def isa() -> str | None:
     """The instruction set the kernel runs with on this machine (avx512, avx2, base), None without it."""
     lib = _library()
     return lib.cxr_mps_isa().decode() if lib is not None else None
+
+
+def set_threads(n: int = 0) -> int:
+    """The most threads `measure` calls may compute with at once, process-wide (default: the usable cores,
+    or CXR_MPS_THREADS); 1 runs every call on its caller's thread alone. n = 0 only reads the setting.
+    Returns the setting before. The threads do not change any bits: each example is computed alone."""
+    lib = _library()
+    return int(lib.cxr_mps_set_threads(int(n))) if lib is not None else 1
+
+
+def helped() -> int:
+    """How many examples helper threads have computed in this process (0 without the kernel)."""
+    lib = _library()
+    return int(lib.cxr_mps_helped()) if lib is not None else 0
 
 
 def kernel() -> str:

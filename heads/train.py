@@ -34,7 +34,9 @@ cost 5 members' work (a block of 4 ran 8). On the 2-core CPU the block of 1 is a
 member (one NIH-size epoch of 5 seeds, AMD EPYC: DQC-19 1.5x, CDL-19 1.25x faster than blocks of
 4: a wider `vmap` is not faster per member there); on an accelerator a larger block can fill the
 chip (`heads sweep` records it, and a resumed sweep keeps its own). On a CPU the blocks of an epoch
-run one per usable core at a time (`block_lanes`), each the same call. The evaluation batch size
+run one per usable core at a time (`block_lanes`), each the same call; when fewer blocks than cores
+are left (5 seeds on 2 cores run as 2 + 2 + 1), the MPS kernel's calls share their examples with the idle
+core (`heads.mps_ffi.set_threads`), which changes no bits: each example is computed alone. The evaluation batch size
 depends on W only. A block whose members have all stopped is no
 longer run.
 The block size changes the bits, so a sweep records it with its settings.

@@ -195,6 +195,66 @@ def test_the_fused_measurement_gives_an_example_the_same_bits_in_any_batch_or_vm
             np.testing.assert_array_equal(np.asarray(vg[m]), np.asarray(jax.grad(loss)(members[m])))
 
 
+def _step(n, batch, layers, dtype=np.float32, seed=0):
+    a, w, c = _inputs(n, batch, layers, dtype, seed)
+    # per-example operators in every slot (the per-example rotation path of the kernel)
+    o = np.random.default_rng(seed + n).normal(size=(batch, layers + 2, n, 2, 2)).astype(dtype)
+
+    def loss(a, w, o):
+        z = mps._expvals(a, w, o, unroll=1, chains="ffi")
+        return (z * c).sum(), z
+
+    return jax.jit(jax.value_and_grad(loss, (0, 1, 2), has_aux=True)), (a, w, o)
+
+
+def _bits(f, args):
+    (_, z), grads = f(*args)
+    return [np.asarray(v) for v in (z, *grads)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_call_shared_across_threads_gives_the_same_bits_as_one_thread(dtype):
+    """A `measure` call that shares its examples with helper threads (a core idle) gives every example
+    the same bits as the call on one thread: forward and reverse, with 2, 3 and 4 threads."""
+    f, args = _step(19, 48, 3, dtype)
+    before = mps_ffi.set_threads(1)
+    try:
+        alone = _bits(f, args)
+        for threads in (2, 3, 4):
+            mps_ffi.set_threads(threads)
+            helped = mps_ffi.helped()
+            # a helper joins when the OS wakes it; on a busy machine that may take a call or two
+            for _ in range(50):
+                got = _bits(f, args)
+                for g, w in zip(got, alone, strict=True):
+                    np.testing.assert_array_equal(g, w)
+                if mps_ffi.helped() > helped:
+                    break
+            assert mps_ffi.helped() > helped, f"no helper thread joined with {threads} threads"
+    finally:
+        mps_ffi.set_threads(before)
+
+
+def test_concurrent_calls_sharing_helpers_give_the_same_bits_as_alone():
+    """Two blocks' steps at once in two threads (the training's lanes), helpers joining and leaving as the
+    calls overlap: each gets the bits it gets alone on one thread."""
+    import concurrent.futures
+
+    steps = [_step(n, 24, 3, seed=s) for n, s in ((19, 1), (14, 2))]
+    before = mps_ffi.set_threads(1)
+    try:
+        alone = [_bits(f, args) for f, args in steps]
+        mps_ffi.set_threads(2)
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            for _ in range(10):
+                got = list(pool.map(lambda fa: _bits(*fa), steps))
+                for g, w in zip(got, alone, strict=True):
+                    for x, y in zip(g, w, strict=True):
+                        np.testing.assert_array_equal(x, y)
+    finally:
+        mps_ffi.set_threads(before)
+
+
 def test_the_fused_measurement_rejects_a_mismatched_ring_table():
     tp, rot = _measure_inputs(7, 2, False)
     with pytest.raises(Exception, match="16 codes per site"):

@@ -142,6 +142,29 @@ def test_dqc_seeds_together_equal_alone_and_loss_decreases(dqc_run):
         assert r.history[-1]["val_loss"] < r.history[0]["val_loss"]
 
 
+def test_dqc_members_get_the_same_bits_when_the_kernel_shares_idle_cores():
+    """3 seeds (blocks 2 + 1 on 2 cores, the last block alone): the MPS kernel's calls on one thread or
+    shared with a helper thread (heads.mps_ffi.set_threads) give every member the same bits."""
+    from heads import mps_ffi
+
+    if mps_ffi.kernel() != "ffi":
+        pytest.skip("the MPS kernel is not built")
+    data = tiny_data(labels=5, n=96)
+    model = make_model("dqc", 5, backend="mps")
+    config = TrainConfig(lr=0.02, max_epochs=2, patience=4)
+    before = mps_ffi.set_threads(1)
+    try:
+        alone = train_seeds(model, data, [1, 2, 3], config)
+        mps_ffi.set_threads(2)  # a helper even on a 1-core machine
+        helped = mps_ffi.helped()
+        shared = train_seeds(model, data, [1, 2, 3], config)
+    finally:
+        mps_ffi.set_threads(before)
+    assert mps_ffi.helped() > helped  # a helper computed examples
+    for a, b in zip(alone.results, shared.results, strict=True):
+        assert_identical_run(a, b)
+
+
 def test_cdl_loss_decreases(cdl_together):
     for r in cdl_together.results:
         assert r.history[1]["train_loss"] < r.history[0]["train_loss"]

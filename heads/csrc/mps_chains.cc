@@ -1,15 +1,24 @@
 // The environment chains of the MPS simulator (heads/mps.py: `_left_chain`, `_right_chain` and their
 // reverse passes) as XLA FFI handlers for the CPU: per example, the whole chain over the sites with the
 // environment and the site in L1, every product a register-blocked loop over rows of 16 or 64 numbers.
-// Single-threaded per call; every example is computed alone, so its bits do not depend on its batch.
+// Every example is computed alone, so its bits do not depend on its batch, nor on which thread computes it:
+// a `measure` call that finds a core idle (fewer threads in kernel calls than usable cores) shares its
+// examples with helper threads of a small persistent pool (`CxrWork`), each taking the next example.
 //
 // Built three times over (x86-64: AVX-512, AVX2+FMA, the SSE2 baseline; elsewhere only the last), the
 // variant picked once per process from the CPU's features, so one machine always runs the same code.
 
+#include <pthread.h>
+#include <sched.h>
+
 #include <algorithm>
+#include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <thread>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -23,6 +32,27 @@ struct CxrMeasure {
   const int* plan;  // n × (j, c, h)
   bool rot_per_example;
   long sign_stride;
+};
+
+// The threads computing kernel examples now (callers and helpers, across every call in the process) and
+// how many may (the usable cores, or CXR_MPS_THREADS, or cxr_mps_set_threads).
+static std::atomic<int> cxr_running{0};
+static std::atomic<int> cxr_limit{0};
+static std::atomic<long> cxr_helped{0};  // examples computed by helper threads (for tests)
+
+// The examples of one call, handed out one at a time: index g·B + b, or −1 when none is left. A helper
+// stops taking (gives its core back) as soon as more threads compute than the limit allows, e.g. when
+// another block's call starts; the caller takes until none is left.
+struct CxrWork {
+  std::atomic<long> next{0};
+  long total = 0;
+  long take(bool helper) {
+    if (helper && cxr_running.load(std::memory_order_relaxed) > cxr_limit.load(std::memory_order_relaxed)) return -1;
+    const long i = next.fetch_add(1, std::memory_order_relaxed);
+    if (i >= total) return -1;
+    if (helper) cxr_helped.fetch_add(1, std::memory_order_relaxed);
+    return i;
+  }
 };
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -57,9 +87,9 @@ template <class T>
 struct Impl {
   void (*fwd)(const k_base::Dims&, const T*, const T*, long, T*, T*, T*, T*);
   void (*bwd)(const k_base::Dims&, const T*, const T*, long, const T*, const T*, const T*, const T*, T*);
-  void (*mfwd)(const CxrMeasure&, const T*, const T*, const T*, T*, T*, T*, T*, T*);
-  void (*mbwd)(const CxrMeasure&, const T*, const T*, const T*, const T*, const T*, const T*, const T*, const T*, T*,
-               T*);
+  void (*mfwd)(const CxrMeasure&, CxrWork&, bool, const T*, const T*, const T*, T*, T*, T*, T*, T*);
+  void (*mbwd)(const CxrMeasure&, CxrWork&, bool, const T*, const T*, const T*, const T*, const T*, const T*, const T*,
+               const T*, T*, T*);
 };
 
 // Every namespace's Dims is the same aggregate; the handlers pass k_base::Dims.
@@ -107,6 +137,96 @@ const Impl<T>& impl() {
   static const Impl<T> table[1] = {CXR_IMPL(k_base, T)};
 #endif
   return table[variant()];
+}
+
+// ---------------------------------------------------------------- sharing a call's examples with idle cores
+//
+// A persistent pool of (limit − 1) helper threads, started on first use. A call posts its work when fewer
+// threads compute than the limit; idle helpers join it and take examples until none is left or the
+// machine's cores are all wanted (see CxrWork::take). Which thread computes an example does not change its
+// bits: every example runs the same code on its own inputs and writes only its own outputs.
+
+int usable_cores() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+int limit() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    if (cxr_limit.load() > 0) return;  // set by cxr_mps_set_threads
+    const char* env = std::getenv("CXR_MPS_THREADS");
+    const int n = env ? std::atoi(env) : 0;
+    int expected = 0;
+    cxr_limit.compare_exchange_strong(expected, n > 0 ? n : usable_cores());
+  });
+  return cxr_limit.load(std::memory_order_relaxed);
+}
+
+struct Job {
+  void (*run)(void*, CxrWork&, bool);
+  void* ctx;
+  CxrWork* work;
+  int want = 0;  // helpers that may still join
+  std::atomic<int> active{0};
+};
+
+// Never destroyed: at exit the helpers still wait on the condition variable, whose destructor would wait
+// for them forever.
+std::mutex& pool_mu = *new std::mutex;
+std::condition_variable& pool_cv = *new std::condition_variable;
+Job* posted = nullptr;
+int helpers = 0;  // started so far
+
+void helper_loop() {
+  pthread_setname_np(pthread_self(), "cxr_mps_helper");
+  for (;;) {
+    Job* job;
+    {
+      std::unique_lock<std::mutex> lk(pool_mu);
+      pool_cv.wait(lk, [] { return posted != nullptr && posted->want > 0; });
+      job = posted;
+      --job->want;
+      job->active.fetch_add(1);
+      cxr_running.fetch_add(1);
+    }
+    job->run(job->ctx, *job->work, true);
+    cxr_running.fetch_sub(1);
+    job->active.fetch_sub(1, std::memory_order_release);
+  }
+}
+
+// Runs run(ctx, work, helper) on this thread, and on idle helpers while cores are free.
+void share(long total, void (*run)(void*, CxrWork&, bool), void* ctx) {
+  CxrWork work;
+  work.total = total;
+  const int lim = limit();
+  const int now = cxr_running.fetch_add(1) + 1;
+  Job job{run, ctx, &work};
+  bool shared = false;
+  if (total > 1 && now < lim) {
+    std::lock_guard<std::mutex> lk(pool_mu);
+    if (posted == nullptr) {
+      while (helpers < lim - 1) {
+        std::thread(helper_loop).detach();
+        ++helpers;
+      }
+      job.want = int(std::min<long>(lim - now, total - 1));
+      posted = &job;
+      shared = true;
+    }
+  }
+  if (shared) pool_cv.notify_all();
+  run(ctx, work, false);
+  if (shared) {
+    {
+      std::lock_guard<std::mutex> lk(pool_mu);
+      posted = nullptr;  // no helper joins after this; wait for those that did
+    }
+    while (job.active.load(std::memory_order_acquire) > 0) std::this_thread::yield();
+  }
+  cxr_running.fetch_sub(1);
 }
 
 // t (..., S, B, D, 4, D); signs (..., P) or (P,) with P = 4 (left) or 8 (right).
@@ -227,14 +347,24 @@ ffi::Error measure_of(const ffi::AnyBuffer& tp, const ffi::AnyBuffer& rot, const
   return ffi::Error::Success();
 }
 
+template <class F>
+void trampoline(void* f, CxrWork& w, bool helper) {
+  (*static_cast<F*>(f))(w, helper);
+}
+
 ffi::Error MeasureFwdImpl(ffi::AnyBuffer tp, ffi::AnyBuffer rot, ffi::AnyBuffer signs, ffi::Span<const int32_t> ring,
                           ffi::Span<const int32_t> plan, ffi::Result<ffi::AnyBuffer> z, ffi::Result<ffi::AnyBuffer> lefts,
                           ffi::Result<ffi::AnyBuffer> rights, ffi::Result<ffi::AnyBuffer> xl,
                           ffi::Result<ffi::AnyBuffer> xr) {
   CxrMeasure m;
   if (auto e = measure_of(tp, rot, signs, ring, plan, &m); e.failure()) return e;
-  CXR_DISPATCH(tp.element_type(), impl<T>().mfwd(m, in<T>(tp), in<T>(rot), in<T>(signs), out<T>(z), out<T>(lefts),
-                                                 out<T>(rights), out<T>(xl), out<T>(xr)))
+  CXR_DISPATCH(tp.element_type(), {
+    auto call = [&](CxrWork& w, bool helper) {
+      impl<T>().mfwd(m, w, helper, in<T>(tp), in<T>(rot), in<T>(signs), out<T>(z), out<T>(lefts), out<T>(rights),
+                     out<T>(xl), out<T>(xr));
+    };
+    share(m.G * m.B, trampoline<decltype(call)>, &call);
+  })
 }
 
 ffi::Error MeasureBwdImpl(ffi::AnyBuffer tp, ffi::AnyBuffer rot, ffi::AnyBuffer signs, ffi::AnyBuffer lefts,
@@ -243,9 +373,13 @@ ffi::Error MeasureBwdImpl(ffi::AnyBuffer tp, ffi::AnyBuffer rot, ffi::AnyBuffer 
                           ffi::Result<ffi::AnyBuffer> d_tp, ffi::Result<ffi::AnyBuffer> d_rot) {
   CxrMeasure m;
   if (auto e = measure_of(tp, rot, signs, ring, plan, &m); e.failure()) return e;
-  CXR_DISPATCH(tp.element_type(),
-               impl<T>().mbwd(m, in<T>(tp), in<T>(rot), in<T>(signs), in<T>(lefts), in<T>(rights), in<T>(xl),
-                              in<T>(xr), in<T>(z_bar), out<T>(d_tp), out<T>(d_rot)))
+  CXR_DISPATCH(tp.element_type(), {
+    auto call = [&](CxrWork& w, bool helper) {
+      impl<T>().mbwd(m, w, helper, in<T>(tp), in<T>(rot), in<T>(signs), in<T>(lefts), in<T>(rights), in<T>(xl),
+                     in<T>(xr), in<T>(z_bar), out<T>(d_tp), out<T>(d_rot));
+    };
+    share(m.G * m.B, trampoline<decltype(call)>, &call);
+  })
 }
 
 }  // namespace
@@ -299,3 +433,14 @@ extern "C" __attribute__((visibility("default"))) const char* cxr_mps_isa() {
   static const char* names[3] = {"base", "avx2", "avx512"};
   return names[variant()];
 }
+
+// The most threads kernel calls may compute with at once (1: every call on its caller's thread alone);
+// n <= 0 keeps the setting. Returns the setting before. For tests and comparisons (mps_ffi.set_threads).
+extern "C" __attribute__((visibility("default"))) int cxr_mps_set_threads(int n) {
+  const int before = limit();
+  if (n > 0) cxr_limit.store(n);
+  return before;
+}
+
+// Examples computed by helper threads since the library was loaded (for tests).
+extern "C" __attribute__((visibility("default"))) long cxr_mps_helped() { return cxr_helped.load(); }
