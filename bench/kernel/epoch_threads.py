@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from paired import _machine  # noqa: E402
 
+from cxrfeat import atomic  # noqa: E402
 from cxrfeat.labels import task_labels  # noqa: E402
 from heads import mps_ffi  # noqa: E402
 from heads.epochbench import synthetic_data  # noqa: E402
@@ -95,9 +96,7 @@ def main(argv=None) -> dict:
     record["load_average_after"] = os.getloadavg()
     text = json.dumps(record, indent=2)
     if args.out:
-        tmp = args.out.with_suffix(args.out.suffix + ".tmp")
-        tmp.write_text(text + "\n")
-        os.replace(tmp, args.out)
+        atomic.write_text(args.out, text + "\n")  # whole or not at all, honouring the umask
     print(text)
     return record
 

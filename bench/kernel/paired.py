@@ -30,6 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from cxrfeat import atomic  # noqa: E402
 from heads import mps, mps_ffi  # noqa: E402
 
 
@@ -104,9 +105,7 @@ def main(argv=None) -> dict:
     record["load_average_after"] = os.getloadavg()
     text = json.dumps(record, indent=2)
     if args.out:
-        tmp = args.out.with_suffix(args.out.suffix + ".tmp")
-        tmp.write_text(text + "\n")
-        os.replace(tmp, args.out)
+        atomic.write_text(args.out, text + "\n")  # whole or not at all, honouring the umask
     print(text)
     return record
 
